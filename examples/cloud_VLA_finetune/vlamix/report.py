@@ -1,0 +1,147 @@
+"""Benchmark report: a leaderboard table, per-task results and plots from the points of a job.
+
+Input is one result record per benchmark point, as :meth:`vlamix.pipeline.VLADataSelect.predict`
+returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
+
+- ``report.md``: leaderboard (success rate with its Wilson 95% interval and N, worst task, offline
+  metrics), per-task success rates, and the simulator versions;
+- ``success_rate.png``: success rate and 95% interval per mixture;
+- ``per_task.png``: per-task success rate heat map (mixtures x tasks).
+
+Usage::
+
+    from vlamix.report import write_report
+    write_report(results, "workspace/vla_dataselect_job/report")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def point_label(result: dict[str, Any]) -> str:
+    """Row label of a point: the mixture (e.g. ``spatial:object=2:1``) plus any strategy name."""
+    cfg = result.get("config", {})
+    mixture = cfg.get("mixture", {})
+    names = [n.replace("libero_", "").replace("_no_noops", "") for n in mixture]
+    weights = [f"{w:g}" for w in mixture.values()]
+    label = f"{':'.join(names)}={':'.join(weights)}" if mixture else "?"
+    return label
+
+
+def leaderboard_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per point, sorted by success rate (desc), then CI lower bound (desc).
+
+    Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, worst_task_success_rate,
+    action_token_accuracy, action_l1.
+    """
+    rows = []
+    for res in results:
+        summary, offline = res.get("summary", {}), res.get("offline", {})
+        rows.append(
+            {
+                "mixture": point_label(res),
+                "success_rate": summary.get("success_rate"),
+                "ci_low": summary.get("ci_low"),
+                "ci_high": summary.get("ci_high"),
+                "n_episodes": summary.get("n_episodes"),
+                "worst_task_success_rate": summary.get("worst_task_success_rate"),
+                "action_token_accuracy": offline.get("action_token_accuracy"),
+                "action_l1": offline.get("action_l1"),
+            }
+        )
+    rows.sort(key=lambda r: (-(r["success_rate"] or 0.0), -(r["ci_low"] or 0.0)))
+    return rows
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def leaderboard_table(results: Sequence[dict[str, Any]]):
+    """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = best success rate)."""
+    from prettytable import PrettyTable
+
+    table = PrettyTable()
+    table.field_names = ["rank", "mixture", "success rate", "95% CI", "N", "worst task SR", "action acc", "action L1"]
+    for i, row in enumerate(leaderboard_rows(results), start=1):
+        ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if row["ci_low"] is not None else "-"
+        table.add_row(
+            [i, row["mixture"], _fmt(row["success_rate"]), ci, _fmt(row["n_episodes"]),
+             _fmt(row["worst_task_success_rate"]), _fmt(row["action_token_accuracy"]), _fmt(row["action_l1"], 4)]
+        )
+    return table
+
+
+def _per_task_matrix(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], list[list[float | None]]]:
+    tasks: list[str] = []
+    for res in results:
+        for task in res.get("summary", {}).get("per_task", {}):
+            if task not in tasks:
+                tasks.append(task)
+    labels = [point_label(r) for r in results]
+    matrix = [[r.get("summary", {}).get("per_task", {}).get(t, {}).get("success_rate") for t in tasks] for r in results]
+    return labels, tasks, matrix
+
+
+def write_report(results: Sequence[dict[str, Any]], out_dir: str, title: str = "vlamix data-mixture benchmark") -> str:
+    """Write ``report.md`` and the plots for ``results`` into ``out_dir``; returns the report path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = leaderboard_rows(results)
+    labels, tasks, matrix = _per_task_matrix(results)
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.2))
+    srs = [r["success_rate"] or 0.0 for r in rows]
+    lo = [max(0.0, s - (r["ci_low"] or s)) for s, r in zip(srs, rows)]
+    hi = [max(0.0, (r["ci_high"] or s) - s) for s, r in zip(srs, rows)]
+    ax.bar(range(len(rows)), srs, yerr=[lo, hi], capsize=4, color="#4477aa")
+    ax.set_xticks(range(len(rows)), [r["mixture"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "success_rate.png"), dpi=120)
+    plt.close(fig)
+
+    if tasks:
+        import numpy as np
+
+        data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(tasks) + 2), max(2.0, 0.4 * len(labels) + 1)))
+        im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        fig.colorbar(im, ax=ax, label="success rate")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "per_task.png"), dpi=120)
+        plt.close(fig)
+
+    lines = [f"# {title}", "", "## Leaderboard", "", "```", leaderboard_table(results).get_string(), "```", ""]
+    if tasks:
+        lines += ["## Per-task success rate", "", "| mixture | " + " | ".join(tasks) + " |",
+                  "|---" * (len(tasks) + 1) + "|"]
+        for label, row in zip(labels, matrix):
+            lines.append(f"| {label} | " + " | ".join(_fmt(v, 2) for v in row) + " |")
+        lines.append("")
+    versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
+    if versions:
+        lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
+    lines += ["![success rate](success_rate.png)", ""] + (["![per task](per_task.png)", ""] if tasks else [])
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    logger.info("report written to %s", path)
+    return path

@@ -1,0 +1,33 @@
+"""Report: leaderboard order, labels and per-task table built from constructed results."""
+
+from vlamix.report import leaderboard_rows, point_label, write_report
+
+
+def _result(weights, sr, lo, hi, n, per_task):
+    mixture = dict(zip(["libero_spatial_no_noops", "libero_object_no_noops"], weights))
+    return {
+        "config": {"mixture": mixture},
+        "summary": {"success_rate": sr, "ci_low": lo, "ci_high": hi, "n_episodes": n,
+                    "worst_task_success_rate": min(v["success_rate"] for v in per_task.values()),
+                    "per_task": per_task},
+        "offline": {"action_token_accuracy": 0.5, "action_l1": 0.1},
+    }
+
+
+def test_leaderboard_sorted_by_success_rate_then_ci_low(tmp_path):
+    results = [
+        _result([1, 2], 0.25, 0.10, 0.47, 20, {"libero_spatial/0": {"success_rate": 0.1}, "libero_object/0": {"success_rate": 0.4}}),
+        _result([2, 1], 0.50, 0.30, 0.70, 20, {"libero_spatial/0": {"success_rate": 0.6}, "libero_object/0": {"success_rate": 0.4}}),
+        _result([1, 1], 0.25, 0.12, 0.45, 20, {"libero_spatial/0": {"success_rate": 0.3}, "libero_object/0": {"success_rate": 0.2}}),
+    ]
+    rows = leaderboard_rows(results)
+    assert [r["mixture"] for r in rows] == ["spatial:object=2:1", "spatial:object=1:1", "spatial:object=1:2"]
+    assert point_label(results[0]) == "spatial:object=1:2"
+
+    path = write_report(results, str(tmp_path))
+    text = open(path).read()
+    # per-task table: one row per mixture, in the input order, with the task columns
+    assert "| mixture | libero_spatial/0 | libero_object/0 |" in text
+    assert "| spatial:object=2:1 | 0.60 | 0.40 |" in text
+    assert (tmp_path / "success_rate.png").stat().st_size > 1000
+    assert (tmp_path / "per_task.png").stat().st_size > 1000
