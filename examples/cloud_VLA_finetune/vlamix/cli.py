@@ -24,10 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vlamix.bench.job import run_job
+    from vlamix.bench.job import main as run_main
 
-    run_job(args.file)
-    return 0
+    return run_main(["-f", args.file])
 
 
 def _cmd_record(args: argparse.Namespace) -> int:

@@ -1,0 +1,522 @@
+"""Run an Ianvs ``benchmarkingjob.yaml`` without Ianvs: the grid of mixtures, then the leaderboard.
+
+Usage (from the repository root, which plays the Ianvs root: every URL in the YAML files is
+relative to the current directory)::
+
+    python -m vlamix.bench.job -f examples/cloud_VLA_finetune/singletask_learning_bench/benchmarkingjob.yaml
+    python -m vlamix.bench.job -f .../benchmarkingjob.yaml --dry-run     # validate and list the grid
+
+The same file runs under Ianvs with ``ianvs -f .../benchmarkingjob.yaml``.
+
+What it reproduces of Ianvs (kubeedge/ianvs ``core/``), for each grid point in Ianvs order
+(algorithms in ``test_object`` order, then the Cartesian product of the hyperparameter value
+lists, see :mod:`vlamix.bench.spec`), as ``SingleTaskLearning.run`` + ``TestCase.compute_metrics``:
+
+1. ``basemodel = ClassFactory.get_cls("general", <module name>)(**hyperparameters)`` after loading
+   the module file; the same for every other module with a ``url``.
+2. ``basemodel.preprocess()`` if it has one.
+3. ``BASE_MODEL_URL=<initial_model_url>``; ``basemodel.train(train_data)`` with the parsed train
+   index (``.x``/``.y``, ``data_type="train"``, :mod:`vlamix.bench.dataset`).
+4. ``model_path = basemodel.save("<point dir>/output/train/")`` (the folder is not created for it);
+   ``None`` means ``initial_model_url``.
+5. ``RESULT_SAVED_URL=<point dir>/output/inference/``; ``basemodel.load(model_path)``;
+   ``prediction = basemodel.predict(test_data.x)`` (test index, ``data_type="inference"``).
+6. ``metric(test_data.y, prediction)`` for every testenv metric (test index, ``"eval overall"``).
+
+Then the rank files of :mod:`vlamix.bench.rank` at ``<workspace>/<job name>/rank/``, and the
+selected leaderboard printed with prettytable.
+
+What it adds: every point's basemodel hyperparameters are validated with
+:meth:`vlamix.config.BenchConfig.from_dict` and every module/metric file is loaded before the first
+point runs, so a bad value fails in seconds, naming the field and the point. Each point's folder
+``<workspace>/<job name>/<algorithm>/<point id>/`` (``point id`` = a hash of the algorithm and its
+hyperparameters, so it is stable across runs) keeps ``point.json``, ``prediction.json`` and
+``result.json``; a point whose ``result.json`` says ``completed`` is not run again (resume; metrics
+added to the testenv later are computed from ``prediction.json``). A point that raises is recorded
+(``result.json`` status ``failed``, ``error.txt``), the other points still run, and the next run
+retries it. Module files are imported with ``importlib.util.spec_from_file_location`` under a
+private module name; their folder is on ``sys.path`` only while the file executes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from vlamix.bench.dataset import load_index
+from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, write_rank_files
+from vlamix.bench.registry import get_class_factory
+from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
+from vlamix.config import BenchConfig, ConfigError
+from vlamix.pipeline import RUNTIME_KEYS
+
+logger = logging.getLogger(__name__)
+
+BASEMODEL = "basemodel"
+POINT_FILE = "point.json"
+RESULT_FILE = "result.json"
+PREDICTION_FILE = "prediction.json"
+ERROR_FILE = "error.txt"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+# ------------------------------------------------------------------------------------------- grid
+@dataclass(frozen=True)
+class ModulePoint:
+    """One module of a grid point: its type, registry name, file url and hyperparameter values."""
+
+    type: str
+    name: str
+    url: str
+    hyperparameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One test case: an algorithm with one value per hyperparameter for each of its modules.
+
+    ``number`` is the 1-based position in the job (Ianvs's test-case order), ``total`` the number
+    of points in the job.
+    """
+
+    algorithm: AlgorithmSpec
+    modules: tuple[ModulePoint, ...]
+    number: int
+    total: int
+
+    @property
+    def basemodel(self) -> ModulePoint:
+        """The module of type ``basemodel`` (the single-task paradigm's model)."""
+        return next(m for m in self.modules if m.type == BASEMODEL)
+
+    @property
+    def point_id(self) -> str:
+        """12 hex digits of a SHA-1 over algorithm name, paradigm, initial model and module values."""
+        payload = {
+            "algorithm": self.algorithm.name,
+            "paradigm": self.algorithm.paradigm_type,
+            "initial_model_url": self.algorithm.initial_model_url,
+            "modules": [[m.type, m.name, _jsonable(m.hyperparameters)] for m in self.modules],
+        }
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def output_dir(self, job_dir: str) -> str:
+        """``<job_dir>/<algorithm>/<point id>`` (Ianvs: ``<job_dir>/<algorithm>/<uuid>``)."""
+        return os.path.join(job_dir, self.algorithm.name, self.point_id)
+
+    def describe(self) -> str:
+        """Human label for logs and errors: ``grid point 2/3 of algorithm 'x' (mixture {...})``."""
+        hps = self.basemodel.hyperparameters
+        mixture = hps.get("mixture")
+        what = f"mixture {mixture}" if mixture is not None else ", ".join(f"{k}={v}" for k, v in hps.items())
+        return f"grid point {self.number}/{self.total} of algorithm '{self.algorithm.name}' ({what})"
+
+    def rank_hyperparameters(self) -> dict[str, str]:
+        """Hyperparameter cells of the rank files: ``{"<module type>-<name>": str(value)}``."""
+        out: dict[str, str] = {}
+        for module in self.modules:
+            out.update(hyperparameter_columns(module.type, module.hyperparameters))
+        return out
+
+
+def expand_grid(job: JobSpec) -> list[GridPoint]:
+    """All grid points of ``job`` in Ianvs's order (see :func:`vlamix.bench.spec.expand_hyperparameters`)."""
+    combos: list[tuple[AlgorithmSpec, tuple[ModulePoint, ...]]] = []
+    for algorithm in job.algorithms:
+        per_module = []
+        for module in algorithm.modules:
+            hps_list = module.hyperparameters_list or ({},)
+            per_module.append([ModulePoint(module.type, module.name, module.url, copy.deepcopy(h)) for h in hps_list])
+        for modules in itertools.product(*per_module):
+            combos.append((algorithm, tuple(modules)))
+    return [GridPoint(algorithm=a, modules=m, number=i, total=len(combos)) for i, (a, m) in enumerate(combos, 1)]
+
+
+def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> list[BenchConfig]:
+    """Validate every point's basemodel hyperparameters as a :class:`BenchConfig`.
+
+    The pipeline's runtime keys (:data:`vlamix.pipeline.RUNTIME_KEYS`, e.g. ``runs_dir``) are not
+    config fields and are left out of the check.
+
+    Args:
+        allow_extra: keep unknown hyperparameter names (for basemodels that take more than the
+            BenchConfig fields) instead of rejecting them as typos.
+    Raises:
+        ConfigError: the first invalid point; the message names the field and the point.
+        JobConfigError: the grid is empty.
+    """
+    if not points:
+        raise JobConfigError("the job has no grid point (an empty 'values' list?)")
+    configs = []
+    for point in points:
+        try:
+            values = {k: v for k, v in point.basemodel.hyperparameters.items() if k not in RUNTIME_KEYS}
+            configs.append(BenchConfig.from_dict(values, allow_extra=allow_extra))
+        except ConfigError as err:
+            raise ConfigError(err.field, f"{str(err).split(': ', 1)[-1]} (in {point.describe()})") from err
+    return configs
+
+
+# ------------------------------------------------------------------------------------------- loading
+class ModuleLoadError(RuntimeError):
+    """A module or metric file raised while it was executed (the cause is chained)."""
+
+
+def load_module_file(url: str) -> types.ModuleType:
+    """Execute a Python file as Ianvs's ``load_module`` does, without leaving traces on ``sys.path``.
+
+    The module is registered in ``sys.modules`` under a private name derived from its absolute path
+    (so two examples' ``basemodel.py`` never collide); the file's folder is first on ``sys.path``
+    only while it executes, so it may import sibling files as it could under Ianvs.
+
+    Raises:
+        FileNotFoundError: ``url`` is not a file.
+        ModuleLoadError: the file raised while executing (chained).
+    """
+    path = os.path.abspath(url)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"module file {url!r} not found (relative to {os.getcwd()})")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"_vlamix_bench_ext_{hashlib.sha1(path.encode()).hexdigest()[:10]}_{stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(path)
+    sys.modules[name] = module
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(name, None)
+        raise ModuleLoadError(f"load module(url={url}) failed, error: {err}") from err
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    return module
+
+
+def resolve_registered(url: str, name: str) -> Any:
+    """Execute ``url`` and return the object it registered as ``name`` (``ClassType.GENERAL``).
+
+    Looked up right after the file ran, so a later file that registers the same alias cannot swap
+    the object (Ianvs looks up right after ``load_module`` too).
+
+    Raises:
+        FileNotFoundError, ModuleLoadError: see :func:`load_module_file`.
+        JobConfigError: the file registers nothing under ``name``.
+    """
+    load_module_file(url)
+    class_factory, class_type = get_class_factory()
+    try:
+        return class_factory.get_cls(type_name=class_type.GENERAL, t_cls_name=name)
+    except ValueError as err:
+        raise JobConfigError(
+            f"{url}: nothing registered as '{name}'; decorate it with "
+            f"@ClassFactory.register(ClassType.GENERAL, alias=\"{name}\") ({err})"
+        ) from err
+
+
+def resolve_job(job: JobSpec, points: Sequence[GridPoint]) -> tuple[dict[tuple[str, str], Any], dict[str, Callable]]:
+    """Load every module and metric file of the job once: ``({(url, name): class}, {metric: function})``.
+
+    Raises:
+        JobConfigError: a basemodel without url, or a file that registers nothing under its name.
+        FileNotFoundError, ModuleLoadError: see :func:`load_module_file`.
+    """
+    classes: dict[tuple[str, str], Any] = {}
+    for point in points:
+        for module in point.modules:
+            if module.type == BASEMODEL and not module.url:
+                raise JobConfigError(f"{point.algorithm.url}: the basemodel module '{module.name}' needs a url")
+            if module.url and (module.url, module.name) not in classes:
+                classes[(module.url, module.name)] = resolve_registered(module.url, module.name)
+    metric_funcs = {m.name: resolve_registered(m.url, m.name) for m in job.testenv.metrics}
+    return classes, metric_funcs
+
+
+# ------------------------------------------------------------------------------------------- running
+@dataclass
+class PointResult:
+    """Outcome of one grid point: status ``completed`` (ran now), ``resumed`` or ``failed``."""
+
+    point: GridPoint
+    status: str
+    output_dir: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    time: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "resumed")
+
+
+@dataclass
+class JobResult:
+    """Outcome of a job: per-point results in grid order and the rank files written."""
+
+    job: JobSpec
+    points: list[PointResult]
+    rank_files: dict[str, str]
+
+    @property
+    def failed(self) -> list[PointResult]:
+        return [p for p in self.points if not p.ok]
+
+
+def run_job(
+    job_file: str,
+    *,
+    allow_extra: bool = False,
+    dry_run: bool = False,
+    recompute_metrics: bool = False,
+    print_leaderboard: bool = True,
+) -> JobResult:
+    """Run every grid point of ``job_file`` that has no result yet and write the rank files.
+
+    Args:
+        job_file: ``benchmarkingjob.yaml``; it and the URLs inside are relative to the current
+            directory (the Ianvs root).
+        allow_extra: see :func:`validate_grid`.
+        dry_run: validate and load everything, run nothing, write nothing.
+        recompute_metrics: for finished points, compute every metric again from the saved
+            ``prediction.json`` (after a change in a metric file) instead of reusing ``result.json``.
+        print_leaderboard: print the selected leaderboard (rank.visualization print_table).
+    Returns:
+        :class:`JobResult`; failed points are listed in ``.failed`` (the job does not raise for them).
+    Raises:
+        JobConfigError, ConfigError: before any point runs, for any malformed file or invalid value.
+        FileNotFoundError, ModuleLoadError: before any point runs, for a module or metric file.
+    """
+    job = load_job(job_file)
+    points = expand_grid(job)
+    validate_grid(points, allow_extra=allow_extra)
+    classes, metric_funcs = resolve_job(job, points)
+    logger.info("job '%s': %d grid point(s), output in %s", job.name, len(points), job.job_dir)
+    if dry_run:
+        return JobResult(job=job, points=[PointResult(p, "planned", p.output_dir(job.job_dir)) for p in points], rank_files={})
+
+    results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
+    rows = [_rank_row(r) for r in results if r.ok]
+    rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
+    for r in results:
+        if not r.ok:
+            logger.error("%s FAILED: %s (details in %s)", r.point.describe(), r.error, os.path.join(r.output_dir, ERROR_FILE))
+    if print_leaderboard and rank_files.get("selected"):
+        vis = job.rank.visualization
+        if vis.get("mode", "selected_only") == "selected_only" and vis.get("method", "print_table") == "print_table":
+            print(format_rank_table(rank_files["selected"]))
+    return JobResult(job=job, points=results, rank_files=rank_files)
+
+
+def run_point(
+    point: GridPoint,
+    job: JobSpec,
+    classes: Mapping[tuple[str, str], Any],
+    metric_funcs: Mapping[str, Callable[[Any, Any], Any]],
+    *,
+    recompute_metrics: bool = False,
+) -> PointResult:
+    """Run (or resume) one grid point; never raises for a failure inside the point.
+
+    Args:
+        classes, metric_funcs: from :func:`resolve_job`.
+        recompute_metrics: see :func:`run_job`.
+    """
+    out_dir = point.output_dir(job.job_dir)
+    resumed = _resume(point, out_dir, metric_funcs, job, recompute_metrics)
+    if resumed is not None:
+        logger.info("%s: results exist in %s, not re-run", point.describe(), out_dir)
+        return resumed
+    os.makedirs(out_dir, exist_ok=True)
+    _write_json(os.path.join(out_dir, POINT_FILE), _point_record(point))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out_dir, ERROR_FILE))
+    logger.info("%s: running in %s", point.describe(), out_dir)
+    start = time.time()
+    try:
+        prediction = _run_single_task(point, job, out_dir, classes)
+        _write_json(os.path.join(out_dir, PREDICTION_FILE), prediction)
+        test_data = load_index(job.testenv.test_index, "eval overall")
+        metrics = {name: _plain(func(test_data.y, prediction)) for name, func in metric_funcs.items()}
+    except Exception as err:  # one failing point must not lose the others
+        logger.exception("%s failed", point.describe())
+        with open(os.path.join(out_dir, ERROR_FILE), "w", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())
+        message = f"{type(err).__name__}: {err}"
+        _write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
+        return PointResult(point, "failed", out_dir, error=message)
+    finished = time.strftime(TIME_FORMAT, time.localtime())
+    _write_json(
+        os.path.join(out_dir, RESULT_FILE),
+        {"status": "completed", "point_id": point.point_id, "metrics": _nan_to_none(metrics), "time": finished, "wall_seconds": time.time() - start},
+    )
+    logger.info("%s: %s", point.describe(), metrics)
+    return PointResult(point, "completed", out_dir, metrics=metrics, time=finished)
+
+
+def _run_single_task(point: GridPoint, job: JobSpec, out_dir: str, classes: Mapping[tuple[str, str], Any]) -> Any:
+    """Ianvs ``SingleTaskLearning.run`` for one point; returns the basemodel's prediction."""
+    instances = {}
+    for module in point.modules:
+        if module.url:
+            cls = classes[(module.url, module.name)]
+            instances[module.type] = cls(**copy.deepcopy(dict(module.hyperparameters)))
+        else:
+            instances[module.type] = {"method": module.name, "param": dict(module.hyperparameters)}
+    basemodel = instances[BASEMODEL]
+    if hasattr(basemodel, "preprocess"):
+        basemodel.preprocess()
+    initial_model = point.algorithm.initial_model_url
+    with _environ(BASE_MODEL_URL=initial_model):
+        basemodel.train(load_index(job.testenv.train_index, "train"))
+        model_path = basemodel.save(os.path.join(out_dir, "output/train/"))
+    if model_path is None:
+        model_path = initial_model
+    test_data = load_index(job.testenv.test_index, "inference")
+    with _environ(RESULT_SAVED_URL=os.path.join(out_dir, "output/inference/")):
+        basemodel.load(model_path)
+        return basemodel.predict(test_data.x)
+
+
+def _resume(point: GridPoint, out_dir: str, metric_funcs: Mapping[str, Callable], job: JobSpec, recompute: bool) -> PointResult | None:
+    record = _read_json(os.path.join(out_dir, RESULT_FILE))
+    if not record or record.get("status") != "completed" or record.get("point_id") != point.point_id:
+        return None
+    metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
+    missing = [name for name in metric_funcs if recompute or name not in metrics]
+    if missing:
+        prediction = _read_json(os.path.join(out_dir, PREDICTION_FILE))
+        if prediction is None:
+            logger.warning("%s: metrics %s missing and no %s; re-running", point.describe(), missing, PREDICTION_FILE)
+            return None
+        test_data = load_index(job.testenv.test_index, "eval overall")
+        for name in missing:
+            metrics[name] = _plain(metric_funcs[name](test_data.y, prediction))
+        record["metrics"] = _nan_to_none(metrics)
+        _write_json(os.path.join(out_dir, RESULT_FILE), record)
+    metrics = {name: metrics[name] for name in metric_funcs}
+    return PointResult(point, "resumed", out_dir, metrics=metrics, time=record.get("time", ""))
+
+
+def _rank_row(result: PointResult) -> RankRow:
+    point = result.point
+    return RankRow(
+        algorithm=point.algorithm.name,
+        paradigm=point.algorithm.paradigm_type,
+        modules={m.type: m.name for m in point.modules},
+        hyperparameters=point.rank_hyperparameters(),
+        metrics=result.metrics,
+        time=result.time,
+        url=result.output_dir,
+    )
+
+
+def _point_record(point: GridPoint) -> dict[str, Any]:
+    return {
+        "point_id": point.point_id,
+        "algorithm": point.algorithm.name,
+        "paradigm": point.algorithm.paradigm_type,
+        "initial_model_url": point.algorithm.initial_model_url,
+        "modules": [{"type": m.type, "name": m.name, "url": m.url, "hyperparameters": _jsonable(m.hyperparameters)} for m in point.modules],
+    }
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables as Ianvs does for the basemodel; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _nan_to_none(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN -> None, so ``result.json`` is standard JSON (read back as NaN)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, so metrics are JSON-serialisable."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "shape", None) == () else value
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _write_json(path: str, payload: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        logger.warning("%s is not valid JSON; ignoring it", path)
+        return None
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m vlamix.bench.job -f benchmarkingjob.yaml [--dry-run] [--allow-extra] [--recompute-metrics]``.
+
+    Returns the exit status: 0 when every point has a result, 1 when some point failed, 2 for an
+    invalid job (nothing ran).
+    """
+    parser = argparse.ArgumentParser(prog="python -m vlamix.bench.job", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-f", "--benchmarking_config_file", dest="job_file", required=True, help="benchmarkingjob.yaml (as `ianvs -f`)")
+    parser.add_argument("--dry-run", action="store_true", help="validate the job and list the grid points; run nothing")
+    parser.add_argument("--allow-extra", action="store_true", help="accept basemodel hyperparameters that are not BenchConfig fields")
+    parser.add_argument("--recompute-metrics", action="store_true", help="recompute the metrics of finished points from prediction.json")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
+    except (JobConfigError, ConfigError, FileNotFoundError, ModuleLoadError) as err:
+        logger.error("%s", err)
+        return 2
+    if args.dry_run:
+        for p in result.points:
+            print(f"{p.point.number:3d}  {p.point.point_id}  {p.output_dir}  {p.point.describe()}")
+        return 0
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

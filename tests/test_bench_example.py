@@ -1,0 +1,147 @@
+"""The example folder ``examples/cloud_VLA_finetune/singletask_learning_bench`` as Ianvs would load it.
+
+Run from the repository root, which plays the Ianvs root (all URLs in the YAML files are relative
+to it).
+"""
+
+import glob
+import os
+
+import pytest
+
+from vlamix.bench.dataset import IndexData, load_index
+from vlamix.bench.job import expand_grid, load_module_file, resolve_registered, validate_grid
+from vlamix.bench.registry import get_class_factory
+from vlamix.bench.spec import load_job
+from vlamix.config import ConfigError
+from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+EXAMPLE = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
+JOB = os.path.join(EXAMPLE, "benchmarkingjob.yaml")
+JOB_7B = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b.yaml")
+METRICS = [
+    "success_rate",
+    "success_rate_ci_low",
+    "success_rate_ci_high",
+    "num_episodes",
+    "worst_task_success_rate",
+    "action_token_accuracy",
+    "action_l1",
+]
+SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
+
+
+@pytest.fixture(autouse=True)
+def at_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_job_files_parse_and_every_metric_has_a_file_registering_its_name():
+    for path in (JOB, JOB_7B):
+        job = load_job(path)
+        assert job.testenv.metric_names == METRICS
+        assert job.workspace == "./workspace"
+        for metric in job.testenv.metrics:
+            assert metric.url.startswith("./" + EXAMPLE.replace(os.sep, "/"))
+            func = resolve_registered(metric.url, metric.name)
+            # the object registered under the name is the one defined in that file
+            assert func.__module__.endswith(os.path.splitext(os.path.basename(metric.url))[0])
+        sort_keys = [next(iter(e)) for e in job.rank.sort_by]
+        assert sort_keys[0] == "success_rate" and job.rank.sort_by[0]["success_rate"] == "descend"
+        assert set(sort_keys) <= set(METRICS)
+        assert set(job.rank.selected_dataitem["metrics"]) <= set(METRICS)
+
+
+def test_python_file_stems_are_unique_in_the_example():
+    # Ianvs imports every file by its stem with the file's folder on sys.path
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(EXAMPLE, "**", "*.py"), recursive=True)]
+    assert len(stems) == len(set(stems))
+    assert "basemodel" in stems and all(s == "basemodel" or s.startswith("vla_") for s in stems)
+
+
+def test_dataset_indexes_list_the_rlds_datasets_and_task_suites():
+    job = load_job(JOB)
+    train = load_index(job.testenv.train_index, "train")
+    pairs = [(os.path.basename(x), os.path.basename(y)) for x, y in zip(train.x, train.y)]
+    assert pairs == list(DATASET_TO_SUITE.items())
+    test = load_index(job.testenv.test_index, "inference")
+    assert [os.path.basename(x) for x in test.x] == list(LIBERO_SUITES)
+
+
+def test_default_grid_is_three_spatial_object_ratios_of_the_tiny_model():
+    points = expand_grid(load_job(JOB))
+    configs = validate_grid(points)  # no unknown field, every value valid
+    assert [dict(c.mixture) for c in configs] == [
+        {SPATIAL: 2, OBJECT: 1},
+        {SPATIAL: 1, OBJECT: 1},
+        {SPATIAL: 1, OBJECT: 2},
+    ]
+    for point, cfg in zip(points, configs):
+        assert point.basemodel.name == "VLADataSelect"
+        assert cfg.model == "tiny" and cfg.demos == "scripted"
+        assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
+        # budgets stay at the BenchConfig defaults
+        assert "train_steps" not in point.basemodel.hyperparameters
+        assert "trials_per_task" not in point.basemodel.hyperparameters
+
+
+def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
+    points = expand_grid(load_job(JOB_7B))
+    hps = [dict(p.basemodel.hyperparameters) for p in points]
+    ratios = [(h["mixture"][SPATIAL], h["mixture"][OBJECT]) for h in hps]
+    assert ratios == [(1, 0), (3, 1), (2, 1), (1, 1), (1, 2), (1, 3), (0, 1)]
+    for h in hps:
+        assert h["model"] == "./models/openvla-7b" and h["data_dir"] == "./data/modified_libero_rlds"
+        assert h["demos"] == "none" and h["precision"] == "bf16"
+        assert h["trials_per_task"] == 50 and h["eval_tasks"] is None and h["eval_workers"] == 1
+        assert h["eval_suites"] == ["libero_spatial", "libero_object"]
+    # without the checkpoint and the RLDS data the job fails before any point runs
+    if not os.path.isdir("./data/modified_libero_rlds"):
+        with pytest.raises(ConfigError) as info:
+            validate_grid(points)
+        assert info.value.field == "data_dir" and "grid point 1/7" in str(info.value)
+    # with both in place every point is valid
+    for name in (SPATIAL, OBJECT):
+        os.makedirs(tmp_path / "data" / name / "1.0.0")
+    os.makedirs(tmp_path / "model")
+    moved = [
+        p.__class__(
+            algorithm=p.algorithm,
+            modules=tuple(
+                m.__class__(m.type, m.name, m.url, {**m.hyperparameters, "data_dir": str(tmp_path / "data"), "model": str(tmp_path / "model")})
+                for m in p.modules
+            ),
+            number=p.number,
+            total=p.total,
+        )
+        for p in points
+    ]
+    configs = validate_grid(moved)
+    assert [c.mixture_weights() for c in configs][0] == {SPATIAL: 1.0}
+    assert {c.train_steps for c in configs} == {10000} and {c.batch_size for c in configs} == {16}
+
+
+def test_basemodel_adapter_registers_and_checks_the_indexes():
+    job = load_job(JOB)
+    module = expand_grid(job)[0].basemodel
+    cls = resolve_registered(module.url, "VLADataSelect")
+    for method in ("train", "save", "load", "predict"):
+        assert callable(getattr(cls, method))
+    model = cls(**module.hyperparameters)
+    assert dict(model.config.mixture) == {SPATIAL: 2, OBJECT: 1}
+
+    only_object = IndexData(x=load_index(job.testenv.train_index, "train").x[1:2], y=None, data_type="train")
+    with pytest.raises(ValueError, match=SPATIAL):
+        model.train(only_object)
+    with pytest.raises(ValueError, match="libero_object"):
+        model.predict(["/somewhere/libero_spatial", "/somewhere/libero_goal"])
+
+
+def test_loading_a_file_twice_gives_fresh_registrations():
+    url = os.path.join(EXAMPLE, "testenv", "vla_success_rate.py")
+    first = load_module_file(url)
+    second = load_module_file(url)
+    factory, class_type = get_class_factory()
+    assert first is not second
+    assert factory.get_cls(class_type.GENERAL, "success_rate") is second.vla_success_rate

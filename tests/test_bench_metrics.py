@@ -1,0 +1,85 @@
+"""The example's metric files, called the way Ianvs calls them: ``metric(test_dataset.y, prediction)``.
+
+Expected values are computed here from constructed episode rows (Wilson interval in closed form),
+independently of ``vlamix.eval.stats``.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from vlamix.bench.job import resolve_registered
+from vlamix.bench.spec import load_testenv
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TESTENV = "./examples/cloud_VLA_finetune/singletask_learning_bench/testenv/testenv.yaml"
+Z = 1.959963984540054
+
+
+@pytest.fixture(scope="module")
+def metric_funcs():
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        env = load_testenv(TESTENV)
+        return {m.name: resolve_registered(m.url, m.name) for m in env.metrics}
+    finally:
+        os.chdir(cwd)
+
+
+def _rows():
+    """10 episodes: libero_spatial task 0 succeeds 5/5, task 1 succeeds 2/5."""
+    rows = []
+    for task_id, successes in ((0, 5), (1, 2)):
+        for ep in range(5):
+            rows.append({"suite": "libero_spatial", "task_id": task_id, "episode_index": ep,
+                         "instruction": f"task {task_id}", "success": ep < successes, "steps": 100})
+    return rows
+
+
+def _wilson(k, n):
+    p = k / n
+    denom = 1 + Z * Z / n
+    center = (p + Z * Z / (2 * n)) / denom
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
+    return center - half, center + half
+
+
+def test_success_metrics_from_constructed_rows(metric_funcs):
+    prediction = {"episodes": _rows(), "offline": {"action_token_accuracy": 0.9, "action_l1": 0.05}, "config": {}}
+    y_true = np.array(["0"] * 5)
+    low, high = _wilson(7, 10)
+    assert metric_funcs["success_rate"](y_true, prediction) == pytest.approx(0.7, abs=1e-12)
+    assert metric_funcs["success_rate_ci_low"](y_true, prediction) == pytest.approx(low, abs=1e-12)
+    assert metric_funcs["success_rate_ci_high"](y_true, prediction) == pytest.approx(high, abs=1e-12)
+    assert metric_funcs["num_episodes"](y_true, prediction) == 10
+    assert metric_funcs["worst_task_success_rate"](y_true, prediction) == pytest.approx(0.4, abs=1e-12)
+    assert metric_funcs["action_token_accuracy"](y_true, prediction) == 0.9
+    assert metric_funcs["action_l1"](y_true, prediction) == 0.05
+    # values are plain Python numbers (they go to result.json and the CSV)
+    assert type(metric_funcs["num_episodes"](y_true, prediction)) is int
+    assert type(metric_funcs["success_rate"](y_true, prediction)) is float
+
+
+def test_ci_bounds_at_zero_and_all_successes(metric_funcs):
+    none = [{"suite": "libero_object", "task_id": 0, "episode_index": i, "success": False} for i in range(10)]
+    assert metric_funcs["success_rate_ci_low"](None, {"episodes": none}) == 0.0
+    assert metric_funcs["success_rate_ci_high"](None, {"episodes": none}) == pytest.approx(Z * Z / (10 + Z * Z), abs=1e-12)
+    every = [dict(r, success=True) for r in none]
+    assert metric_funcs["success_rate_ci_high"](None, {"episodes": every}) == 1.0
+    assert metric_funcs["success_rate_ci_low"](None, {"episodes": every}) == pytest.approx(10 / (10 + Z * Z), abs=1e-12)
+
+
+def test_offline_metrics_missing_are_nan(metric_funcs):
+    for prediction in ({"episodes": _rows()}, {"episodes": _rows(), "offline": {"action_l1": None}}):
+        assert math.isnan(metric_funcs["action_token_accuracy"](None, prediction))
+        assert math.isnan(metric_funcs["action_l1"](None, prediction))
+
+
+def test_prediction_without_episodes_is_an_error(metric_funcs):
+    with pytest.raises(ValueError, match="episodes"):
+        metric_funcs["success_rate"](None, {"summary": {"success_rate": 1.0}})
+    with pytest.raises(TypeError, match="prediction dict"):
+        metric_funcs["success_rate"](None, "workspace/result.json")
