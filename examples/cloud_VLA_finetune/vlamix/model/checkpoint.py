@@ -1,0 +1,288 @@
+"""Load and save OpenVLA checkpoints without ``trust_remote_code`` and without pickles.
+
+``load_vla(path_or_name)`` accepts:
+
+- ``"tiny"``: the embedded CPU default (:meth:`VLAConfig.tiny`), random weights from a fixed seed
+  (:data:`TINY_SEED`, :func:`vlamix.model.modeling.init_tiny_weights_`) and the tiny byte-level tokenizer;
+- an official OpenVLA HF folder (e.g. ``openvla/openvla-7b`` downloaded by the user): ``config.json``,
+  ``model.safetensors`` or shards ``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index.json``,
+  tokenizer files, ``preprocessor_config.json`` and, for fine-tuned checkpoints, ``dataset_statistics.json``
+  (whose norm stats replace the config's, as openvla ``experiments/robot/openvla_utils.py`` ``get_vla`` does);
+- a folder written by :func:`save_vla` (same layout, plus optionally a LoRA adapter in ``lora_adapter/`` and,
+  instead of weights, a reference to the base model in ``vlamix_checkpoint.json``);
+- the reference fixture folder (``tiny/config.json`` + ``tiny/model.safetensors``, no tokenizer).
+
+Weights are read with ``safetensors`` into a skeleton built on the meta device, so a 7B checkpoint is held in
+memory once, in the requested dtype.
+
+Usage::
+
+    from vlamix.model.checkpoint import load_vla, save_vla
+    model, processor = load_vla("tiny")
+    save_vla(model, processor, "out/ckpt", norm_stats={"libero_spatial_no_noops": {...}})
+    model, processor = load_vla("out/ckpt", device="cuda", dtype=torch.bfloat16)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vlamix._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from vlamix.config import BUILTIN_MODELS  # noqa: E402
+from vlamix.model.configuration import VLAConfig  # noqa: E402
+from vlamix.model.lora import is_lora_model, load_lora_adapter, merge_lora, save_lora_adapter  # noqa: E402
+from vlamix.model.modeling import OpenVLAForActionPrediction, init_tiny_weights_  # noqa: E402
+from vlamix.model.processor import VLAProcessor  # noqa: E402
+from vlamix.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Seed of the tiny preset's random weights.
+TINY_SEED = 0
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+STATS_NAME = "dataset_statistics.json"
+ADAPTER_DIR = "lora_adapter"
+CHECKPOINT_META_NAME = "vlamix_checkpoint.json"
+#: Largest shard written by :func:`save_vla` (bytes), as transformers' default.
+MAX_SHARD_BYTES = 5 * 1024**3
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def build_tiny(seed: int = TINY_SEED, norm_stats: dict | None = None) -> tuple[OpenVLAForActionPrediction, VLAProcessor]:
+    """The tiny preset on the CPU in float32: fresh deterministic weights for ``seed`` and its tokenizer."""
+    config = VLAConfig.tiny(norm_stats=norm_stats)
+    with torch.device("cpu"):
+        model = OpenVLAForActionPrediction(config)
+    init_tiny_weights_(model, seed)
+    processor = VLAProcessor.from_config(config, build_tiny_tokenizer())
+    return model.eval(), processor
+
+
+def load_vla(
+    path_or_name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    *,
+    merge_adapter: bool = False,
+) -> tuple[nn.Module, VLAProcessor]:
+    """Load a model and its processor (model in eval mode, on ``device`` in ``dtype``).
+
+    Args:
+        path_or_name: "tiny" or a checkpoint folder (see the module docstring).
+        device: torch device. dtype: torch dtype or "fp32"/"bf16"/"fp16" (weights are cast while reading).
+        merge_adapter: for a folder with a LoRA adapter, fold it into the weights and return a plain model;
+            otherwise a ``peft.PeftModel`` is returned (same outputs up to float rounding).
+    Returns:
+        (model, processor): ``OpenVLAForActionPrediction`` (or a PeftModel wrapping one) and :class:`VLAProcessor`.
+    Raises:
+        FileNotFoundError: not a built-in name and not a folder with ``config.json``; or no weights found.
+        ValueError: unknown dtype, a config that is not "openvla", or weights whose keys/shapes do not match the
+            config (the message lists them).
+    """
+    dtype = _resolve_dtype(dtype)
+    if path_or_name in BUILTIN_MODELS:
+        model, processor = build_tiny()
+        return model.to(device=device, dtype=dtype).eval(), processor
+    folder = str(path_or_name)
+    config_path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"model '{path_or_name}' is neither a built-in model {BUILTIN_MODELS} nor a folder with {CONFIG_NAME}"
+        )
+    config = VLAConfig.from_json_file(config_path)
+    stats_path = os.path.join(folder, STATS_NAME)
+    if os.path.isfile(stats_path):
+        with open(stats_path, encoding="utf-8") as f:
+            config.norm_stats = json.load(f)
+
+    meta = _read_meta(folder)
+    if _has_weights(folder):
+        model = _load_weights(config, folder, device, dtype)
+    elif meta.get("base_model"):
+        base, _ = load_vla(meta["base_model"], device=device, dtype=dtype)
+        base.config.norm_stats = config.norm_stats
+        model = base
+    else:
+        raise FileNotFoundError(
+            f"no weights in {folder}: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or a base_model reference in "
+            f"{CHECKPOINT_META_NAME}"
+        )
+
+    adapter_dir = os.path.join(folder, ADAPTER_DIR)
+    if os.path.isdir(adapter_dir):
+        model = load_lora_adapter(model, adapter_dir)
+        if merge_adapter:
+            model = merge_lora(model)
+    processor = VLAProcessor.from_pretrained(folder, config)
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def save_vla(
+    model: nn.Module,
+    processor: VLAProcessor,
+    out_dir: str,
+    norm_stats: dict | None = None,
+    *,
+    base_model: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> str:
+    """Write a checkpoint folder that :func:`load_vla` reads back to identical outputs.
+
+    Contents: ``config.json`` (with the norm stats), ``dataset_statistics.json`` (OpenVLA layout, when there
+    are norm stats), tokenizer files and ``preprocessor_config.json``; then
+    - plain model: ``model.safetensors`` (or shards + index above ``max_shard_bytes``), official key names;
+    - LoRA model (``apply_lora``): ``lora_adapter/`` (peft format) and either the base weights unmerged
+      (``base_model`` None) or only a reference ``{"base_model": base_model}`` in ``vlamix_checkpoint.json``
+      (``"tiny"`` or a folder path, stored absolute) to keep 7B checkpoints small.
+
+    Args:
+        model: ``OpenVLAForActionPrediction`` or a PeftModel wrapping one (a DDP wrapper is unwrapped).
+        processor: its processor.
+        out_dir: folder (created). norm_stats: ``{dataset: {"action": {...}, ...}}``; None = the model's.
+        base_model: see above. max_shard_bytes: shard size limit of the weights.
+    Returns:
+        ``out_dir``.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    os.makedirs(out_dir, exist_ok=True)
+    core = model.get_base_model() if is_lora_model(model) else model
+    if norm_stats is not None:
+        core.norm_stats = norm_stats
+    config: VLAConfig = core.config
+    with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
+        f.write(config.to_json_string(use_diff=False))
+    if config.norm_stats:
+        with open(os.path.join(out_dir, STATS_NAME), "w", encoding="utf-8") as f:
+            json.dump(config.norm_stats, f, indent=2)
+    processor.save_pretrained(out_dir)
+
+    meta: dict[str, Any] = {"format": "vlamix-openvla", "lora": is_lora_model(model)}
+    if is_lora_model(model):
+        save_lora_adapter(model, os.path.join(out_dir, ADAPTER_DIR))
+        if base_model is not None:
+            meta["base_model"] = base_model if base_model in BUILTIN_MODELS else os.path.abspath(base_model)
+        else:
+            _save_weights(_base_state_dict(core), out_dir, max_shard_bytes)
+    else:
+        _save_weights(core.state_dict(), out_dir, max_shard_bytes)
+    with open(os.path.join(out_dir, CHECKPOINT_META_NAME), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    return out_dir
+
+
+# ============================================================================ helpers
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype: got {dtype!r}; allowed: a torch dtype or one of {', '.join(_DTYPES)}")
+
+
+def _read_meta(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, CHECKPOINT_META_NAME)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _has_weights(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, WEIGHTS_NAME)) or os.path.isfile(os.path.join(folder, WEIGHTS_INDEX_NAME))
+
+
+def _weight_files(folder: str) -> list[str]:
+    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+    return [os.path.join(folder, WEIGHTS_NAME)]
+
+
+def _load_weights(config: VLAConfig, folder: str, device, dtype: torch.dtype) -> OpenVLAForActionPrediction:
+    """Build the skeleton on the meta device and assign the checkpoint tensors, read straight onto ``device`` and
+    cast to ``dtype`` (one copy of the weights in memory)."""
+    with torch.device("meta"):
+        model = OpenVLAForActionPrediction(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weight shard {path} listed in the index is missing")
+        with safe_open(path, framework="pt", device=str(torch.device(device))) as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"weights in {folder} do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes "
+            f"(e.g. {[(k, tuple(state[k].shape), expected[k]) for k in wrong[:3]]})"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    model.reset_rotary_buffers()
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if leftover:
+        raise RuntimeError(f"tensors left on the meta device after loading: {leftover[:5]}")
+    return model
+
+
+def _base_state_dict(core: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of a LoRA-wrapped model without the adapters, under the plain model's key names."""
+    out = {}
+    for key, value in core.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
+def _save_weights(state: dict[str, torch.Tensor], out_dir: str, max_shard_bytes: int) -> None:
+    """safetensors file(s) with an index when sharded (transformers' naming)."""
+    for name in os.listdir(out_dir):
+        if name == WEIGHTS_INDEX_NAME or (name.startswith("model") and name.endswith(".safetensors")):
+            os.remove(os.path.join(out_dir, name))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensors[key]
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
+        return
+    weight_map = {}
+    total = 0
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(out_dir, name), metadata=metadata)
+        for key, tensor in shard.items():
+            weight_map[key] = name
+            total += tensor.numel() * tensor.element_size()
+    with open(os.path.join(out_dir, WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

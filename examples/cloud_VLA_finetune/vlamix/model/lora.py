@@ -1,0 +1,114 @@
+"""LoRA on every linear layer of OpenVLA, with peft (the openvla ``vla-scripts/finetune.py`` recipe).
+
+Recipe (finetune.py): ``LoraConfig(r=32, lora_alpha=min(32, 16), lora_dropout=0.0, target_modules="all-linear",
+init_lora_weights="gaussian")`` on the whole ``OpenVLAForActionPrediction``. For a ``PreTrainedModel`` peft's
+"all-linear" selects every ``nn.Linear`` except the output layer (``lm_head``). Our model is a plain ``nn.Module``,
+for which peft's shorthand would include ``lm_head``; :func:`lora_target_modules` therefore lists the same layers
+explicitly: all linear layers of both vision towers (including their unused last block and SigLIP's attention-pool
+head, as official), the projector and the LLM, but not ``language_model.lm_head``.
+
+Usage::
+
+    from vlamix.model.lora import apply_lora, merge_lora
+    peft_model = apply_lora(model, rank=32, alpha=16)   # only LoRA weights trainable
+    plain = merge_lora(peft_model)                        # W + (alpha / r) B A folded in
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch.nn as nn
+
+from vlamix._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Module name of the LLM output layer, excluded from LoRA as peft's "all-linear" excludes the output embeddings.
+OUTPUT_LAYER = "language_model.lm_head"
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """Names of every ``nn.Linear`` of ``model`` except the LLM output layer (sorted): peft's "all-linear"."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return sorted(n for n in names if n != OUTPUT_LAYER and not n.endswith("." + OUTPUT_LAYER))
+
+
+def apply_lora(model: nn.Module, rank: int = 32, alpha: int = 16, dropout: float = 0.0) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters on all linear layers; freezes everything else.
+
+    Args:
+        model: ``OpenVLAForActionPrediction``. rank: LoRA rank r (32). alpha: scaling numerator, the update is
+            (alpha / r) B A (OpenVLA: min(rank, 16)). dropout: LoRA dropout (0.0).
+    Returns:
+        ``peft.PeftModel``; calling it runs the model's ``forward``; ``predict_action`` etc. pass through.
+    Raises:
+        ValueError: rank < 1, alpha <= 0 or dropout outside [0, 1).
+    """
+    if int(rank) < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if not alpha > 0:
+        raise ValueError(f"LoRA alpha must be > 0, got {alpha}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=alpha,
+        lora_dropout=float(dropout),
+        target_modules=lora_target_modules(model),
+        init_lora_weights="gaussian",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA rank %d alpha %s: %d trainable of %d parameters (%.2f%%)", rank, alpha, trainable, total,
+                100.0 * trainable / max(total, 1))
+    return peft_model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA updates into the base weights and return the plain model (no peft wrappers).
+
+    A model without adapters is returned unchanged.
+    """
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def is_lora_model(model: nn.Module) -> bool:
+    """True for a ``peft.PeftModel``."""
+    return isinstance(model, PeftModel)
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The wrapped ``OpenVLAForActionPrediction`` of a PeftModel (with its LoRA layers), or ``model`` itself."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def save_lora_adapter(model: PeftModel, folder: str) -> None:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (peft format) into ``folder``.
+
+    Raises:
+        TypeError: ``model`` has no adapters.
+    """
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"save_lora_adapter needs a peft model (apply_lora), got {type(model).__name__}")
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_lora_adapter(model: nn.Module, folder: str, is_trainable: bool = False) -> PeftModel:
+    """Attach the adapter saved in ``folder`` to ``model`` (an ``OpenVLAForActionPrediction``).
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``adapter_config.json``.
+    """
+    if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {folder}")
+    return PeftModel.from_pretrained(model, folder, is_trainable=is_trainable)
