@@ -14,7 +14,7 @@ Usage::
     result = algo.predict()   # {"summary": {"success_rate": ...}, "episodes": [...], "offline": {...}}
 
 Nothing already computed is lost: a finished training run for the same training hyperparameters is
-reused (``<runs_dir>/<train key>/``), and rollouts already written to ``<checkpoint>/eval/episodes.jsonl``
+reused (``<runs_dir>/<train key>/``; an interrupted one resumes from its last ``step_*`` checkpoint), and rollouts already written to ``<checkpoint>/eval/episodes.jsonl``
 are not run again.
 """
 
@@ -39,6 +39,17 @@ EVAL_FIELDS = frozenset(
 RUNTIME_KEYS = frozenset({"runs_dir"})
 DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
 COMPLETE_MARKER = "TRAINING_COMPLETE"
+
+
+def latest_resumable_checkpoint(run_dir: str) -> str | None:
+    """The ``step_NNNNNN`` folder of ``run_dir`` with the highest step that holds a training state."""
+    if not os.path.isdir(run_dir):
+        return None
+    steps = sorted(
+        d for d in os.listdir(run_dir)
+        if d.startswith("step_") and os.path.isfile(os.path.join(run_dir, d, "training_state.pt"))
+    )
+    return os.path.join(run_dir, steps[-1]) if steps else None
 
 
 def train_key(cfg: BenchConfig) -> str:
@@ -78,17 +89,21 @@ class VLADataSelect:
 
         cfg = self.config
         run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
-        ckpt_dir = os.path.join(run_dir, "checkpoint")
-        if os.path.isfile(os.path.join(ckpt_dir, COMPLETE_MARKER)):
-            logger.info("reusing finished training run %s (%s)", ckpt_dir, cfg.mixture_label())
-            self.checkpoint = ckpt_dir
-            return ckpt_dir
+        marker = os.path.join(run_dir, COMPLETE_MARKER)
+        if os.path.isfile(marker):
+            with open(marker) as fh:
+                done = os.path.join(run_dir, fh.read().strip())
+            if os.path.isdir(done):
+                logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
+                self.checkpoint = done
+                return done
         ensure_demo_datasets(cfg)
-        resume = ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "training_state.pt")) else None
-        logger.info("fine-tuning on mixture %s -> %s", cfg.mixture_label(), ckpt_dir)
-        out = finetune(cfg, ckpt_dir, resume_from=resume)
-        with open(os.path.join(out, COMPLETE_MARKER), "w") as fh:
-            fh.write(train_key(cfg) + "\n")
+        resume = latest_resumable_checkpoint(run_dir)
+        logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
+                    f" (resuming from {resume})" if resume else "")
+        out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
+        with open(marker, "w") as fh:
+            fh.write(os.path.relpath(out, run_dir) + "\n")
         self.checkpoint = out
         return out
 

@@ -1,0 +1,504 @@
+"""LoRA fine-tuning of an OpenVLA-architecture model on a mixture of LIBERO RLDS datasets.
+
+Recipe: openvla/openvla ``vla-scripts/finetune.py`` (re-implemented, not copied): LoRA on all linear
+layers (``vlamix.model.lora.apply_lora``, gaussian init), AdamW (torch defaults, constant learning
+rate) on the LoRA parameters only, loss = mean cross-entropy on the 7 action tokens, loss divided by
+``grad_accumulation_steps`` before ``backward``, bf16 autocast, DDP with ``find_unused_parameters``.
+Logged like the reference: loss, action-token accuracy, L1 of the decoded (normalised) actions.
+
+Differences from the reference: the data come from :class:`vlamix.data.mixture.MixtureLoader`
+(mixture weights are the sampling proportions); one optimiser step = ``grad_accumulation_steps``
+micro-batches of ``batch_size`` frames per rank; training is deterministic for a fixed ``seed``
+and resumable (optimizer state, data position and RNG states are checkpointed).
+
+Usage::
+
+    from vlamix.config import BenchConfig
+    from vlamix.train.finetune import finetune
+    cfg = BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 1}, "train_steps": 40})
+    ckpt = finetune(cfg, "workspace/runs/spatial")          # -> workspace/runs/spatial/step_000040
+
+    # command line, one process or data-parallel under torchrun
+    python -m vlamix.train.finetune --config point.yaml --out workspace/runs/p0
+    torchrun --standalone --nproc-per-node 2 -m vlamix.train.finetune --config point.yaml --out workspace/runs/p0
+
+Output folder::
+
+    <out_dir>/train_log.jsonl          one JSON object per optimiser step (rank 0)
+    <out_dir>/step_<NNNNNN>/           checkpoint (see :meth:`FineTuner.save_checkpoint`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vlamix.config import BenchConfig, ConfigError
+from vlamix.train.distributed import (
+    DistContext,
+    all_gather_objects,
+    barrier,
+    cleanup,
+    init_distributed,
+    mean_over_ranks,
+)
+from vlamix.train.metrics import action_token_metrics
+from vlamix.train.state import (
+    TRAINING_STATE_FILE,
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAIN_LOG_NAME = "train_log.jsonl"
+BENCH_CONFIG_NAME = "bench_config.json"
+MERGED_DIR = "merged"
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Config fields that must match between a checkpoint and a resumed run for the continuation to be
+#: the same run (``train_steps`` may grow; evaluation fields may change).
+_RESUME_FIELDS = (
+    "mixture", "balance_by_size", "heldout_fraction", "model", "lora_rank", "lora_alpha", "lora_dropout",
+    "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
+)  # fmt: skip
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from a data loader (:class:`vlamix.data.mixture.MixtureLoader` has it).
+
+    ``next_batch()`` returns ``{"image": uint8 [B, H, W, 3], "instruction": list[str],
+    "action": float32 [B, 7] normalised, model space, ...}``; ``state_dict()`` /
+    ``load_state_dict(state)`` save and restore the position in the stream (plain values);
+    ``dataset_statistics`` is ``{dataset: stats}`` in OpenVLA's ``dataset_statistics.json`` layout.
+    """
+
+    dataset_statistics: Mapping[str, Any]
+
+    def next_batch(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
+
+
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint after ``step`` optimiser steps: ``step_000040``."""
+    return f"step_{int(step):06d}"
+
+
+class FineTuner:
+    """One fine-tuning run: model + LoRA + AdamW + data, resumable and data-parallel.
+
+    Args:
+        cfg: validated :class:`BenchConfig`. Uses ``model``, ``lora_rank``, ``lora_alpha``,
+            ``lora_dropout``, ``train_steps``, ``batch_size``, ``grad_accumulation_steps``,
+            ``learning_rate``, ``precision``, ``gradient_checkpointing``, ``seed`` and, through the
+            data loader, the data fields.
+        out_dir: run folder (rank 0 creates it).
+        resume_from: a checkpoint folder written by this class; training continues at its step with
+            its LoRA weights, optimizer state, data position and RNG states.
+        loader: batch source; default ``MixtureLoader(cfg, "train", rank=rank)``.
+        log_every: log to the console every this many steps (``train_log.jsonl`` gets every step).
+        save_every: also checkpoint every this many steps (None: only at the end).
+        save_merged: also write the LoRA-merged plain model into ``<checkpoint>/merged/`` at the end.
+        ctx: data-parallel context (default: :func:`init_distributed` from the environment).
+        device: force "cpu" or "cuda" (default: CUDA when available).
+    Raises:
+        ConfigError: naming the field, for values the trainer cannot use.
+        FileNotFoundError / ValueError: ``resume_from`` is not a checkpoint of a compatible run.
+
+    Determinism: every rank seeds Python, NumPy and torch with ``cfg.seed`` before building the model
+    (identical base weights and LoRA init), then with a seed derived from ``(seed, rank)``; the data
+    loader derives its streams from ``(seed, rank)``. On the CPU a run (and its resumption) repeats
+    bit for bit; CUDA kernels with atomic reductions make GPU runs repeat up to float rounding.
+    """
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        out_dir: str,
+        *,
+        resume_from: str | None = None,
+        loader: BatchSource | None = None,
+        log_every: int = 10,
+        save_every: int | None = None,
+        save_merged: bool = False,
+        ctx: DistContext | None = None,
+        device: str | None = None,
+    ) -> None:
+        if not isinstance(cfg, BenchConfig):
+            raise TypeError(f"cfg must be a vlamix.config.BenchConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ConfigError("log_every", f"must be an integer >= 1, got {log_every!r}")
+        if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+            raise ConfigError("save_every", f"must be None or an integer >= 1, got {save_every!r}")
+        self.cfg = cfg
+        self.out_dir = os.path.abspath(out_dir)
+        self.log_every = log_every
+        self.save_every = save_every
+        self.save_merged = bool(save_merged)
+        self.ctx = ctx if ctx is not None else init_distributed(device)
+        self._owns_ctx = ctx is None
+        self.dtype = _PRECISION_DTYPES[cfg.precision]
+        self.step = 0
+        try:
+            self._setup(resume_from, loader)
+        except BaseException:
+            if self._owns_ctx:
+                cleanup(self.ctx)
+            raise
+
+    def _setup(self, resume_from: str | None, loader: BatchSource | None) -> None:
+        cfg = self.cfg
+        resume_state = None
+        if resume_from is not None:  # cheap checks before the model is built
+            _check_resume_config(cfg, resume_from)
+            resume_state = load_training_state(os.path.join(resume_from, TRAINING_STATE_FILE))
+            if resume_state["world_size"] != self.ctx.world_size:
+                raise ValueError(
+                    f"{resume_from} was saved by {resume_state['world_size']} data-parallel ranks, this run has "
+                    f"{self.ctx.world_size}; resume with the same number of processes"
+                )
+
+        # Same seed on every rank: identical base weights and LoRA init (DDP also broadcasts rank 0's).
+        seed_everything(cfg.seed)
+        self.model, self.processor = self._build_model()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise RuntimeError("the LoRA-wrapped model has no trainable parameter")
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
+        self.loader = loader if loader is not None else self._build_loader()
+        self.norm_stats = dict(getattr(self.loader, "dataset_statistics", None) or {})
+        if not self.norm_stats:
+            logger.warning("the data loader provides no dataset_statistics; the checkpoint will have no norm stats")
+        self.train_model: nn.Module = self.model
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            # LoRA layers on the towers' unused last block (and SigLIP's attention pool) get no gradient.
+            self.train_model = DDP(self.model, device_ids=device_ids, find_unused_parameters=True)
+        # Per-rank stream for dropout etc., derived from (seed, rank).
+        seed_everything(_derive_seed(cfg.seed, self.ctx.rank))
+        if resume_from is not None:
+            self._resume(resume_from, resume_state)
+
+    # ------------------------------------------------------------------ construction
+    def _build_model(self) -> tuple[nn.Module, Any]:
+        from vlamix.model.checkpoint import load_vla
+        from vlamix.model.lora import apply_lora
+
+        cfg = self.cfg
+        base, processor = load_vla(cfg.model, device=self.ctx.device, dtype=self.dtype)
+        if cfg.gradient_checkpointing:
+            if not hasattr(base, "gradient_checkpointing_enable"):
+                raise ConfigError("gradient_checkpointing", f"{type(base).__name__} has no gradient checkpointing switch")
+            base.gradient_checkpointing_enable()
+        model = apply_lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        model.to(self.ctx.device)
+        model.train()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("model %s (%s) with LoRA rank %d: %d trainable parameters on %s",
+                    cfg.model, cfg.precision, cfg.lora_rank, n_train, self.ctx.device)
+        return model, processor
+
+    def _build_loader(self) -> BatchSource:
+        from vlamix.data.mixture import MixtureLoader
+
+        return MixtureLoader(self.cfg, "train", rank=self.ctx.rank)
+
+    @property
+    def action_tokenizer(self):
+        return self.processor.action_tokenizer
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self, ckpt_dir: str, state: dict[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from vlamix.model.checkpoint import ADAPTER_DIR
+
+        adapter_file = os.path.join(ckpt_dir, ADAPTER_DIR, "adapter_model.safetensors")
+        if not os.path.isfile(adapter_file):
+            raise FileNotFoundError(f"no LoRA adapter weights at {adapter_file}")
+        adapter = load_file(adapter_file, device=str(self.ctx.device))
+        result = set_peft_model_state_dict(self.model, adapter)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
+        if unexpected or missing_lora:
+            raise ValueError(
+                f"adapter in {ckpt_dir} does not fit this model (lora_rank/model differ?): "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(missing_lora)} missing LoRA keys "
+                f"(e.g. {missing_lora[:3]})"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        data = state["data"][self.ctx.rank]
+        if data is not None:
+            if not hasattr(self.loader, "load_state_dict"):
+                raise TypeError(f"the data loader {type(self.loader).__name__} cannot restore its position (no load_state_dict)")
+            self.loader.load_state_dict(data)
+        restore_rng_state(state["rng"][self.ctx.rank])
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", ckpt_dir, self.step)
+
+    # ------------------------------------------------------------------ training
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _micro_batch(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        inputs = self.processor.training_batch(batch["image"], batch["instruction"], batch["action"])
+        out = {k: v.to(self.ctx.device, non_blocking=True) for k, v in inputs.items()}
+        out["pixel_values"] = out["pixel_values"].to(self.dtype)
+        return out
+
+    def forward_backward(self) -> dict[str, float]:
+        """Accumulate the gradients of one optimiser step: ``grad_accumulation_steps`` micro-batches,
+        each loss divided by that number (DDP all-reduces on the last micro-batch only).
+
+        Returns:
+            this rank's metrics averaged over the micro-batches: ``loss`` (mean cross-entropy on the
+            action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units).
+        Raises:
+            FloatingPointError: a loss is not finite.
+        """
+        accum = self.cfg.grad_accumulation_steps
+        losses, accs, l1s = [], [], []
+        self.train_model.train()
+        for micro in range(accum):
+            inputs = self._micro_batch(self.loader.next_batch())
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.train_model.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.train_model(**inputs, logits="labeled")
+                loss = out.loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
+                (loss / accum).backward()
+            metrics = action_token_metrics(out.logits.detach(), out.targets, self.action_tokenizer)
+            losses.append(float(loss.detach()))
+            accs.append(metrics.accuracy)
+            l1s.append(metrics.l1)
+        return {"loss": float(np.mean(losses)), "action_accuracy": float(np.mean(accs)), "l1_loss": float(np.mean(l1s))}
+
+    def optimizer_step(self) -> None:
+        """Apply the accumulated gradients (AdamW), clear them and count the step."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step: :meth:`forward_backward` then :meth:`optimizer_step`; returns the metrics."""
+        metrics = self.forward_backward()
+        self.optimizer_step()
+        return metrics
+
+    def train(self) -> str:
+        """Train until ``cfg.train_steps`` optimiser steps; return the final checkpoint folder.
+
+        Rank 0 appends one JSON object per step to ``<out_dir>/train_log.jsonl``: ``step``, ``loss``,
+        ``action_accuracy``, ``l1_loss`` (means over micro-batches and ranks), ``lr``,
+        ``step_time_s`` (wall seconds of the step, data loading included), ``frames`` (seen so far,
+        all ranks).
+        """
+        cfg = self.cfg
+        if self.ctx.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+        log_path = os.path.join(self.out_dir, TRAIN_LOG_NAME)
+        frames_per_step = cfg.batch_size * cfg.grad_accumulation_steps * self.ctx.world_size
+        if self.step >= cfg.train_steps:
+            logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, cfg.train_steps)
+        try:
+            while self.step < cfg.train_steps:
+                start = time.perf_counter()
+                metrics = self.train_step()
+                loss, acc, l1 = mean_over_ranks(self.ctx, [metrics["loss"], metrics["action_accuracy"], metrics["l1_loss"]])
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "action_accuracy": acc,
+                    "l1_loss": l1,
+                    "lr": float(self.optimizer.param_groups[0]["lr"]),
+                    "step_time_s": time.perf_counter() - start,
+                    "frames": self.step * frames_per_step,
+                }
+                if self.ctx.is_main:
+                    with open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if self.step % self.log_every == 0 or self.step == cfg.train_steps:
+                        logger.info("step %d/%d loss %.4f acc %.3f l1 %.4f (%.2fs)", self.step, cfg.train_steps,
+                                    loss, acc, l1, record["step_time_s"])
+                if self.save_every and self.step % self.save_every == 0 and self.step < cfg.train_steps:
+                    self.save_checkpoint()
+            return self.save_checkpoint(final=True)
+        finally:
+            if self._owns_ctx:
+                cleanup(self.ctx)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, final: bool = False) -> str:
+        """Write ``<out_dir>/step_<NNNNNN>/`` (rank 0; all ranks must call it) and return its path.
+
+        Contents:
+            ``config.json``, tokenizer files, ``preprocessor_config.json``,
+            ``dataset_statistics.json`` (norm stats of the mixture's datasets, OpenVLA layout) and
+            ``lora_adapter/`` (peft) via :func:`vlamix.model.checkpoint.save_vla`; the base weights
+            (``model.safetensors``) for a built-in base model, else a reference to the base folder
+            in ``vlamix_checkpoint.json``; ``bench_config.json`` (:meth:`BenchConfig.to_dict`);
+            ``training_state.pt`` (optimizer, step, data loader state and RNG states of every rank);
+            with ``save_merged`` and ``final``: ``merged/``, a plain model with LoRA folded in.
+        ``load_vla(<folder>)`` returns the fine-tuned model (a PeftModel; ``merge_adapter=True`` for
+        a plain one).
+        """
+        from vlamix.config import BUILTIN_MODELS
+        from vlamix.model.checkpoint import save_vla
+        from vlamix.model.lora import merge_lora
+
+        ckpt = os.path.join(self.out_dir, checkpoint_name(self.step))
+        # Collectives first (every rank), then rank 0 writes.
+        data_states = all_gather_objects(self.ctx, self.loader.state_dict() if hasattr(self.loader, "state_dict") else None)
+        rng_states = all_gather_objects(self.ctx, capture_rng_state())
+        if self.ctx.is_main:
+            base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
+            save_vla(self.model, self.processor, ckpt, norm_stats=self.norm_stats or None, base_model=base_model)
+            with open(os.path.join(ckpt, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
+                json.dump(self.cfg.to_dict(), f, indent=2)
+            save_training_state(
+                os.path.join(ckpt, TRAINING_STATE_FILE),
+                step=self.step,
+                optimizer=self.optimizer,
+                data_states=data_states,
+                rng_states=rng_states,
+            )
+            logger.info("saved checkpoint %s", ckpt)
+            if final and self.save_merged:
+                # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
+                merged = merge_lora(self.model)
+                save_vla(merged, self.processor, os.path.join(ckpt, MERGED_DIR), norm_stats=self.norm_stats or None)
+                logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
+        barrier(self.ctx)
+        return ckpt
+
+
+def finetune(
+    cfg: BenchConfig,
+    out_dir: str,
+    *,
+    resume_from: str | None = None,
+    loader: BatchSource | None = None,
+    log_every: int = 10,
+    save_every: int | None = None,
+    save_merged: bool = False,
+) -> str:
+    """LoRA-fine-tune ``cfg.model`` on ``cfg.mixture`` for ``cfg.train_steps`` steps (see :class:`FineTuner`).
+
+    Returns:
+        the final checkpoint folder ``<out_dir>/step_<train_steps>``.
+    Raises:
+        ConfigError, FileNotFoundError, ValueError: see :class:`FineTuner`.
+    """
+    tuner = FineTuner(
+        cfg, out_dir, resume_from=resume_from, loader=loader, log_every=log_every,
+        save_every=save_every, save_merged=save_merged,
+    )  # fmt: skip
+    return tuner.train()
+
+
+def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:
+    """Raise :class:`ConfigError` if a field in ``_RESUME_FIELDS`` differs from the checkpoint's config."""
+    path = os.path.join(ckpt_dir, BENCH_CONFIG_NAME)
+    if not os.path.isfile(path):
+        logger.warning("%s has no %s; cannot check that the resumed run uses the same config", ckpt_dir, BENCH_CONFIG_NAME)
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    mine = cfg.to_dict()
+    for name in _RESUME_FIELDS:
+        if name in saved and saved[name] != mine[name]:
+            raise ConfigError(
+                name,
+                f"differs from the checkpoint being resumed ({saved[name]!r} in {path}, {mine[name]!r} now); "
+                f"only train_steps and evaluation fields may change on resume",
+            )
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (per-rank streams)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
+
+
+# ============================================================================ command line
+def load_config_file(path: str, overrides: Mapping[str, Any] | None = None) -> BenchConfig:
+    """A :class:`BenchConfig` from a YAML or JSON file of flat hyperparameters (plus ``overrides``).
+
+    Raises:
+        FileNotFoundError: no such file. ConfigError: invalid fields (named).
+        ValueError: the file is not a mapping.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of BenchConfig fields, got {type(values).__name__}")
+    values.update(overrides or {})
+    return BenchConfig.from_dict(values)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vlamix.train.finetune --config X --out DIR`` (also under ``torchrun``)."""
+    parser = argparse.ArgumentParser(prog="python -m vlamix.train.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML or JSON file of BenchConfig fields")
+    parser.add_argument("--out", required=True, help="run folder (train_log.jsonl, step_* checkpoints)")
+    parser.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
+                        metavar="KEY=VALUE", help="override a config field (YAML value), repeatable")
+    parser.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    parser.add_argument("--save-merged", action="store_true", help="also save the LoRA-merged model (merged/)")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # tfds logs every pipeline it builds
+    cfg = load_config_file(args.config, dict(args.overrides))
+    tuner = FineTuner(
+        cfg, args.out, resume_from=args.resume_from, log_every=args.log_every, save_every=args.save_every,
+        save_merged=args.save_merged, device=args.device,
+    )  # fmt: skip
+    ckpt = tuner.train()
+    if rank == "0":
+        print(ckpt)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
