@@ -312,6 +312,9 @@ def run_job(
     results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
     rows = [_rank_row(r) for r in results if r.ok]
     rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
+    report = _write_report(results, job)
+    if report:
+        rank_files["report"] = report
     for r in results:
         if not r.ok:
             logger.error("%s FAILED: %s (details in %s)", r.point.describe(), r.error, os.path.join(r.output_dir, ERROR_FILE))
@@ -320,6 +323,24 @@ def run_job(
         if vis.get("mode", "selected_only") == "selected_only" and vis.get("method", "print_table") == "print_table":
             print(format_rank_table(rank_files["selected"]))
     return JobResult(job=job, points=results, rank_files=rank_files)
+
+
+def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
+    """Write ``<job dir>/report/`` (tables and plots, :mod:`vlamix.report`) from the finished points'
+    ``prediction.json``; predictions that are not vlamix results (no ``summary``) are skipped."""
+    from vlamix.report import write_report
+
+    predictions = []
+    for r in results:
+        path = os.path.join(r.output_dir, PREDICTION_FILE)
+        if r.ok and os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                pred = json.load(fh)
+            if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
+                predictions.append(pred)
+    if not predictions:
+        return None
+    return write_report(predictions, os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture")
 
 
 def run_point(

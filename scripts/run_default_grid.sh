@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv (first run only) and run the default benchmark grid (three spatial:object ratios,
+# tiny OpenVLA-architecture model, scripted-expert demonstrations recorded on first run and cached).
+# Results: workspace/vla_mixture_bench/rank/{all_rank,selected_rank}.csv and .../report/report.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MUJOCO_GL=${MUJOCO_GL:-egl} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl} TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+bash scripts/setup.sh
+exec .venv/bin/vlamix run -f "${1:-examples/cloud_VLA_finetune/singletask_learning_bench/benchmarkingjob.yaml}"
