@@ -1,0 +1,577 @@
+"""Scripted pick-and-place expert for LIBERO, driven by the simulator's object poses.
+
+The expert reads the task's BDDL goal (``env.env.parsed_problem["goal_state"]``, e.g.
+``("on", "akita_black_bowl_1", "plate_1")`` or ``("in", "alphabet_soup_1", "basket_1_contain_region")``),
+measures the objects' collision boxes in MuJoCo, and drives the end effector through waypoints:
+
+    approach (above the grasp point) -> descend -> grasp (close, hold) -> lift -> transport (object
+    above the target) -> lower -> release (open, hold) -> retreat
+
+with a proportional controller on the end-effector pose, clipping and a little exponential smoothing.
+
+Actions are LIBERO's ``OSC_POSE`` delta actions, float32 [7] = EEF delta xyz (3) + delta
+roll-pitch-yaw as axis-angle (3) + gripper (1, -1 open / +1 close). robosuite 1.4's default
+``OSC_POSE`` controller config (``robosuite/controllers/config/osc_pose.json``, used by LIBERO's
+``ControlEnv``) scales inputs in [-1, 1] to 0.05 m and 0.5 rad per control step (20 Hz) and applies
+the rotation in the world frame (``goal = R(delta) @ R_current``).
+
+Only pick-and-place goals (``on`` / ``in``) are supported, which covers every task of
+``libero_spatial`` and ``libero_object``; other goals raise :class:`UnsupportedTaskError`.
+
+No TensorFlow here (see :mod:`vlamix.sim.libero_env`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Scale of OSC_POSE delta actions (robosuite 1.4 ``osc_pose.json`` ``output_max``): metres / radians per unit.
+POS_ACTION_SCALE = 0.05
+ROT_ACTION_SCALE = 0.5
+GRIPPER_OPEN = -1.0
+GRIPPER_CLOSE = 1.0
+#: Panda fingers open to about 7.6 cm between the pads; wider objects (bowls) are grasped by the rim.
+MAX_GRASP_WIDTH = 0.07
+#: Footprint of the open Panda gripper around the grip site, measured from the collision geoms of
+#: robosuite's PandaGripper: (half length along the finger axis, half width across it, bottom z
+#: relative to the grip site). The hand is 21 cm wide along the finger axis.
+FINGER_FOOTPRINT = (0.07, 0.015, -0.015)
+HAND_FOOTPRINT = (0.108, 0.035, 0.022)
+#: Deepest grip-site position below an object's top: the hand (2.2 cm above the grip site) stays clear.
+GRASP_DEPTH = 0.025
+#: Obstacle boxes are grown by this margin (metres) when checking a grasp for collisions.
+OBSTACLE_MARGIN = 0.005
+
+#: Phases that move to a waypoint; they end early when the arm stalls (blocked by contact).
+_WAYPOINT_PHASES = ("approach", "descend", "lift", "transport", "lower", "retreat")
+_BOX_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat", "finished")
+
+
+class UnsupportedTaskError(ValueError):
+    """The task's BDDL goal is not a single pick-and-place predicate (``on`` / ``in``)."""
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Gains and geometry of the scripted expert (lengths in metres).
+
+    pos_gain: action per metre of position error, in units of :data:`POS_ACTION_SCALE`
+        (1.0 sets the controller goal on the waypoint when it is within 5 cm).
+    max_pos_action / max_rot_action: clip of the position / rotation action norm (action units).
+    rot_gain: rotation action per radian of orientation error, in units of :data:`ROT_ACTION_SCALE`.
+    smoothing: weight of the previous motion action in the exponential smoothing, in [0, 1).
+    approach_height: height of the pre-grasp waypoint above the grasp point.
+    clearance: height of the object's bottom above the support surface and above the tops of the
+        objects under its straight path to the target while transported.
+    release_height: height of the object's bottom above the support surface (or the container's
+        floor, for ``in`` goals) when it is released.
+    grasp_steps / release_steps: steps the gripper command is held before moving on.
+    pos_tolerance: waypoint reached when the position error is below this.
+    phase_timeout: steps after which a waypoint phase moves on even if not reached.
+    stall_steps / stall_speed: a waypoint phase also moves on when the end effector moved less than
+        ``stall_speed`` metres per step during the last ``stall_steps`` steps (blocked by contact).
+    settle_steps: steps after the retreat without success before the expert reports a failure.
+    """
+
+    pos_gain: float = 1.0
+    max_pos_action: float = 1.0
+    rot_gain: float = 1.0
+    max_rot_action: float = 0.5
+    smoothing: float = 0.3
+    approach_height: float = 0.08
+    clearance: float = 0.05
+    release_height: float = 0.015
+    grasp_steps: int = 12
+    release_steps: int = 8
+    pos_tolerance: float = 0.008
+    phase_timeout: int = 60
+    stall_steps: int = 4
+    stall_speed: float = 0.001
+    settle_steps: int = 40
+
+    def jittered(self, rng: np.random.Generator) -> "ExpertConfig":
+        """A copy with speed and waypoint heights drawn around these values, for varied demonstrations.
+
+        max_pos_action x U(0.8, 1), approach_height x U(0.75, 1.25), clearance x U(0.8, 1.4),
+        release_height x U(0.7, 1.3).
+        """
+        return dataclasses.replace(
+            self,
+            max_pos_action=self.max_pos_action * float(rng.uniform(0.8, 1.0)),
+            approach_height=self.approach_height * float(rng.uniform(0.75, 1.25)),
+            clearance=self.clearance * float(rng.uniform(0.8, 1.4)),
+            release_height=self.release_height * float(rng.uniform(0.7, 1.3)),
+        )
+
+
+@dataclass(frozen=True)
+class GraspPlan:
+    """Where and how to grasp and place (world frame, metres / radians)."""
+
+    obj: str
+    target: str
+    predicate: str
+    grasp_pos: np.ndarray  # float64 [3] grip-site position at the grasp
+    yaw: float  # gripper yaw about world z (0: fingers close along world y)
+    approach_z: float  # grip-site height of the pre-grasp waypoint
+    grasp_offset_xy: np.ndarray  # float64 [2] grasp point minus object body position
+    bottom_offset: float  # object's lowest point minus its body z
+    target_xy: np.ndarray  # float64 [2] where the object's body should end up
+    support_top: float  # z of the surface the object is put on (target's top or the container's rim)
+    release_bottom: float  # z of the object's bottom when it is released
+    carry_bottom: float  # z of the object's bottom while transported
+
+
+def collision_corners(env, name: str) -> np.ndarray:
+    """World corners of the bounding boxes of an object's (or fixture's) collision geoms.
+
+    Args:
+        env: LIBERO ``ControlEnv`` (``OffScreenRenderEnv``) or its inner BDDL domain env.
+        name: object or fixture name of the BDDL file (e.g. ``"plate_1"``).
+    Returns:
+        float64 [8 * n_geoms, 3], metres.
+    Raises:
+        KeyError: unknown name, or an object without collision geoms.
+    """
+    inner = getattr(env, "env", env)
+    model = inner.sim.model._model
+    data = inner.sim.data._data
+    root = inner.obj_body_id[name]
+    bodies = {root}
+    for body in range(root + 1, model.nbody):  # children follow their parent in MuJoCo's body order
+        if int(model.body_parentid[body]) in bodies:
+            bodies.add(body)
+    corners = []
+    for geom in range(model.ngeom):
+        if int(model.geom_bodyid[geom]) not in bodies:
+            continue
+        if model.geom_contype[geom] == 0 and model.geom_conaffinity[geom] == 0:
+            continue  # visual-only geom
+        center, half = model.geom_aabb[geom, :3], model.geom_aabb[geom, 3:]
+        corners.append((_BOX_SIGNS * half + center) @ data.geom_xmat[geom].reshape(3, 3).T + data.geom_xpos[geom])
+    if not corners:
+        raise KeyError(f"object '{name}' has no collision geoms")
+    return np.concatenate(corners, axis=0)
+
+
+def object_aabb(env, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned box ``(lo, hi)`` (float64 [3] each, metres) of an object's collision geoms.
+
+    Raises:
+        KeyError: unknown name, or an object without collision geoms.
+    """
+    corners = collision_corners(env, name)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _rect_hits_box(center: np.ndarray, yaw: float, half_u: float, half_v: float, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Whether a rectangle (centre, yaw, half sizes along the finger axis u / across it v) overlaps an xy box."""
+    u = np.array([-math.sin(yaw), math.cos(yaw)])
+    v = np.array([math.cos(yaw), math.sin(yaw)])
+    rect = np.array([center + su * half_u * u + sv * half_v * v for su in (-1, 1) for sv in (-1, 1)])
+    box = np.array([[lo[0], lo[1]], [lo[0], hi[1]], [hi[0], lo[1]], [hi[0], hi[1]]])
+    for axis in (np.array([1.0, 0.0]), np.array([0.0, 1.0]), u, v):  # separating axis test
+        a, b = rect @ axis, box @ axis
+        if a.max() < b.min() or b.max() < a.min():
+            return False
+    return True
+
+
+def grasp_collisions(grasp_pos: np.ndarray, yaw: float, obstacles) -> int:
+    """Number of obstacles that the open gripper at ``grasp_pos`` / ``yaw`` would touch.
+
+    Args:
+        grasp_pos: float64 [3] grip-site position (metres). yaw: radians about world z.
+        obstacles: (xy lo float [2], xy hi float [2], top z float) per obstacle.
+    """
+    hits = 0
+    for lo, hi, top in obstacles:
+        lo, hi = np.asarray(lo) - OBSTACLE_MARGIN, np.asarray(hi) + OBSTACLE_MARGIN
+        for half_u, half_v, dz in (FINGER_FOOTPRINT, HAND_FOOTPRINT):
+            if top > grasp_pos[2] + dz and _rect_hits_box(grasp_pos[:2], yaw, half_u, half_v, lo, hi):
+                hits += 1
+                break
+    return hits
+
+
+def path_clearance_z(start_xy, end_xy, yaw: float, obstacles, footprints, margin: float = 0.02, step: float = 0.01) -> float:
+    """Lowest reference height at which rectangles moved in a straight line pass above the obstacles.
+
+    Args:
+        start_xy, end_xy: float [2] path of the reference point (metres); the start itself is skipped.
+        yaw: rectangle orientation (radians, see :func:`grasp_collisions`).
+        obstacles: (xy lo, xy hi, top z) per obstacle.
+        footprints: (half length along the finger axis, half width, bottom z relative to the reference
+            point) per rectangle.
+        margin: vertical clearance (metres). step: spacing of the checked points along the path.
+    Returns:
+        Minimum z of the reference point, or -inf when nothing is in the way.
+    """
+    start_xy, end_xy = np.asarray(start_xy, dtype=np.float64), np.asarray(end_xy, dtype=np.float64)
+    n = max(1, int(math.ceil(np.linalg.norm(end_xy - start_xy) / step)))
+    need = -math.inf
+    for lo, hi, top in obstacles:
+        lo, hi = np.asarray(lo) - OBSTACLE_MARGIN, np.asarray(hi) + OBSTACLE_MARGIN
+        for half_u, half_v, dz in footprints:
+            if top + margin - dz <= need:
+                continue
+            for i in range(1, n + 1):
+                point = start_xy + (end_xy - start_xy) * (i / n)
+                if _rect_hits_box(point, yaw, half_u, half_v, lo, hi):
+                    need = top + margin - dz
+                    break
+    return need
+
+
+def choose_grasp(corners: np.ndarray, obstacles, rng: np.random.Generator | None = None) -> tuple[np.ndarray, float]:
+    """Top-down grasp of an object: grip-site position float64 [3] (metres) and gripper yaw (radians).
+
+    Objects narrower than :data:`MAX_GRASP_WIDTH` along some horizontal direction are grasped at
+    their centre, at half height but at most :data:`GRASP_DEPTH` below the top (the hand must not
+    touch the top) and at least 1.2 cm above the bottom,
+    with the fingers closing along a direction where the object fits between the fingers, possibly
+    slid by up to 2 cm along the object's length. Wider
+    objects (bowls, plates) are pinched at the rim wall, 1.2 cm inside the outline and 2 cm below the
+    top, with the fingers closing radially. Among the candidates (yaw every 15 degrees, rim points
+    every 15 degrees) the one whose gripper footprint touches the fewest obstacles wins, then the
+    one where the object is narrowest between the fingers (1 cm bins), then the smallest yaw and
+    slide; ``rng`` jitters the result by up to 3 mm and 5 degrees.
+
+    Args:
+        corners: float64 [N, 3] collision-box corners of the object (:func:`collision_corners`).
+        obstacles: (xy lo, xy hi, top z) of every other object standing in the scene.
+    """
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    center = (lo + hi) / 2.0
+    height = hi[2] - lo[2]
+    xy = corners[:, :2]
+    angles = [math.radians(a) for a in range(-75, 91, 15)]
+    candidates = []  # (collisions, width in cm, |yaw|, |shift|, order, position, yaw)
+    # half height, but the hand must stay above the top (the fingers are ~5 cm long) and the pads
+    # need something to hold: at most GRASP_DEPTH below the top, at least 1.2 cm above the bottom
+    z = lo[2] + max(0.5 * height, height - GRASP_DEPTH, 0.012)
+    for order, yaw in enumerate(sorted(angles, key=abs)):
+        u = np.array([-math.sin(yaw), math.cos(yaw)])
+        v = np.array([math.cos(yaw), math.sin(yaw)])
+        width = float(np.ptp(xy @ u))
+        if width > MAX_GRASP_WIDTH:
+            continue
+        # slide the grasp along the object's length (across the fingers) to keep the hand clear
+        room = max(0.0, 0.5 * float(np.ptp(xy @ v)) - 0.02)
+        for shift in (0.0, 0.01, -0.01, 0.02, -0.02):
+            if abs(shift) > room:
+                continue
+            pos = np.array([center[0] + shift * v[0], center[1] + shift * v[1], z])
+            candidates.append(
+                (grasp_collisions(pos, yaw, obstacles), round(width / 0.01), round(abs(yaw), 6), abs(shift), order, pos, yaw)
+            )
+    if not candidates:  # wide object: rim grasp
+        radius = 0.5 * min(hi[0] - lo[0], hi[1] - lo[1]) - 0.012
+        for order, theta in enumerate(math.radians(a) for a in range(0, 360, 15)):
+            yaw = math.remainder(theta - math.pi / 2.0, math.pi)
+            if yaw <= -math.pi / 2.0 + 1e-9:
+                yaw += math.pi
+            pos = np.array([center[0] + radius * math.cos(theta), center[1] + radius * math.sin(theta), hi[2] - 0.02])
+            candidates.append((grasp_collisions(pos, yaw, obstacles), 0, round(abs(yaw), 6), 0.0, order, pos, yaw))
+    hits, _, _, _, _, pos, yaw = min(candidates, key=lambda c: c[:5])
+    if hits:
+        logger.debug("best grasp still touches %d obstacle(s)", hits)
+    pos = pos.copy()
+    if rng is not None:
+        pos[:2] += rng.uniform(-0.003, 0.003, size=2)
+        yaw += math.radians(rng.uniform(-5.0, 5.0))
+    return pos, float(yaw)
+
+
+def _quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = (float(v) for v in q)
+    n = x * x + y * y + z * z + w * w
+    s = 2.0 / n if n > 0 else 0.0
+    return np.array(
+        [
+            [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
+            [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
+            [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
+        ]
+    )
+
+
+def _mat_to_axisangle(r: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> axis-angle vector float64 [3] (radians), angle in [0, pi]."""
+    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
+    angle = math.acos(cos)
+    if angle < 1e-9:
+        return np.zeros(3)
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    norm = np.linalg.norm(axis)
+    if norm < 1e-9:  # angle ~ pi: axis from the diagonal
+        axis = np.sqrt(np.clip((np.diag(r) + 1.0) / 2.0, 0.0, None))
+        k = int(np.argmax(axis))
+        for j in range(3):
+            if j != k:
+                axis[j] = math.copysign(axis[j], r[k, j] + r[j, k])
+        norm = np.linalg.norm(axis)
+    return axis / norm * angle
+
+
+def _gripper_down(yaw: float) -> np.ndarray:
+    """Orientation matrix of the gripper pointing down, rotated ``yaw`` about world z."""
+    down = np.diag([1.0, -1.0, -1.0])  # 180 degrees about x: LIBERO's start orientation, fingers along y
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ down
+
+
+def parse_goal(env) -> tuple[str, str, str]:
+    """The single pick-and-place predicate of the task: ``(predicate, object, target)``.
+
+    Raises:
+        UnsupportedTaskError: the goal is not exactly one ``on`` / ``in`` predicate on a movable object.
+    """
+    inner = getattr(env, "env", env)
+    goal = [tuple(str(t).lower() for t in g) for g in inner.parsed_problem["goal_state"]]
+    if len(goal) != 1 or goal[0][0] not in ("on", "in") or len(goal[0]) != 3:
+        raise UnsupportedTaskError(f"scripted expert supports one 'on'/'in' goal, got {goal}")
+    predicate, obj, target = goal[0]
+    if obj not in inner.objects_dict:
+        raise UnsupportedTaskError(f"goal object '{obj}' is not a movable object of the task")
+    return predicate, obj, target
+
+
+class ScriptedExpert:
+    """Waypoint expert for one LIBERO pick-and-place episode.
+
+    Usage::
+
+        expert = ScriptedExpert(env)
+        obs = env.reset()
+        expert.reset(obs)
+        while not done:
+            obs, reward, done, info = env.step(expert.act(obs))
+
+    ``act`` returns float32 [7] OSC_POSE delta actions (see module docstring). The expert never emits
+    a motion part with norm below 1e-3 (a tiny vertical push is added instead: down while the gripper
+    closes, up otherwise), so that holding still while the gripper closes or opens is not an OpenVLA
+    "no-op" that the recorder would drop. ``failure`` is set (and the episode should end) when the
+    object was not lifted or no success followed the release.
+
+    Raises:
+        UnsupportedTaskError: (in ``reset``) the task's goal is not pick-and-place.
+    """
+
+    def __init__(self, env, config: ExpertConfig | None = None, rng: np.random.Generator | None = None):
+        self.env = env
+        self.rng = rng
+        self.inner = getattr(env, "env", env)
+        self.config = config or ExpertConfig()
+        self.plan: GraspPlan | None = None
+        self.phase = PHASES[0]
+        self._phase_steps = 0
+        self._prev_motion = np.zeros(6)
+        self._gripper = GRIPPER_OPEN
+        self._lift_start_obj_z = 0.0
+        self._carry_eef_z = 0.0
+        self._eef_history: list[np.ndarray] = []
+        self._retreat_z = 0.0
+        self.failure: str | None = None
+
+    # ------------------------------------------------------------------ planning
+    def reset(self, obs: dict) -> GraspPlan:
+        """Plan the grasp and the placement from the current simulator state.
+
+        ``obs`` is the observation the first :meth:`act` call will get (kept for interface symmetry;
+        the plan reads object poses straight from the simulator).
+        """
+        predicate, obj, target = parse_goal(self.inner)
+        corners = collision_corners(self.inner, obj)
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        center = (lo + hi) / 2.0
+        body = self._body_pos(obj)
+        obstacles = self._obstacles(obj, bottom=float(lo[2]))
+        grasp_pos, yaw = choose_grasp(corners, obstacles, rng=self.rng)
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        # the open gripper travels in a straight line to the pre-grasp waypoint: pass above what it sweeps
+        approach_z = max(
+            grasp_pos[2] + self.config.approach_height,
+            hi[2] + 0.02 - FINGER_FOOTPRINT[2],  # fingertips 2 cm above the object's own top
+            path_clearance_z(eef[:2], grasp_pos[:2], yaw, obstacles, (FINGER_FOOTPRINT, HAND_FOOTPRINT)),
+        )
+        target_xy, support_top, floor = self._target_surface(predicate, target)
+        release_bottom = support_top + self.config.release_height
+        if floor is not None:
+            # into a container: down to 2 cm + release_height above its floor (objects released above
+            # the rim can hang on a finger), but the 21 cm wide hand stays 1 cm above the rim
+            hand_bottom_over_object_bottom = grasp_pos[2] + HAND_FOOTPRINT[2] - lo[2]
+            release_bottom = max(floor + 0.02 + self.config.release_height, support_top + 0.01 - hand_bottom_over_object_bottom)
+        # transport: the object (a disc of its half extent) and the gripper sweep from here to the target
+        move = target_xy - body[:2]
+        half_extent = 0.5 * float(max(hi[0] - lo[0], hi[1] - lo[1]))
+        object_print = ((half_extent, half_extent, 0.0),)
+        hand_prints = tuple((u, v, grasp_pos[2] + dz - lo[2]) for (u, v, dz) in (FINGER_FOOTPRINT, HAND_FOOTPRINT))
+        carry_bottom = max(
+            support_top + self.config.clearance,
+            path_clearance_z(center[:2], center[:2] + move, 0.0, obstacles, object_print, margin=self.config.clearance),
+            path_clearance_z(grasp_pos[:2], grasp_pos[:2] + move, yaw, obstacles, hand_prints, margin=0.02),
+        )
+        self.plan = GraspPlan(
+            obj=obj,
+            target=target,
+            predicate=predicate,
+            grasp_pos=grasp_pos,
+            yaw=yaw,
+            approach_z=float(approach_z),
+            grasp_offset_xy=grasp_pos[:2] - body[:2],
+            bottom_offset=float(lo[2] - body[2]),
+            target_xy=target_xy,
+            support_top=support_top,
+            release_bottom=float(release_bottom),
+            carry_bottom=carry_bottom,
+        )
+        self.phase = PHASES[0]
+        self._phase_steps = 0
+        self._prev_motion = np.zeros(6)
+        self._gripper = GRIPPER_OPEN
+        self._eef_history = []
+        self.failure = None
+        logger.debug("plan: %s", self.plan)
+        return self.plan
+
+    def _obstacles(self, obj: str, bottom: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Collision geoms of the other objects and fixtures reaching above ``bottom``.
+
+        One axis-aligned box per geom (not per object, so that e.g. an open drawer is not hidden in
+        its cabinet's box): (xy lo float [2], xy hi float [2], top z) each.
+        """
+        out = []
+        for name in list(self.inner.objects_dict) + list(self.inner.fixtures_dict):
+            if name == obj:
+                continue
+            try:
+                boxes = collision_corners(self.inner, name).reshape(-1, 8, 3)
+            except KeyError:
+                continue
+            for lo, hi in zip(boxes.min(axis=1), boxes.max(axis=1)):
+                if hi[2] > bottom + 0.005:  # skip support surfaces (table, floor, drawer bottom)
+                    out.append((lo[:2], hi[:2], float(hi[2])))
+        return out
+
+    def _body_pos(self, name: str) -> np.ndarray:
+        return np.array(self.inner.sim.data.body_xpos[self.inner.obj_body_id[name]], dtype=np.float64)
+
+    def _target_surface(self, predicate: str, target: str) -> tuple[np.ndarray, float, float | None]:
+        """Where the object goes: target xy, the z of the surface / container rim, and the container's
+        floor (None for ``on`` an object)."""
+        inner = self.inner
+        if target in inner.obj_body_id:
+            lo, hi = object_aabb(inner, target)
+            return self._body_pos(target)[:2], float(hi[2]), None
+        if target in inner.object_sites_dict:
+            site_pos = np.array(inner.sim.data.get_site_xpos(target), dtype=np.float64)
+            parent = inner.object_sites_dict[target].parent_name
+            if parent not in inner.obj_body_id:
+                return site_pos[:2], float(site_pos[2]), None
+            lo, hi = object_aabb(inner, parent)
+            floor = float(lo[2]) + 0.01 if predicate == "in" else None  # container walls ~1 cm thick
+            return site_pos[:2], float(hi[2]), floor
+        raise UnsupportedTaskError(f"goal target '{target}' is neither an object nor a region of the task")
+
+    # ------------------------------------------------------------------ control
+    def act(self, obs: dict) -> np.ndarray:
+        """Next action, float32 [7] (EEF delta xyz, delta axis-angle, gripper), from observation ``obs``."""
+        if self.plan is None:
+            raise RuntimeError("call reset(obs) before act(obs)")
+        cfg, plan = self.config, self.plan
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        obj = self._body_pos(plan.obj)
+        self._phase_steps += 1
+        bias = 0.0
+        target = eef
+
+        if self.phase == "approach":
+            target = np.array([plan.grasp_pos[0], plan.grasp_pos[1], plan.approach_z])
+            self._advance_if(np.linalg.norm(target - eef) < 2 * cfg.pos_tolerance)
+        elif self.phase == "descend":
+            target = plan.grasp_pos
+            self._advance_if(np.linalg.norm(target - eef) < cfg.pos_tolerance)
+        elif self.phase == "grasp":
+            self._gripper = GRIPPER_CLOSE
+            target = plan.grasp_pos
+            bias = -1.0
+            if self._phase_steps >= cfg.grasp_steps:
+                self._lift_start_obj_z = obj[2]
+                self._carry_eef_z = plan.carry_bottom + (eef[2] - (obj[2] + plan.bottom_offset))
+                self._next_phase()
+        elif self.phase == "lift":
+            target = np.array([plan.grasp_pos[0], plan.grasp_pos[1], self._carry_eef_z])
+            if self._phase_steps > 10 and obj[2] - self._lift_start_obj_z < 0.01:
+                self.failure = "object not lifted"
+            self._advance_if(abs(target[2] - eef[2]) < 2 * cfg.pos_tolerance)
+        elif self.phase in ("transport", "lower"):
+            obj_bottom = obj[2] + plan.bottom_offset
+            xy = eef[:2] + (plan.target_xy - obj[:2])
+            if self.phase == "transport":
+                z = plan.carry_bottom + (eef[2] - obj_bottom)
+                target = np.array([xy[0], xy[1], z])
+                self._advance_if(np.linalg.norm(plan.target_xy - obj[:2]) < 2 * cfg.pos_tolerance)
+            else:
+                z = eef[2] + (plan.release_bottom - obj_bottom)
+                target = np.array([xy[0], xy[1], z])
+                self._advance_if(abs(z - eef[2]) < cfg.pos_tolerance)
+        elif self.phase == "release":
+            self._gripper = GRIPPER_OPEN
+            target = eef
+            bias = 1.0
+            if self._phase_steps >= cfg.release_steps:
+                self._retreat_z = eef[2] + 0.1
+                self._next_phase()
+        elif self.phase in ("retreat", "finished"):
+            target = np.array([eef[0], eef[1], self._retreat_z])
+            if self.phase == "retreat":
+                self._advance_if(abs(target[2] - eef[2]) < cfg.pos_tolerance)
+            elif self._phase_steps > cfg.settle_steps:
+                self.failure = "no success after the release"
+            bias = 1.0
+
+        self._eef_history.append(eef)
+        if self.phase in _WAYPOINT_PHASES and self._phase_steps > cfg.stall_steps:
+            recent = np.array(self._eef_history[-(cfg.stall_steps + 1):])
+            if np.max(np.linalg.norm(np.diff(recent, axis=0), axis=1)) < cfg.stall_speed:
+                logger.debug("phase %s stalled at %s (target %s)", self.phase, eef, target)
+                self._next_phase()
+            elif self._phase_steps > cfg.phase_timeout:
+                logger.debug("phase %s timed out", self.phase)
+                self._next_phase()
+
+        pos = cfg.pos_gain * (target - eef) / POS_ACTION_SCALE
+        pos = _clip_norm(pos, cfg.max_pos_action)
+        rot_err = _mat_to_axisangle(_gripper_down(plan.yaw) @ _quat_xyzw_to_mat(obs["robot0_eef_quat"]).T)
+        rot = _clip_norm(cfg.rot_gain * rot_err / ROT_ACTION_SCALE, cfg.max_rot_action)
+        motion = np.concatenate([pos, rot])
+        motion = (1.0 - cfg.smoothing) * motion + cfg.smoothing * self._prev_motion
+        self._prev_motion = motion
+        if np.linalg.norm(motion) < 1e-3:
+            motion = motion.copy()
+            motion[2] += 2e-3 * (bias if bias else 1.0)
+        action = np.concatenate([motion, [self._gripper]]).astype(np.float32)
+        return np.clip(action, -1.0, 1.0)
+
+    def _advance_if(self, reached: bool) -> None:
+        if reached:
+            self._next_phase()
+
+    def _next_phase(self) -> None:
+        idx = PHASES.index(self.phase)
+        self.phase = PHASES[min(idx + 1, len(PHASES) - 1)]
+        self._phase_steps = 0
+
+
+def _clip_norm(v: np.ndarray, max_norm: float) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v * (max_norm / n) if n > max_norm else v
