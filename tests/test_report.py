@@ -31,3 +31,11 @@ def test_leaderboard_sorted_by_success_rate_then_ci_low(tmp_path):
     assert "| spatial:object=2:1 | 0.60 | 0.40 |" in text
     assert (tmp_path / "success_rate.png").stat().st_size > 1000
     assert (tmp_path / "per_task.png").stat().st_size > 1000
+
+
+def test_ranked_results_keep_the_callers_order(tmp_path):
+    per_task = {"libero_spatial/0": {"success_rate": 0.0}}
+    results = [_result([1, 2], 0.0, 0.0, 0.5, 4, per_task), _result([2, 1], 0.25, 0.05, 0.7, 4, per_task)]
+    assert [r["mixture"] for r in leaderboard_rows(results, ranked=True)] == ["spatial:object=1:2", "spatial:object=2:1"]
+    text = open(write_report(results, str(tmp_path), ranked=True)).read()
+    assert text.index("spatial:object=1:2 |") < text.index("spatial:object=2:1 |")

@@ -33,8 +33,10 @@ def point_label(result: dict[str, Any]) -> str:
     return label
 
 
-def leaderboard_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per point, sorted by success rate (desc), then CI lower bound (desc).
+def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) -> list[dict[str, Any]]:
+    """One flat row per point, sorted by success rate (desc), then CI lower bound (desc); with
+    ``ranked=True`` the input order is kept (the caller ranked the points, e.g. by the job's
+    ``rank.sort_by``).
 
     Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, worst_task_success_rate,
     action_token_accuracy, action_l1.
@@ -54,7 +56,8 @@ def leaderboard_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "action_l1": offline.get("action_l1"),
             }
         )
-    rows.sort(key=lambda r: (-(r["success_rate"] or 0.0), -(r["ci_low"] or 0.0)))
+    if not ranked:
+        rows.sort(key=lambda r: (-(r["success_rate"] or 0.0), -(r["ci_low"] or 0.0)))
     return rows
 
 
@@ -66,13 +69,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def leaderboard_table(results: Sequence[dict[str, Any]]):
-    """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = best success rate)."""
+def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False):
+    """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = first row)."""
     from prettytable import PrettyTable
 
     table = PrettyTable()
     table.field_names = ["rank", "mixture", "success rate", "95% CI", "N", "worst task SR", "action acc", "action L1"]
-    for i, row in enumerate(leaderboard_rows(results), start=1):
+    for i, row in enumerate(leaderboard_rows(results, ranked), start=1):
         ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if row["ci_low"] is not None else "-"
         table.add_row(
             [i, row["mixture"], _fmt(row["success_rate"]), ci, _fmt(row["n_episodes"]),
@@ -92,15 +95,20 @@ def _per_task_matrix(results: Sequence[dict[str, Any]]) -> tuple[list[str], list
     return labels, tasks, matrix
 
 
-def write_report(results: Sequence[dict[str, Any]], out_dir: str, title: str = "vlamix data-mixture benchmark") -> str:
-    """Write ``report.md`` and the plots for ``results`` into ``out_dir``; returns the report path."""
+def write_report(
+    results: Sequence[dict[str, Any]], out_dir: str, title: str = "vlamix data-mixture benchmark", ranked: bool = False
+) -> str:
+    """Write ``report.md`` and the plots for ``results`` into ``out_dir``; returns the report path.
+
+    ``ranked``: keep the order of ``results`` (already ranked) instead of sorting by success rate.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    rows = leaderboard_rows(results)
+    rows = leaderboard_rows(results, ranked)
     labels, tasks, matrix = _per_task_matrix(results)
 
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.2))
@@ -108,7 +116,7 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: str, title: str = "
     lo = [max(0.0, s - (r["ci_low"] or s)) for s, r in zip(srs, rows)]
     hi = [max(0.0, (r["ci_high"] or s) - s) for s, r in zip(srs, rows)]
     ax.bar(range(len(rows)), srs, yerr=[lo, hi], capsize=4, color="#4477aa")
-    ax.set_xticks(range(len(rows)), [r["mixture"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{r['mixture']}\nN={r['n_episodes']}" for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate (95% Wilson CI)")
     ax.set_title(title, fontsize=9)
@@ -124,12 +132,17 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: str, title: str = "
         im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if not np.isnan(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if data[i, j] < 0.5 else "black")
         fig.colorbar(im, ax=ax, label="success rate")
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "per_task.png"), dpi=120)
         plt.close(fig)
 
-    lines = [f"# {title}", "", "## Leaderboard", "", "```", leaderboard_table(results).get_string(), "```", ""]
+    lines = [f"# {title}", "", "## Leaderboard", "", "```", leaderboard_table(results, ranked).get_string(), "```", ""]
     if tasks:
         lines += ["## Per-task success rate", "", "| mixture | " + " | ".join(tasks) + " |",
                   "|---" * (len(tasks) + 1) + "|"]

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from vlamix.bench.dataset import load_index
-from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, write_rank_files
+from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, read_rank_file, write_rank_files
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
 from vlamix.config import BenchConfig, ConfigError
@@ -312,7 +312,8 @@ def run_job(
     results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
     rows = [_rank_row(r) for r in results if r.ok]
     rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
-    report = _write_report(results, job)
+    results_ranked = _in_rank_order(results, rank_files)
+    report = _write_report(results_ranked, job)
     if report:
         rank_files["report"] = report
     for r in results:
@@ -322,14 +323,34 @@ def run_job(
         vis = job.rank.visualization
         if vis.get("mode", "selected_only") == "selected_only" and vis.get("method", "print_table") == "print_table":
             print(format_rank_table(rank_files["selected"]))
+    if print_leaderboard and report:
+        print(f"\nLeaderboard of '{job.name}' (details: {report}; rank files: {os.path.dirname(rank_files['selected'])})")
+        print(_leaderboard_text(results_ranked))
     return JobResult(job=job, points=results, rank_files=rank_files)
 
 
-def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
-    """Write ``<job dir>/report/`` (tables and plots, :mod:`vlamix.report`) from the finished points'
-    ``prediction.json``; predictions that are not vlamix results (no ``summary``) are skipped."""
-    from vlamix.report import write_report
+def _in_rank_order(results: Sequence[PointResult], rank_files: Mapping[str, str]) -> list[PointResult]:
+    """``results`` ordered as the rows of ``all_rank.csv`` (the job's ``rank.sort_by``); points that
+    are not in it (failed) go last, in grid order."""
+    path = rank_files.get("all") or rank_files.get("selected")
+    if not path or not os.path.isfile(path):
+        return list(results)
+    header, rows = read_rank_file(path)
+    if "url" not in header:
+        return list(results)
+    order = {os.path.normpath(row[header.index("url")]): i for i, row in enumerate(rows)}
+    return sorted(results, key=lambda r: order.get(os.path.normpath(r.output_dir), len(order)))
 
+
+def _leaderboard_text(results: Sequence[PointResult]) -> str:
+    """Compact leaderboard (mixture, success rate with 95% CI and N, offline metrics) of the points."""
+    from vlamix.report import leaderboard_table
+
+    return leaderboard_table(_load_predictions(results), ranked=True).get_string()
+
+
+def _load_predictions(results: Sequence[PointResult]) -> list[dict[str, Any]]:
+    """The finished points' ``prediction.json`` that are vlamix results (have a ``summary``)."""
     predictions = []
     for r in results:
         path = os.path.join(r.output_dir, PREDICTION_FILE)
@@ -338,9 +359,18 @@ def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
                 pred = json.load(fh)
             if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
                 predictions.append(pred)
+    return predictions
+
+
+def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
+    """Write ``<job dir>/report/`` (tables and plots, :mod:`vlamix.report`) from the finished points'
+    ``prediction.json``; predictions that are not vlamix results (no ``summary``) are skipped."""
+    from vlamix.report import write_report
+
+    predictions = _load_predictions(results)
     if not predictions:
         return None
-    return write_report(predictions, os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture")
+    return write_report(predictions, os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture", ranked=True)
 
 
 def run_point(

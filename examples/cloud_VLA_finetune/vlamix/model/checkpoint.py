@@ -114,7 +114,7 @@ def load_vla(
     if _has_weights(folder):
         model = _load_weights(config, folder, device, dtype)
     elif meta.get("base_model"):
-        base, _ = load_vla(meta["base_model"], device=device, dtype=dtype)
+        base, _ = load_vla(_resolve_base_model(meta, folder), device=device, dtype=dtype)
         base.config.norm_stats = config.norm_stats
         model = base
     else:
@@ -176,7 +176,11 @@ def save_vla(
     if is_lora_model(model):
         save_lora_adapter(model, os.path.join(out_dir, ADAPTER_DIR))
         if base_model is not None:
-            meta["base_model"] = base_model if base_model in BUILTIN_MODELS else os.path.abspath(base_model)
+            # as configured (relative to the working directory, like every config path), plus the
+            # absolute path of this machine as a fallback for loads from another working directory
+            meta["base_model"] = base_model
+            if base_model not in BUILTIN_MODELS:
+                meta["base_model_abspath"] = os.path.abspath(base_model)
         else:
             _save_weights(_base_state_dict(core), out_dir, max_shard_bytes)
     else:
@@ -193,6 +197,26 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype: got {dtype!r}; allowed: a torch dtype or one of {', '.join(_DTYPES)}")
+
+
+def _resolve_base_model(meta: dict[str, Any], folder: str) -> str:
+    """The base model a LoRA checkpoint refers to: a built-in name, the configured path (relative to
+    the working directory), or the absolute path recorded at save time.
+
+    Raises:
+        FileNotFoundError: none of them exists (names the checkpoint and the paths tried).
+    """
+    name = meta["base_model"]
+    if name in BUILTIN_MODELS:
+        return name
+    candidates = [name, meta.get("base_model_abspath")]
+    for path in candidates:
+        if path and os.path.isdir(path):
+            return path
+    raise FileNotFoundError(
+        f"the base model of LoRA checkpoint {folder} was not found (tried {[c for c in candidates if c]}); "
+        f"run from the directory the job ran in, or edit base_model in {CHECKPOINT_META_NAME}"
+    )
 
 
 def _read_meta(folder: str) -> dict[str, Any]:
