@@ -302,6 +302,7 @@ def record_demos(
     staging_dir: str,
     seed: int = 0,
     max_attempts_factor: int = 3,
+    render: bool = True,
 ) -> RecordStats:
     """Record successful scripted-expert episodes of some tasks of a suite into ``staging_dir``.
 
@@ -316,6 +317,8 @@ def record_demos(
         seed: seed of the start states and of the expert's jitter (:func:`start_seed`).
         max_attempts_factor: at most ``episodes_per_task * max_attempts_factor`` expert attempts per
             task; a task that yields fewer episodes is logged as a warning.
+        render: False only measures the expert (physics only, nothing rendered or written); with
+            ``max_attempts_factor=1`` every task gets exactly ``episodes_per_task`` attempts.
     Returns:
         :class:`RecordStats`.
     Raises:
@@ -371,16 +374,17 @@ def record_demos(
                 )
                 if not attempt.success:
                     continue
-                t1 = time.perf_counter()
-                k = task["successes"]
-                episode = render_episode(env, attempt.states)
-                episode["action"] = np.stack(attempt.actions).astype(np.float32)
-                episode["language_instruction"] = info.instruction
-                episode["file_path"] = f"vlamix_scripted_expert/{suite}/task{info.task_id:02d}/episode{k:03d}_seed{s}"
-                path = os.path.join(staging_dir, f"{suite}_task{info.task_id:02d}_ep{k:03d}.npz")
-                save_episode(path, episode)
-                stats.render_seconds += time.perf_counter() - t1
-                stats.files.append(path)
+                if render:
+                    t1 = time.perf_counter()
+                    k = task["successes"]
+                    episode = render_episode(env, attempt.states)
+                    episode["action"] = np.stack(attempt.actions).astype(np.float32)
+                    episode["language_instruction"] = info.instruction
+                    episode["file_path"] = f"vlamix_scripted_expert/{suite}/task{info.task_id:02d}/episode{k:03d}_seed{s}"
+                    path = os.path.join(staging_dir, f"{suite}_task{info.task_id:02d}_ep{k:03d}.npz")
+                    save_episode(path, episode)
+                    stats.render_seconds += time.perf_counter() - t1
+                    stats.files.append(path)
                 task["successes"] += 1
                 task["episode_steps"].append(attempt.steps)
                 stats.steps_kept += attempt.steps
@@ -423,6 +427,7 @@ def record_suites(
     seed: int = 0,
     workers: int = 2,
     max_attempts_factor: int = 3,
+    render: bool = True,
 ) -> dict[str, RecordStats]:
     """:func:`record_demos` for several suites, one ``spawn`` worker process per suite.
 
@@ -441,7 +446,8 @@ def record_suites(
             pool.submit(
                 _record_worker,
                 dict(suite=suite, task_ids=list(task_ids), episodes_per_task=episodes_per_task,
-                     staging_dir=os.path.join(staging_dir, suite), seed=seed, max_attempts_factor=max_attempts_factor),
+                     staging_dir=os.path.join(staging_dir, suite), seed=seed, max_attempts_factor=max_attempts_factor,
+                     render=render),
                 level,
             ): suite
             for suite in suites
@@ -623,11 +629,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts-factor", type=_int_at_least(1), default=3,
                         help="at most episodes x this expert attempts per task")
     parser.add_argument("--overwrite", action="store_true", help="record again even if a dataset exists")
+    parser.add_argument("--check-only", action="store_true",
+                        help="only measure the expert: exactly --episodes attempts per task, physics only, nothing written")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vlamix record-demos`` with parsed ``args``; print the datasets' paths. Returns 0."""
     task_ids = args.task_ids if args.task_ids is not None else list(range(args.tasks))
+    if args.check_only:
+        with tempfile.TemporaryDirectory() as staging:
+            stats = record_suites(args.suites, task_ids, args.episodes, staging, seed=args.seed, workers=args.workers,
+                                  max_attempts_factor=1, render=False)
+        for st in stats.values():
+            for task_id, task in st.per_task.items():
+                print(f"{st.suite} task {task_id}: {task['successes']}/{task['attempts']} | {task['instruction']}")
+            print(st.summary())
+        total = sum(st.successes for st in stats.values()), sum(st.attempts for st in stats.values())
+        print(f"all suites: expert success rate {total[0]}/{total[1]}")
+        return 0
     paths = record_datasets(args.suites, task_ids, args.episodes, args.data_dir, seed=args.seed, workers=args.workers,
                             max_attempts_factor=args.max_attempts_factor, overwrite=args.overwrite)
     for name, path in paths.items():
