@@ -22,8 +22,14 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def reference_dir():
-    """``../shared/reference/openvla`` beside the checkout; tests that need it skip when absent."""
-    path = os.path.abspath(REFERENCE_DIR)
+    """``../shared/reference/openvla`` beside the checkout (or ``$VLAMIX_REFERENCE_DIR``).
+
+    Tests that need it skip when it is absent, except under CI (``CI=true``), where it must exist.
+    """
+    path = os.path.abspath(os.environ.get("VLAMIX_REFERENCE_DIR", REFERENCE_DIR))
     if not os.path.isdir(path):
-        pytest.skip("reference fixtures ../shared/reference/openvla not present")
+        message = f"reference fixtures not found at {path} (set VLAMIX_REFERENCE_DIR)"
+        if os.environ.get("CI") == "true":  # CI always has shared/ beside the clone: never skip silently there
+            pytest.fail(message)
+        pytest.skip(message)
     return path
