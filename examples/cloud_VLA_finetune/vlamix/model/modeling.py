@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from vlamix._compat import import_timm
 from vlamix.constants import IGNORE_INDEX
+from vlamix.data.normalization import unnormalize_actions  # noqa: F401  (re-exported; imports no TensorFlow)
 from vlamix.model.action_tokenizer import ActionTokenizer
 from vlamix.model.configuration import VLAConfig
 
@@ -558,19 +559,6 @@ class OpenVLAForActionPrediction(nn.Module):
     def get_action_dim(self, unnorm_key: str | None = None) -> int:
         """Action dimensionality from the norm stats (7 for LIBERO)."""
         return len(self.get_action_stats(unnorm_key)["q01"])
-
-
-def unnormalize_actions(normalized: np.ndarray, action_stats: dict[str, Any]) -> np.ndarray:
-    """OpenVLA's un-normalisation: float [..., D] in [-1, 1] -> float64 [..., D].
-
-    ``a = 0.5 (n + 1) (q99 - q01) + q01`` where ``mask`` (default all true) is true, else ``n`` unchanged.
-    Source: ``OpenVLAForActionPrediction.predict_action`` (``modeling_prismatic.py``).
-    """
-    normalized = np.asarray(normalized, dtype=np.float64)
-    high = np.asarray(action_stats["q99"], dtype=np.float64)
-    low = np.asarray(action_stats["q01"], dtype=np.float64)
-    mask = np.asarray(action_stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
-    return np.where(mask, 0.5 * (normalized + 1.0) * (high - low) + low, normalized)
 
 
 # ============================================================================ initialisation
