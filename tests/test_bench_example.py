@@ -119,7 +119,7 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
     ]
     configs = validate_grid(moved)
     assert [c.mixture_weights() for c in configs][0] == {SPATIAL: 1.0}
-    assert {c.train_steps for c in configs} == {10000} and {c.batch_size for c in configs} == {16}
+    assert {c.train_steps for c in configs} == {10000} and {(c.batch_size, c.grad_accumulation_steps) for c in configs} == {(8, 2)}
 
 
 def test_basemodel_adapter_registers_and_checks_the_indexes():
