@@ -12,6 +12,7 @@ from vlamix.data.mixture import MixtureLoader, MixtureSampler, heldout_count, mi
 from vlamix.data.normalization import libero_transform_actions, load_or_compute_stats, normalize_actions
 from vlamix.data.reader import open_rlds
 from vlamix.data.rlds_writer import write_rlds
+from synthetic_rlds import synthetic_episode
 
 SPATIAL, OBJECT, GOAL = "libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops"
 # episodes per dataset and their lengths (stored order is tfds' hashed order, not this one)
@@ -21,19 +22,10 @@ LENGTHS = {SPATIAL: [4, 5, 6, 5, 4, 6], OBJECT: [7, 8, 6, 7, 8], GOAL: [3, 3, 4,
 def _episodes(name, lengths):
     rng = np.random.default_rng(len(name))
     for i, steps in enumerate(lengths):
-        small = rng.integers(0, 256, (steps, 4, 4, 3), dtype=np.uint8)
-        image = np.repeat(np.repeat(small, 64, axis=1), 64, axis=2)
-        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32) * np.float32(i + 1)
-        action[:, 6] = np.where(rng.random(steps) < 0.5, -1.0, 1.0)
-        yield {
-            "image": image,
-            "wrist_image": image[:, ::-1],
-            "state": rng.normal(size=(steps, 8)).astype(np.float32),
-            "joint_state": np.zeros((steps, 7), np.float32),
-            "action": action,
-            "language_instruction": f"{name.split('_')[1].upper()} Task Episode {i}",
-            "file_path": f"/demos/{name}/{i}.hdf5",
-        }
+        episode = synthetic_episode(rng, steps, f"{name.split('_')[1].upper()} Task Episode {i}", f"/demos/{name}/{i}.hdf5",
+                                    action_scale=i + 1)
+        episode["wrist_image"] = episode["image"][:, ::-1]
+        yield episode
 
 
 @pytest.fixture(scope="module")

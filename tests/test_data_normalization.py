@@ -17,6 +17,7 @@ from vlamix.data.normalization import (
     unnormalize_actions,
 )
 from vlamix.data.rlds_writer import write_rlds
+from synthetic_rlds import synthetic_episode
 
 NAME = "libero_object_no_noops"
 STATS = {  # the tiny reference model's norm stats (shared/reference/openvla/tiny/config.json)
@@ -105,19 +106,7 @@ def test_compute_stats_layout_and_values():
 def _episodes(lengths, seed):
     rng = np.random.default_rng(seed)
     for i, steps in enumerate(lengths):
-        small = rng.integers(0, 256, (steps, 4, 4, 3), dtype=np.uint8)
-        image = np.repeat(np.repeat(small, 64, axis=1), 64, axis=2)
-        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
-        action[:, 6] = np.where(rng.random(steps) < 0.5, -1.0, 1.0)
-        yield {
-            "image": image,
-            "wrist_image": image,
-            "state": rng.normal(size=(steps, 8)).astype(np.float32),
-            "joint_state": np.zeros((steps, 7), np.float32),
-            "action": action,
-            "language_instruction": f"pick object {i}",
-            "file_path": f"/demos/object_{seed}_{i}.hdf5",
-        }
+        yield synthetic_episode(rng, steps, f"pick object {i}", f"/demos/object_{seed}_{i}.hdf5")
 
 
 def _expected_stats(episodes):

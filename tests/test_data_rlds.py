@@ -15,6 +15,7 @@ import pytest
 
 from vlamix.data.reader import open_rlds
 from vlamix.data.rlds_writer import write_rlds
+from synthetic_rlds import block_images, synthetic_episode
 
 NAME = "libero_spatial_no_noops"
 
@@ -34,29 +35,14 @@ REFERENCE_STEP_FEATURES = {
 }
 
 
-def _smooth_images(rng, steps):
-    """uint8 [T, 256, 256, 3] made of 32x32 blocks (JPEG keeps them within a few levels)."""
-    small = rng.integers(0, 256, (steps, 8, 8, 3), dtype=np.uint8)
-    return np.repeat(np.repeat(small, 32, axis=1), 32, axis=2)
-
-
 def _episodes(lengths, seed=0, prefix="Put The Bowl"):
     rng = np.random.default_rng(seed)
     out = []
     for i, steps in enumerate(lengths):
-        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
-        action[:, -1] = np.where(rng.random(steps) < 0.5, -1.0, 1.0)
-        out.append(
-            {
-                "image": _smooth_images(rng, steps),
-                "wrist_image": _smooth_images(rng, steps),
-                "state": rng.normal(size=(steps, 8)).astype(np.float32),
-                "joint_state": rng.normal(size=(steps, 7)).astype(np.float32),
-                "action": action,
-                "language_instruction": f"{prefix} {i}",
-                "file_path": f"/demos/{prefix.replace(' ', '_')}_{i}_demo.hdf5",
-            }
-        )
+        episode = synthetic_episode(rng, steps, f"{prefix} {i}", f"/demos/{prefix.replace(' ', '_')}_{i}_demo.hdf5", blocks=8)
+        episode["wrist_image"] = block_images(rng, steps, blocks=8)  # a different camera image
+        episode["joint_state"] = rng.normal(size=(steps, 7)).astype(np.float32)
+        out.append(episode)
     return out
 
 

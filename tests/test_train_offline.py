@@ -9,6 +9,7 @@ import torch
 
 from vlamix.config import BenchConfig
 from vlamix.eval.offline import offline_metrics
+from synthetic_rlds import synthetic_episode
 
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
 
@@ -88,15 +89,7 @@ def test_offline_metrics_requires_stats_for_every_dataset(lora_checkpoint):
 def _episodes(name, n_episodes, steps):
     rng = np.random.default_rng(len(name))
     for i in range(n_episodes):
-        small = rng.integers(0, 256, (steps, 4, 4, 3), dtype=np.uint8)
-        image = np.repeat(np.repeat(small, 64, axis=1), 64, axis=2)
-        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
-        action[:, 6] = np.where(rng.random(steps) < 0.5, -1.0, 1.0)
-        yield {
-            "image": image, "wrist_image": image, "state": np.zeros((steps, 8), np.float32),
-            "joint_state": np.zeros((steps, 7), np.float32), "action": action,
-            "language_instruction": f"pick up the {name.split('_')[1]} object {i}", "file_path": f"/demos/{i}.hdf5",
-        }  # fmt: skip
+        yield synthetic_episode(rng, steps, f"pick up the {name.split('_')[1]} object {i}", f"/demos/{i}.hdf5")
 
 
 def test_finetune_resume_and_offline_metrics_on_a_tiny_rlds_mixture(tmp_path):
