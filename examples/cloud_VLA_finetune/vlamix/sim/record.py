@@ -4,7 +4,7 @@ Usage::
 
     vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4 \\
         --data-dir workspace/data/libero_rlds
-    python -m vlamix.sim.record --suites libero_spatial --tasks 1 --episodes 2 --data-dir /tmp/rlds
+    python -m vlamix.sim.record --suites libero_spatial --tasks 1 --episodes 2 --data-dir workspace/data/libero_rlds
 
     from vlamix.sim.record import ensure_demo_datasets
     paths = ensure_demo_datasets(cfg)   # {"libero_spatial_no_noops": ".../libero_spatial_no_noops/1.0.0", ...}
