@@ -160,6 +160,14 @@ class BenchConfig:
 
         return os.path.join(os.path.abspath(self.data_dir), name, RLDS_VERSION)
 
+    def missing_dataset_error(self, name: str) -> ConfigError:
+        """The error for dataset ``name`` absent from ``data_dir`` (field ``data_dir``), with the remedies."""
+        return ConfigError(
+            "data_dir",
+            f"dataset '{name}' not found at {self.dataset_path(name)}; download openvla/modified_libero_rlds "
+            f"into data_dir, or set demos: scripted to record it with the scripted expert",
+        )
+
     def mixture_label(self) -> str:
         """Short human label such as ``spatial:object=2:1`` (weights as given, not normalised)."""
         names = [n.replace("libero_", "").replace("_no_noops", "") for n in self.mixture]
@@ -183,13 +191,8 @@ class BenchConfig:
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
         if self.demos == "none":
             for name in self.mixture_weights():
-                path = self.dataset_path(name)
-                if not os.path.isdir(path):
-                    raise ConfigError(
-                        "data_dir",
-                        f"dataset '{name}' not found at {path}; download openvla/modified_libero_rlds into "
-                        f"data_dir, or set demos: scripted to record it with the scripted expert",
-                    )
+                if not os.path.isdir(self.dataset_path(name)):
+                    raise self.missing_dataset_error(name)
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model", f"must be one of {BUILTIN_MODELS} or a checkpoint folder path")
         if self.model not in BUILTIN_MODELS and not os.path.isdir(self.model):

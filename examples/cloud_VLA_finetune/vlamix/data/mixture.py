@@ -227,11 +227,7 @@ def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None =
     """
     path = cfg.dataset_path(name)
     if not os.path.isdir(path):
-        raise ConfigError(
-            "data_dir",
-            f"dataset '{name}' not found at {path}; put openvla/modified_libero_rlds into data_dir "
-            f"or record it (demos: scripted)",
-        )
+        raise cfg.missing_dataset_error(name)
     try:
         summary = dataset_stats(path, name, cache_dir=cache_dir)
     except FileNotFoundError as err:

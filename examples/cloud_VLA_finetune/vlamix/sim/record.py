@@ -579,7 +579,7 @@ def ensure_demo_datasets(cfg) -> dict[str, str]:
         path = cfg.dataset_path(name)
         if not _dataset_ready(path):
             if cfg.demos != "scripted":
-                raise ConfigError("data_dir", f"dataset '{name}' not found at {path}; set demos: scripted to record it")
+                raise cfg.missing_dataset_error(name)
             missing.append(name)
             continue
         recording = os.path.join(path, RECORDING_JSON)
