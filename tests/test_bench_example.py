@@ -15,20 +15,12 @@ from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import load_job
 from vlamix.config import ConfigError
 from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES
+from bench_constants import METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
 JOB = os.path.join(EXAMPLE, "benchmarkingjob.yaml")
 JOB_7B = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b.yaml")
-METRICS = [
-    "success_rate",
-    "success_rate_ci_low",
-    "success_rate_ci_high",
-    "num_episodes",
-    "worst_task_success_rate",
-    "action_token_accuracy",
-    "action_l1",
-]
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
 
 

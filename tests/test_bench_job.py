@@ -18,19 +18,11 @@ import pytest
 
 from vlamix.bench import job as bench_job
 from vlamix.config import ConfigError
+from bench_constants import METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE_REL = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
 SEDNA_STUB = os.path.join(os.path.dirname(__file__), "sedna_stub")
-METRICS = [
-    "success_rate",
-    "success_rate_ci_low",
-    "success_rate_ci_high",
-    "num_episodes",
-    "worst_task_success_rate",
-    "action_token_accuracy",
-    "action_l1",
-]
 Z = 1.959963984540054
 
 FAKE_BASEMODEL = '''

@@ -83,3 +83,20 @@ def test_prediction_without_episodes_is_an_error(metric_funcs):
         metric_funcs["success_rate"](None, {"summary": {"success_rate": 1.0}})
     with pytest.raises(TypeError, match="prediction dict"):
         metric_funcs["success_rate"](None, "workspace/result.json")
+
+
+def test_strategy_and_filter_columns_from_the_mixing_record(metric_funcs):
+    counts = {
+        "libero_spatial_no_noops": {"total": 100, "kept": 90, "nonfinite": 1, "out_of_range": 2, "near_zero_motion": 7, "dataset_list": 0},
+        "libero_object_no_noops": {"total": 50, "kept": 0, "nonfinite": 0, "out_of_range": 0, "near_zero_motion": 0, "dataset_list": 50},
+    }
+    pred = {"episodes": _rows(), "mixing": {"strategy_label": "temperature T=2 by task", "filter_counts": counts}}
+    assert metric_funcs["mixing_strategy"](None, pred) == "temperature T=2 by task"
+    assert metric_funcs["steps_kept"](None, pred) == 90
+    assert metric_funcs["steps_dropped_nonfinite"](None, pred) == 1
+    assert metric_funcs["steps_dropped_out_of_range"](None, pred) == 2
+    assert metric_funcs["steps_dropped_near_zero_motion"](None, pred) == 7
+    assert metric_funcs["steps_dropped_dataset_list"](None, pred) == 50
+    bare = {"episodes": _rows()}
+    assert metric_funcs["mixing_strategy"](None, bare) == ""
+    assert math.isnan(metric_funcs["steps_kept"](None, bare))

@@ -213,7 +213,7 @@ def test_errors_name_the_field(data_dir, tmp_path):
     info["splits"][0]["shardLengths"] = []
     (empty / "dataset_info.json").write_text(json.dumps(info))
     for f in empty.iterdir():
-        if ".tfrecord-" in f.name or f.name.startswith(("dataset_statistics_", "episode_lengths_")):
+        if ".tfrecord-" in f.name or f.name.startswith(("dataset_statistics_", "episodes_")):
             f.unlink()
     with pytest.raises(ConfigError) as err:
         MixtureLoader(_cfg(str(tmp_path / "empty"), {GOAL: 1}))

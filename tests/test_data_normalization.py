@@ -142,13 +142,13 @@ def test_stats_computed_once_cached_beside_data_and_invalidated(tmp_path):
     assert not second.computed and second.stats["action"]["mean"][0] == 12345.0
 
     # a re-recorded dataset is not served the old statistics, even with the old cache files beside it
-    cache_files = [f for f in os.listdir(path) if f.startswith(("dataset_statistics_", "episode_lengths_"))]
-    old = {f: pathlib.Path(path, f).read_text() for f in cache_files}
+    cache_files = [f for f in os.listdir(path) if f.startswith(("dataset_statistics_", "episodes_"))]
+    old = {f: pathlib.Path(path, f).read_bytes() for f in cache_files}
     assert len(old) == 2
     new_episodes = list(_episodes([4, 6, 5], seed=2))
     write_rlds(new_episodes, tmp_path, NAME, overwrite=True)
     for name, text in old.items():
-        pathlib.Path(path, name).write_text(text)
+        pathlib.Path(path, name).write_bytes(text)
     third = dataset_stats(path)
     assert third.computed and third.stats_file != first.stats_file
     expected = _expected_stats(new_episodes)["action"]["mean"]

@@ -39,3 +39,28 @@ def test_ranked_results_keep_the_callers_order(tmp_path):
     assert [r["mixture"] for r in leaderboard_rows(results, ranked=True)] == ["spatial:object=1:2", "spatial:object=2:1"]
     text = open(write_report(results, str(tmp_path), ranked=True)).read()
     assert text.index("spatial:object=1:2 |") < text.index("spatial:object=2:1 |")
+
+
+def test_strategy_rows_weights_and_filter_counts_in_the_report(tmp_path):
+    per_task = {"libero_spatial/0": {"success_rate": 0.5}}
+    history = [
+        {"step": 0, "weights": {"libero_spatial_no_noops": 0.5, "libero_object_no_noops": 0.5}},
+        {"step": 20, "weights": {"libero_spatial_no_noops": 0.8, "libero_object_no_noops": 0.2}},
+    ]
+    dynamic = _result([1, 1], 0.5, 0.2, 0.8, 4, per_task)
+    dynamic["mixing"] = {
+        "strategy_label": "doremi eta=1 c=0.05 K=5 ref=initial", "mixing_level": "dataset", "step": 40,
+        "initial_weights": history[0]["weights"], "final_weights": history[1]["weights"],
+        "time_averaged_weights": {"libero_spatial_no_noops": 0.65, "libero_object_no_noops": 0.35},
+        "realised_proportions": {"libero_spatial_no_noops": 0.648, "libero_object_no_noops": 0.352},
+        "filter_counts": {"libero_spatial_no_noops": {"total": 10, "kept": 8, "nonfinite": 0, "out_of_range": 1,
+                                                      "near_zero_motion": 1, "dataset_list": 0}},
+        "trajectory": history,
+    }  # fmt: skip
+    static = _result([2, 1], 0.25, 0.05, 0.7, 4, per_task)
+    assert point_label(dynamic) == "doremi eta=1 c=0.05 K=5 ref=initial"
+    text = open(write_report([static, dynamic], str(tmp_path))).read()
+    assert "| doremi eta=1 c=0.05 K=5 ref=initial | dataset | spatial 0.500, object 0.500 | spatial 0.800, object 0.200 | " \
+           "spatial 0.650, object 0.350 | spatial 0.648, object 0.352 |" in text
+    assert "| doremi eta=1 c=0.05 K=5 ref=initial | spatial | 10 | 8 | 0 | 1 | 1 | 0 |" in text
+    assert (tmp_path / "mixing_weights.png").stat().st_size > 1000

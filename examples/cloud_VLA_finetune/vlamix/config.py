@@ -17,11 +17,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES
+from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES, TRAIN_LOG_NAME
+from vlamix.mixing.weights import DYNAMIC_STRATEGIES, MIXING_LEVELS, STRATEGIES, default_level
 
 #: Built-in model configurations (no download); anything else is a checkpoint folder path.
 BUILTIN_MODELS = ("tiny",)
 DEMO_SOURCES = ("scripted", "none")
+#: ``dro_reference`` value that measures the reference losses with the initial model.
+DRO_REFERENCE_INITIAL = "initial"
+#: Parameters that matter only for some strategies (the rest are reset to defaults in train keys).
+STRATEGY_PARAMS = {
+    "static": ("balance_by_size",),
+    "full_dataset": (),
+    "task_balanced": ("mixing_level", "skill_map"),
+    "temperature": ("mixing_level", "skill_map", "temperature"),
+    "doremi": ("balance_by_size", "mixing_level", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
+               "dro_reference", "dro_reference_batches"),
+    "exp3": ("balance_by_size", "mixing_level", "skill_map", "mixing_update_every", "exp3_smoothing"),
+    "curriculum": ("mixing_level", "skill_map", "curriculum"),
+}  # fmt: skip
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -51,6 +65,29 @@ class BenchConfig:
             default); "none" requires the datasets to exist (real data).
         demo_tasks: tasks per suite to record (first N task ids) when ``demos == "scripted"``.
         demo_episodes_per_task: successful episodes to keep per task.
+    Data-ratio strategy (:mod:`vlamix.mixing`)
+        strategy: "static" (the mixture weights), "full_dataset" (natural proportions of the chosen
+            datasets), "task_balanced" (equal per task or skill), "temperature" (n^(1/T)),
+            "doremi" (excess-loss group DRO), "exp3" (online data mixing), "curriculum" (schedule).
+        mixing_level: what weights are assigned to: "dataset", "task" (language instruction) or
+            "skill" (verb of the instruction); None = "task" for task_balanced, else "dataset".
+            static supports "dataset" only.
+        temperature: T > 0 of the temperature strategy (1 = natural, .inf = uniform).
+        skill_map: overrides of the instruction -> skill mapping (verb or whole instruction -> skill).
+        mixing_update_every: K, optimiser steps between weight updates (doremi, exp3).
+        dro_eta: step size of the exponentiated-gradient update (> 0). dro_smoothing: c in [0, 1],
+            mix of the initial weights kept in every update (each weight >= c * initial).
+        dro_reference: "initial" (the initial model's per-group loss) or a saved run folder whose
+            logged per-group loss is the reference. dro_reference_batches: batches per reference.
+        exp3_smoothing: a in [0, 1), moving-average factor of EXP3's reward estimates.
+        curriculum: ``[{step: 0, weights: {...}}, {step: N, weights: {...}}, ...]`` (group names ->
+            weights; steps strictly increasing from 0).
+    Action filtering (:mod:`vlamix.data.filters`; training steps only)
+        filter_nonfinite: drop steps with a NaN/Inf action value.
+        filter_action_limit: drop steps with any |raw action value| above this; None = off.
+        filter_min_motion: drop steps whose windowed max ||a[:6]|| is below this (raw units; 0 = off),
+            except around gripper changes. filter_motion_window: window length in steps (>= 1).
+        dataset_whitelist / dataset_blacklist: dataset names to keep / remove from the mixture.
     Model
         model: "tiny" (built-in, random init) or a path to an OpenVLA checkpoint folder.
         lora_rank, lora_alpha, lora_dropout: peft LoRA on all linear layers (OpenVLA recipe:
@@ -77,6 +114,25 @@ class BenchConfig:
     demos: str = "scripted"
     demo_tasks: int = 2
     demo_episodes_per_task: int = 4
+
+    strategy: str = "static"
+    mixing_level: str | None = None
+    temperature: float = 2.0
+    skill_map: Mapping[str, str] | None = None
+    mixing_update_every: int = 10
+    dro_eta: float = 1.0
+    dro_smoothing: float = 0.05
+    dro_reference: str = DRO_REFERENCE_INITIAL
+    dro_reference_batches: int = 4
+    exp3_smoothing: float = 0.9
+    curriculum: tuple[Mapping[str, Any], ...] | None = None
+
+    filter_nonfinite: bool = True
+    filter_action_limit: float | None = None
+    filter_min_motion: float = 0.0
+    filter_motion_window: int = 1
+    dataset_whitelist: tuple[str, ...] | None = None
+    dataset_blacklist: tuple[str, ...] | None = None
 
     model: str = "tiny"
     lora_rank: int = 32
@@ -125,8 +181,9 @@ class BenchConfig:
         kwargs = {k: v for k, v in values.items() if k in known}
         if "mixture" not in kwargs:
             raise ConfigError("mixture", "required: a mapping from dataset name to weight")
-        if isinstance(kwargs.get("eval_suites"), (list, tuple)):
-            kwargs["eval_suites"] = tuple(kwargs["eval_suites"])
+        for name in ("eval_suites", "curriculum", "dataset_whitelist", "dataset_blacklist"):
+            if isinstance(kwargs.get(name), (list, tuple)):
+                kwargs[name] = tuple(kwargs[name])
         cfg = cls(**kwargs, extra={k: values[k] for k in unknown})
         cfg.validate()
         return cfg
@@ -141,6 +198,33 @@ class BenchConfig:
         out = {name: getattr(self, name) for name in self.field_names()}
         out["mixture"] = dict(self.mixture)
         out["eval_suites"] = list(self.resolved_eval_suites())
+        for name in ("dataset_whitelist", "dataset_blacklist"):
+            out[name] = None if out[name] is None else list(out[name])
+        out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
+        out["curriculum"] = None if self.curriculum is None else [
+            {"step": int(p["step"]), "weights": dict(p["weights"])} for p in self.curriculum
+        ]
+        return out
+
+    def training_signature(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the parameters the strategy ignores reset to their defaults.
+
+        Two configs with equal signatures train the same model, so grids that cross strategies with
+        other strategies' parameters (e.g. ``temperature`` under ``task_balanced``) reuse one run. For
+        full_dataset / task_balanced / temperature only the set of datasets of the mixture matters.
+        """
+        out = self.to_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        keep = set(STRATEGY_PARAMS[self.strategy])
+        for params in STRATEGY_PARAMS.values():
+            for name in params:
+                if name not in keep:
+                    out[name] = defaults[name]
+        out["mixing_level"] = self.resolved_mixing_level()
+        if self.strategy in ("full_dataset", "task_balanced", "temperature", "curriculum"):
+            out["mixture"] = {name: 1 for name in self.mixture_weights()}
+        if self.resolved_mixing_level() != "skill":
+            out["skill_map"] = None
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -148,6 +232,53 @@ class BenchConfig:
         """Normalised mixture weights (sum 1) of the datasets with non-zero weight, in config order."""
         total = float(sum(self.mixture.values()))
         return {name: float(w) / total for name, w in self.mixture.items() if w > 0}
+
+    def resolved_mixing_level(self) -> str:
+        """``mixing_level``, or the strategy's default when it is None."""
+        return self.mixing_level if self.mixing_level is not None else default_level(self.strategy)
+
+    def selected_datasets(self) -> list[str]:
+        """Datasets with non-zero mixture weight that pass ``dataset_whitelist`` / ``dataset_blacklist``."""
+        from vlamix.data.filters import selected_datasets
+
+        return selected_datasets(list(self.mixture_weights()), self.dataset_whitelist, self.dataset_blacklist)[0]
+
+    def strategy_label(self) -> str:
+        """Short label of the strategy and the parameters it uses, e.g. ``temperature T=2 by task``,
+        ``doremi eta=1 c=0.05 K=10 ref=initial``, with `` | filter ...`` when steps are filtered."""
+        s, level = self.strategy, self.resolved_mixing_level()
+        by = "" if level == default_level(s) else f" by {level}"
+        if s == "static":
+            label = f"static {self.mixture_label()}" + (" x size" if self.balance_by_size else "")
+        elif s == "full_dataset":
+            label = "full_dataset"
+        elif s == "task_balanced":
+            label = f"task_balanced by {level}"
+        elif s == "temperature":
+            label = f"temperature T={self.temperature:g}{by}"
+        elif s == "doremi":
+            ref = self.dro_reference if self.dro_reference == DRO_REFERENCE_INITIAL else os.path.basename(os.path.normpath(self.dro_reference))
+            label = f"doremi eta={self.dro_eta:g} c={self.dro_smoothing:g} K={self.mixing_update_every} ref={ref}{by}"
+        elif s == "exp3":
+            label = f"exp3 a={self.exp3_smoothing:g} K={self.mixing_update_every}{by}"
+        else:
+            phases = " -> ".join(
+                f"@{int(p['step'])} {':'.join(_short(n) for n in p['weights'])}={':'.join(_fmt_weight(w) for w in p['weights'].values())}"
+                for p in self.curriculum or ()
+            )
+            label = f"curriculum {phases}{by}"
+        filters = []
+        if self.filter_min_motion > 0:
+            filters.append(f"motion<{self.filter_min_motion:g} w{self.filter_motion_window}")
+        if self.filter_action_limit is not None:
+            filters.append(f"|a|<={self.filter_action_limit:g}")
+        if not self.filter_nonfinite:
+            filters.append("keep NaN/Inf")
+        if self.dataset_whitelist is not None:
+            filters.append("only " + ",".join(_short(n) for n in self.dataset_whitelist))
+        if self.dataset_blacklist is not None:
+            filters.append("without " + ",".join(_short(n) for n in self.dataset_blacklist))
+        return label + (f" | filter {'; '.join(filters)}" if filters else "")
 
     def resolved_eval_suites(self) -> tuple[str, ...]:
         if self.eval_suites is not None:
@@ -170,7 +301,7 @@ class BenchConfig:
 
     def mixture_label(self) -> str:
         """Short human label such as ``spatial:object=2:1`` (weights as given, not normalised)."""
-        names = [n.replace("libero_", "").replace("_no_noops", "") for n in self.mixture]
+        names = [_short(n) for n in self.mixture]
         weights = [_fmt_weight(w) for w in self.mixture.values()]
         return f"{':'.join(names)}={':'.join(weights)}"
 
@@ -189,8 +320,10 @@ class BenchConfig:
         _check_choice("demos", self.demos, DEMO_SOURCES)
         _check_int("demo_tasks", self.demo_tasks, 1)
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
+        self._validate_strategy()
+        self._validate_filters()
         if self.demos == "none":
-            for name in self.mixture_weights():
+            for name in self.selected_datasets():
                 if not os.path.isdir(self.dataset_path(name)):
                     raise self.missing_dataset_error(name)
         if not isinstance(self.model, str) or not self.model:
@@ -222,6 +355,91 @@ class BenchConfig:
         _check_int("eval_workers", self.eval_workers, 1)
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
+
+
+    def _validate_strategy(self) -> None:
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.mixing_level is not None:
+            _check_choice("mixing_level", self.mixing_level, MIXING_LEVELS)
+        if self.strategy == "static" and self.resolved_mixing_level() != "dataset":
+            raise ConfigError("mixing_level", f"strategy static weights datasets; got {self.mixing_level!r}, allowed: dataset")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError("temperature", f"must be a number > 0 (1 = natural proportions, .inf = uniform), got {self.temperature!r}")
+        if self.skill_map is not None:
+            if not isinstance(self.skill_map, Mapping) or not all(
+                isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in self.skill_map.items()
+            ):
+                raise ConfigError("skill_map", f"must be null or a mapping verb-or-instruction -> skill name, got {self.skill_map!r}")
+        _check_int("mixing_update_every", self.mixing_update_every, 1)
+        _check_positive("dro_eta", self.dro_eta)
+        _check_range("dro_smoothing", self.dro_smoothing, 0.0, 1.0)
+        _check_int("dro_reference_batches", self.dro_reference_batches, 1)
+        if self.strategy == "doremi" and self.dro_reference != DRO_REFERENCE_INITIAL:
+            ref = self.dro_reference
+            if not isinstance(ref, str) or not any(
+                os.path.isfile(os.path.join(folder, TRAIN_LOG_NAME)) for folder in (ref, os.path.dirname(os.path.abspath(ref)))
+            ):
+                raise ConfigError(
+                    "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
+                )
+        if isinstance(self.exp3_smoothing, bool) or not isinstance(self.exp3_smoothing, (int, float)) or not 0 <= self.exp3_smoothing < 1:
+            raise ConfigError("exp3_smoothing", f"must be a number in [0, 1), got {self.exp3_smoothing!r}")
+        if self.strategy == "curriculum":
+            self._validate_curriculum()
+
+    def _validate_curriculum(self) -> None:
+        phases = self.curriculum
+        form = "a list of {step: int, weights: {name: weight}} starting at step 0"
+        if not isinstance(phases, (list, tuple)) or not phases:
+            raise ConfigError("curriculum", f"strategy curriculum needs {form}, got {phases!r}")
+        previous = -1
+        for i, phase in enumerate(phases):
+            if not isinstance(phase, Mapping) or set(phase) != {"step", "weights"}:
+                raise ConfigError("curriculum", f"phase {i} must be {{step, weights}}, got {phase!r}")
+            step, weights = phase["step"], phase["weights"]
+            if isinstance(step, bool) or not isinstance(step, int) or step <= previous or (i == 0 and step != 0):
+                raise ConfigError("curriculum", f"phase {i}: step must be an integer, 0 for the first phase and increasing, got {step!r}")
+            previous = step
+            if not isinstance(weights, Mapping) or not weights or not all(
+                not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights.values()
+            ) or sum(weights.values()) <= 0:
+                raise ConfigError("curriculum", f"phase {i}: weights must map names to numbers >= 0, not all 0, got {weights!r}")
+            if self.resolved_mixing_level() == "dataset":
+                unknown = [n for n in weights if n not in self.selected_datasets()]
+                if unknown:
+                    raise ConfigError(
+                        "curriculum", f"phase {i}: {unknown} are not datasets of the mixture; allowed: {', '.join(self.selected_datasets())}"
+                    )
+
+    def _validate_filters(self) -> None:
+        _check_bool("filter_nonfinite", self.filter_nonfinite)
+        if self.filter_action_limit is not None:
+            _check_positive("filter_action_limit", self.filter_action_limit)
+        if isinstance(self.filter_min_motion, bool) or not isinstance(self.filter_min_motion, (int, float)) or not (
+            0 <= self.filter_min_motion < math.inf
+        ):
+            raise ConfigError("filter_min_motion", f"must be a finite number >= 0 (0 = off), got {self.filter_min_motion!r}")
+        _check_int("filter_motion_window", self.filter_motion_window, 1)
+        allowed = ", ".join(DATASET_TO_SUITE)
+        for name in ("dataset_whitelist", "dataset_blacklist"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, f"must be null or a list of dataset names ({allowed}), got {value!r}")
+            unknown = [v for v in value if v not in DATASET_TO_SUITE]
+            if unknown:
+                raise ConfigError(name, f"unknown datasets {unknown}; allowed: {allowed}")
+        if not self.selected_datasets():
+            field_name = "dataset_whitelist" if self.dataset_whitelist is not None else "dataset_blacklist"
+            raise ConfigError(
+                field_name,
+                f"removes every dataset of the mixture {list(self.mixture_weights())}; at least one must remain",
+            )
+
+
+def _short(name: str) -> str:
+    return name.replace("libero_", "").replace("_no_noops", "")
 
 
 def _fmt_weight(w: float) -> str:

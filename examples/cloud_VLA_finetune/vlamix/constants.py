@@ -38,3 +38,6 @@ RLDS_IMAGE_SIZE = 256
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 #: Label id ignored by the cross-entropy loss (PyTorch default).
 IGNORE_INDEX = -100
+
+#: Per-step training log of a run folder (JSON lines; written by vlamix.train.finetune).
+TRAIN_LOG_NAME = "train_log.jsonl"

@@ -53,10 +53,26 @@ def latest_resumable_checkpoint(run_dir: str) -> str | None:
 
 
 def train_key(cfg: BenchConfig) -> str:
-    """Stable 16-hex-digit key of the training-relevant hyperparameters (data, model, optimisation)."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_FIELDS}
+    """Stable 16-hex-digit key of the training-relevant hyperparameters (data, strategy, model,
+    optimisation); parameters the strategy ignores do not change it (:meth:`BenchConfig.training_signature`)."""
+    values = {k: v for k, v in cfg.training_signature().items() if k not in EVAL_FIELDS}
     blob = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def mixing_result(checkpoint: str, cfg: BenchConfig) -> dict[str, Any]:
+    """The checkpoint's ``mixing_summary.json`` plus its weight trajectory (``trajectory``: rows of
+    ``mixing_weights.jsonl``); for checkpoints without them (trained elsewhere) only the strategy label."""
+    from vlamix.mixing.trajectory import SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
+
+    path = os.path.join(checkpoint, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return {"strategy_label": cfg.strategy_label()}
+    with open(path, encoding="utf-8") as fh:
+        out = json.load(fh)
+    traj = os.path.join(checkpoint, TRAJECTORY_FILE)
+    out["trajectory"] = read_trajectory(traj) if os.path.isfile(traj) else []
+    return out
 
 
 class VLADataSelect:
@@ -141,6 +157,7 @@ class VLADataSelect:
             {"summary": vlamix.eval.stats.summarize(episodes) (success_rate, ci_low, ci_high,
              n_episodes, per_task, worst_task_success_rate, ...),
              "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
+             "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str}
         """
         from vlamix.eval.offline import offline_metrics
@@ -168,6 +185,7 @@ class VLADataSelect:
             "summary": summary,
             "episodes": rows,
             "offline": offline,
+            "mixing": mixing_result(self.checkpoint, cfg),
             "config": cfg.to_dict(),
             "checkpoint": self.checkpoint,
         }

@@ -6,7 +6,10 @@ returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
 - ``report.md``: leaderboard (success rate with its Wilson 95% interval and N, worst task, offline
   metrics), per-task success rates, and the simulator versions;
 - ``success_rate.png``: success rate and 95% interval per mixture;
-- ``per_task.png``: per-task success rate heat map (mixtures x tasks).
+- ``per_task.png``: per-task success rate heat map (mixtures x tasks);
+- ``mixing_weights.png``: the mixture-weight trajectory of every point (one panel per point), and
+  in ``report.md`` the initial / final / time-averaged weights, realised proportions and the
+  action-filter counts per dataset.
 
 Usage::
 
@@ -24,13 +27,16 @@ logger = logging.getLogger(__name__)
 
 
 def point_label(result: dict[str, Any]) -> str:
-    """Row label of a point: the mixture (e.g. ``spatial:object=2:1``) plus any strategy name."""
-    cfg = result.get("config", {})
-    mixture = cfg.get("mixture", {})
+    """Row label of a point: its data-ratio strategy and parameters (``static spatial:object=2:1``,
+    ``temperature T=2``, ...; :meth:`vlamix.config.BenchConfig.strategy_label`), or the mixture
+    (``spatial:object=2:1``) for results without a strategy label."""
+    label = (result.get("mixing") or {}).get("strategy_label")
+    if label:
+        return str(label)
+    mixture = result.get("config", {}).get("mixture", {})
     names = [n.replace("libero_", "").replace("_no_noops", "") for n in mixture]
     weights = [f"{w:g}" for w in mixture.values()]
-    label = f"{':'.join(names)}={':'.join(weights)}" if mixture else "?"
-    return label
+    return f"{':'.join(names)}={':'.join(weights)}" if mixture else "?"
 
 
 def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) -> list[dict[str, Any]]:
@@ -74,7 +80,7 @@ def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False):
     from prettytable import PrettyTable
 
     table = PrettyTable()
-    table.field_names = ["rank", "mixture", "success rate", "95% CI", "N", "worst task SR", "action acc", "action L1"]
+    table.field_names = ["rank", "strategy / mixture", "success rate", "95% CI", "N", "worst task SR", "action acc", "action L1"]
     for i, row in enumerate(leaderboard_rows(results, ranked), start=1):
         ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if row["ci_low"] is not None else "-"
         table.add_row(
@@ -149,6 +155,7 @@ def write_report(
         for label, row in zip(labels, matrix):
             lines.append(f"| {label} | " + " | ".join(_fmt(v, 2) for v in row) + " |")
         lines.append("")
+    lines += _strategy_section(results, out_dir)
     versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
     if versions:
         lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
@@ -158,3 +165,72 @@ def write_report(
         fh.write("\n".join(lines))
     logger.info("report written to %s", path)
     return path
+
+
+def _weights_text(weights: dict[str, float] | None) -> str:
+    if not weights:
+        return "-"
+    return ", ".join(f"{_short(k)} {v:.3f}" for k, v in weights.items())
+
+
+def _short(name: str) -> str:
+    name = name.replace("libero_", "").replace("_no_noops", "")
+    return name if len(name) <= 32 else name[:29] + "..."
+
+
+def _strategy_section(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
+    """Markdown on the data-ratio strategies and ``mixing_weights.png`` (points with mixing info)."""
+    points = [(point_label(r), r["mixing"]) for r in results if isinstance(r.get("mixing"), dict) and r["mixing"].get("final_weights")]
+    if not points:
+        return []
+    lines = ["## Data-ratio strategies", "",
+             "| strategy | level | initial weights | final weights | time-averaged weights | realised proportions |",
+             "|---|---|---|---|---|---|"]
+    for label, mixing in points:
+        lines.append(
+            f"| {label} | {mixing.get('mixing_level', '-')} | {_weights_text(mixing.get('initial_weights'))} | "
+            f"{_weights_text(mixing.get('final_weights'))} | {_weights_text(mixing.get('time_averaged_weights'))} | "
+            f"{_weights_text(mixing.get('realised_proportions'))} |"
+        )
+    lines += ["", "### Action filtering (training steps)", "",
+              "| strategy | dataset | total | kept | nonfinite | out_of_range | near_zero_motion | dataset_list |",
+              "|---|---|---|---|---|---|---|---|"]
+    for label, mixing in points:
+        for dataset, c in (mixing.get("filter_counts") or {}).items():
+            lines.append(f"| {label} | {_short(dataset)} | " + " | ".join(str(c.get(k, 0)) for k in (
+                "total", "kept", "nonfinite", "out_of_range", "near_zero_motion", "dataset_list")) + " |")
+    lines.append("")
+    trajectories = [(label, mixing.get("trajectory") or []) for label, mixing in points]
+    if any(t for _, t in trajectories):
+        _plot_trajectories(trajectories, [m.get("step") or 0 for _, m in points], os.path.join(out_dir, "mixing_weights.png"))
+        lines += ["![mixture weights during training](mixing_weights.png)", ""]
+    return lines
+
+
+def _plot_trajectories(trajectories: Sequence[tuple[str, list]], steps: Sequence[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(trajectories)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, (label, history), total in zip(axes.flat, trajectories, steps):
+        if history:
+            xs = [int(r["step"]) for r in history]
+            end = max([int(total), *xs])
+            for g in history[0]["weights"]:
+                ys = [float(r["weights"][g]) for r in history]
+                ax.step([*xs, end], [*ys, ys[-1]], where="post", label=_short(g))
+            ax.legend(fontsize=6)
+        ax.set_ylim(0, 1)
+        ax.set_title(label if len(label) <= 48 else label[:45] + "...", fontsize=7)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -123,6 +123,8 @@ class GridPoint:
         hps = self.basemodel.hyperparameters
         mixture = hps.get("mixture")
         what = f"mixture {mixture}" if mixture is not None else ", ".join(f"{k}={v}" for k, v in hps.items())
+        if "strategy" in hps:
+            what = f"strategy {hps['strategy']}, {what}"
         return f"grid point {self.number}/{self.total} of algorithm '{self.algorithm.name}' ({what})"
 
     def rank_hyperparameters(self) -> dict[str, str]:

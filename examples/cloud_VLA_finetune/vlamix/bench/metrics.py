@@ -8,12 +8,15 @@ the basemodel's ``predict`` returned. For this example that is the dict of
     {"episodes": [row, ...],          # one LIBERO rollout episode per row (vlamix.eval.rollout)
      "summary": {...},                # vlamix.eval.stats.summarize(episodes)
      "offline": {"action_token_accuracy": float, "action_l1": float, ...},
+     "mixing": {"strategy_label": str, "filter_counts": {dataset: {...}}, ...},
      "config": {...}}                 # BenchConfig.to_dict()
 
 ``y_true`` (the test index's second column) carries nothing these metrics need and is ignored.
 Success metrics are recomputed from the episode rows with :func:`vlamix.eval.stats.summarize`
 (success rate as a fraction in [0, 1], Wilson 95% interval); offline metrics are read from
-``prediction["offline"]`` and are NaN when the point computed none.
+``prediction["offline"]`` and are NaN when the point computed none. The data-ratio columns come
+from ``prediction["mixing"]``: ``mixing_strategy`` (the strategy and its parameters, a string) and
+the training steps kept / dropped per filter reason, summed over datasets (NaN when unknown).
 """
 
 from __future__ import annotations
@@ -83,3 +86,44 @@ def action_token_accuracy(y_true: Any, y_pred: Any) -> float:
 def action_l1(y_true: Any, y_pred: Any) -> float:
     """Held-out mean L1 error of un-normalised actions (action units; NaN if not computed)."""
     return _offline(y_pred, "action_l1")
+
+
+def mixing_strategy(y_true: Any, y_pred: Any) -> str:
+    """The data-ratio strategy and its parameters, e.g. ``temperature T=2 by task`` (see
+    :meth:`vlamix.config.BenchConfig.strategy_label`); empty if the prediction has none."""
+    pred = _prediction(y_pred)
+    label = (pred.get("mixing") or {}).get("strategy_label")
+    return str(label) if label else ""
+
+
+def _filter_total(y_pred: Any, key: str) -> float:
+    counts = (_prediction(y_pred).get("mixing") or {}).get("filter_counts")
+    if not counts:
+        logger.warning("prediction has no filter counts; reporting NaN for '%s'", key)
+        return math.nan
+    return float(sum(int(c.get(key, 0)) for c in counts.values()))
+
+
+def steps_kept(y_true: Any, y_pred: Any) -> float:
+    """Training steps kept by the action filters, summed over the mixture's datasets."""
+    return _filter_total(y_pred, "kept")
+
+
+def steps_dropped_nonfinite(y_true: Any, y_pred: Any) -> float:
+    """Training steps dropped for a NaN/Inf action value."""
+    return _filter_total(y_pred, "nonfinite")
+
+
+def steps_dropped_out_of_range(y_true: Any, y_pred: Any) -> float:
+    """Training steps dropped for an action value beyond ``filter_action_limit``."""
+    return _filter_total(y_pred, "out_of_range")
+
+
+def steps_dropped_near_zero_motion(y_true: Any, y_pred: Any) -> float:
+    """Training steps dropped as near-zero motion (``filter_min_motion`` over the window)."""
+    return _filter_total(y_pred, "near_zero_motion")
+
+
+def steps_dropped_dataset_list(y_true: Any, y_pred: Any) -> float:
+    """Training steps of datasets removed by ``dataset_whitelist`` / ``dataset_blacklist``."""
+    return _filter_total(y_pred, "dataset_list")

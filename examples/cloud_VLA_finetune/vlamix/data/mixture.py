@@ -10,7 +10,7 @@ Usage::
     loader = MixtureLoader(cfg)                  # split="train": endless, shuffled
     batch = loader.next_batch()                  # image uint8 [B,224,224,3], instruction list[str], action float32 [B,7]
     loader.realised_proportions()                # {"libero_spatial_no_noops": 0.667, ...}
-    loader.set_weights({"libero_spatial_no_noops": 1, "libero_object_no_noops": 1})   # between batches
+    loader.set_weights({"libero_spatial_no_noops": 1, "libero_object_no_noops": 1})   # group weights, between batches
     state = loader.state_dict()                  # resume: MixtureLoader(cfg).load_state_dict(state)
     for batch in MixtureLoader(cfg, split="heldout"):   # one pass over the held-out episodes
         ...
@@ -29,6 +29,14 @@ and turn 2:1 into e.g. 0.61:0.39; that is ``balance_by_size=True`` here). :class
 decides the source dataset of every frame in NumPy, so weights can be changed between batches
 without rebuilding the tf.data pipelines, and the position in the stream is a small state dict.
 
+Strategies and filters (:mod:`vlamix.mixing`, :mod:`vlamix.data.filters`): the sampler draws from
+*sources*, a dataset or (``mixing_level`` task/skill) one task's training episodes of a dataset, and
+weights are given to *groups* (dataset, task or skill) and split over their sources by kept frames.
+The strategy sets the initial group weights (static mixture, full_dataset, task_balanced,
+temperature, or a dynamic strategy's start); :meth:`MixtureLoader.set_weights` changes them during
+training. Training steps dropped by the action filters are removed inside each episode
+(``tf.boolean_mask``) before the shuffle buffer; ``filter_counts`` has the per-dataset counts.
+
 Held-out split: the last ``heldout_fraction`` of each dataset's episodes in stored order (at least
 one when the fraction is > 0 and the dataset has >= 2 episodes) never enter training; with
 ``split="heldout"`` they are iterated once, unshuffled, dataset after dataset.
@@ -40,7 +48,8 @@ Batches (numpy)::
     action         float32 [B, 7]         model space (gripper 1 open / 0 close), BOUNDS_Q99-normalised
     dataset_index  int64   [B]            index into ``loader.dataset_names``
     episode_index  int64   [B]            episode position in its dataset's stored order
-    step_index     int64   [B]            step within the episode
+    step_index     int64   [B]            step within the episode (stored index, before filtering)
+    group_index    int64   [B]            index into ``loader.group_names`` (train batches only)
 
 Imports TensorFlow (kept off the GPU) when a loader is built; never import it in a MuJoCo process.
 """
@@ -57,14 +66,25 @@ import numpy as np
 
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.constants import DATASET_TO_SUITE
-from vlamix.data.normalization import NORM_EPS, action_bounds, dataset_stats
+from vlamix.data.filters import ActionFilter, add_counts, empty_counts, excluded_counts, selected_datasets
+from vlamix.data.normalization import NORM_EPS, DatasetStats, action_bounds, dataset_stats
+from vlamix.mixing.skills import skill_table
+from vlamix.mixing.weights import (
+    Source,
+    build_sources,
+    collapse,
+    group_names,
+    initial_group_weights,
+    normalised_phase,
+    spread,
+)
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
 #: Image side of the model input (pixels); RLDS stores 256.
 DEFAULT_IMAGE_SIZE = 224
-_STATE_FORMAT = "vlamix.data.MixtureLoader/1"
+_STATE_FORMAT = "vlamix.data.MixtureLoader/2"
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -219,8 +239,9 @@ class DatasetSplit:
     stats_file: str
 
 
-def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None = None) -> tuple[DatasetSplit, dict]:
-    """Open dataset ``name`` under ``cfg.data_dir``: its train/held-out partition and its statistics.
+def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None = None) -> tuple[DatasetSplit, DatasetStats]:
+    """Open dataset ``name`` under ``cfg.data_dir``: its train/held-out partition and its statistics
+    (with the episode table: instructions and raw actions).
 
     Raises:
         ConfigError: field ``data_dir``: folder missing, not an RLDS dataset, or empty.
@@ -250,7 +271,7 @@ def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None =
         heldout_frames=int(lengths[n - held :].sum()),
         stats_file=summary.stats_file,
     )
-    return split, summary.stats
+    return split, summary
 
 
 def _derive_seed(*parts: int) -> int:
@@ -263,24 +284,37 @@ class MixtureLoader:
     """Numpy batches from a weighted mixture of RLDS datasets (see the module docstring).
 
     Args:
-        cfg: benchmark config; uses ``mixture``, ``balance_by_size``, ``data_dir``,
-            ``heldout_fraction``, ``batch_size``, ``shuffle_buffer_size`` and ``seed``.
-        split: ``"train"`` (endless, shuffled, weighted) or ``"heldout"`` (one ordered pass).
+        cfg: benchmark config; uses the data fields (``mixture``, ``balance_by_size``, ``data_dir``,
+            ``heldout_fraction``, ``shuffle_buffer_size``), the strategy fields (``strategy``,
+            ``mixing_level``, ``temperature``, ``skill_map``, ``curriculum``), the filter fields
+            (``filter_*``, ``dataset_whitelist``, ``dataset_blacklist``), ``batch_size`` and ``seed``.
+        split: ``"train"`` (endless, shuffled, weighted, filtered) or ``"heldout"`` (one ordered,
+            unfiltered pass).
         batch_size: frames per batch (default ``cfg.batch_size``).
-        seed: data seed (default ``cfg.seed``); the sampler and every dataset pipeline derive their
+        seed: data seed (default ``cfg.seed``); the sampler and every source pipeline derive their
             seeds from ``(seed, rank)``.
         rank: data-parallel rank; each rank reads a different, still deterministic, stream.
         image_size: side of the output images in pixels (default 224).
         cache_dir: fallback folder for norm statistics when a data folder is read-only.
     Raises:
         ConfigError: field ``mixture`` (unknown dataset name, bad weights), ``data_dir`` (dataset
-            folder missing, unreadable or empty) or ``split``.
+            folder missing, unreadable or empty), ``split``, ``dataset_whitelist`` /
+            ``dataset_blacklist`` (no dataset left), ``filter_min_motion`` (filters drop every
+            training step), ``curriculum`` (names that are no group) or ``strategy``.
 
     Attributes:
-        dataset_names: datasets with non-zero weight, in config order (``dataset_index`` order).
+        dataset_names: datasets read (non-zero weight, passing the white/blacklist), in config order
+            (``dataset_index`` order).
         datasets: :class:`DatasetSplit` per dataset (episode and frame counts of both splits).
         dataset_statistics: ``{name: stats}`` in OpenVLA's ``dataset_statistics.json`` layout (the
             statistics used to normalise each dataset's actions; save them with the checkpoint).
+        mixing_level: "dataset", "task" or "skill". sources: :class:`vlamix.mixing.weights.Source`
+            per sampler stream. group_names: the groups weights are given to (``group_index`` order).
+        initial_weights: the strategy's group weights at step 0.
+        filter_counts: ``{dataset: {"total", "kept", "nonfinite", "out_of_range",
+            "near_zero_motion", "dataset_list"}}``: training steps kept and dropped per reason
+            (datasets removed by the white/blacklist count under ``dataset_list``).
+        skill_table: ``{instruction: skill}`` at the skill level, else ``{}``.
     """
 
     def __init__(
@@ -305,30 +339,70 @@ class MixtureLoader:
         self.image_size = int(image_size)
         self.shuffle_buffer_size = int(cfg.shuffle_buffer_size)
         raw = _checked_mixture(cfg.mixture)
-        self.dataset_names: tuple[str, ...] = tuple(n for n, w in raw.items() if w > 0)
+        chosen, removed = selected_datasets([n for n, w in raw.items() if w > 0], cfg.dataset_whitelist, cfg.dataset_blacklist)
+        if not chosen:
+            raise ConfigError("dataset_whitelist", f"no dataset of the mixture {list(raw)} passes the white/blacklist")
+        self.dataset_names: tuple[str, ...] = tuple(chosen)
         opened = [_open_split(cfg, name, i, cache_dir) for i, name in enumerate(self.dataset_names)]
         self.datasets: tuple[DatasetSplit, ...] = tuple(split_ for split_, _ in opened)
-        self.dataset_statistics: dict[str, dict] = {split_.name: stats for split_, stats in opened}
-        weights = mixture_weights(cfg, {d.name: d.train_frames for d in self.datasets})
-        self._sampler = MixtureSampler([weights[n] for n in self.dataset_names], _derive_seed(self.seed, self.rank, 0))
+        self.dataset_statistics: dict[str, dict] = {split_.name: table.stats for split_, table in opened}
+
+        # Action filtering of the training episodes: per-dataset keep masks and counts.
+        self.action_filter = ActionFilter.from_config(cfg)
+        self.filter_counts: dict[str, dict[str, int]] = {}
+        self._keep: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        per_dataset: dict[str, tuple[list[str], list[int]]] = {}
+        for split_, table in opened:
+            keep, frames, counts = _filter_training_steps(self.action_filter, split_, table)
+            self.filter_counts[split_.name] = counts
+            if keep is not None:
+                self._keep[split_.index] = keep
+            per_dataset[split_.name] = (list(table.instructions[: split_.train_episodes]), frames)
+        for name in removed:
+            self.filter_counts[name] = _removed_counts(cfg, name, cache_dir)
+        _log_filter_counts(self.filter_counts)
+
+        # Sources, groups and the strategy's initial weights.
+        self.strategy = cfg.strategy
+        self.mixing_level = cfg.resolved_mixing_level()
+        self.sources: tuple[Source, ...] = tuple(build_sources(self.mixing_level, per_dataset, cfg.skill_map))
+        if not self.sources:
+            raise ConfigError("filter_min_motion", f"the action filters drop every training step of {list(self.dataset_names)}: {self.filter_counts}")
+        self.group_names: tuple[str, ...] = tuple(group_names(self.sources))
+        self.skill_table = (
+            skill_table([s.instruction for s in self.sources], cfg.skill_map) if self.mixing_level == "skill" else {}
+        )
+        self._source_group = np.array([self.group_names.index(s.group) for s in self.sources], dtype=np.int64)
+        self._source_dataset = {i: self.dataset_names.index(s.dataset) for i, s in enumerate(self.sources)}
+        try:
+            self.initial_weights = initial_group_weights(cfg, self.sources)
+            if cfg.strategy == "curriculum":  # every phase must name groups of this mixture
+                for phase in cfg.curriculum:
+                    normalised_phase(phase["weights"], list(self.group_names))
+        except ValueError as err:
+            raise ConfigError("curriculum" if cfg.strategy == "curriculum" else "strategy", str(err)) from err
+        self._sampler = MixtureSampler(spread(self.initial_weights, self.sources), _derive_seed(self.seed, self.rank, 0))
         self._iterators: dict[int, Iterator] = {}
-        self._frames_pulled = [0] * len(self.datasets)
+        self._frames_pulled = [0] * len(self.sources)
         self._batches = 0
         for d in self.datasets:
             logger.info(
-                "mixture %s: %s weight %.4f, train %d episodes / %d frames, held-out %d / %d",
-                split, d.name, weights[d.name], d.train_episodes, d.train_frames, d.heldout_episodes, d.heldout_frames,
+                "mixture %s: %s train %d episodes / %d frames (%d kept), held-out %d / %d",
+                split, d.name, d.train_episodes, d.train_frames, self.filter_counts[d.name]["kept"],
+                d.heldout_episodes, d.heldout_frames,
             )
+        logger.info("strategy %s at %s level: %d sources, initial group weights %s",
+                    cfg.strategy, self.mixing_level, len(self.sources), _rounded(self.initial_weights))
 
     # -------------------------------------------------------------------- public info
     @property
     def weights(self) -> dict[str, float]:
-        """Current normalised sampling weights (train split)."""
-        return dict(zip(self.dataset_names, self._sampler.weights.tolist()))
+        """Current normalised sampling weight per group (train split)."""
+        return collapse(self._sampler.weights, self.sources)
 
     @property
     def num_frames(self) -> dict[str, int]:
-        """Frames per dataset in this loader's split."""
+        """Frames per dataset in this loader's split (training frames before filtering)."""
         return {d.name: d.train_frames if self.split == "train" else d.heldout_frames for d in self.datasets}
 
     @property
@@ -342,17 +416,25 @@ class MixtureLoader:
         return self._batches
 
     def realised_proportions(self) -> dict[str, float]:
-        """Fraction of the training frames returned so far that came from each dataset."""
-        return dict(zip(self.dataset_names, self._sampler.realised_proportions().tolist()))
+        """Fraction of the training frames returned so far that came from each group."""
+        return collapse(self._sampler.realised_proportions(), self.sources)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able description: split, weights, realised proportions, per-dataset counts."""
+        """JSON-able description: split, strategy, groups, weights, realised proportions, sources,
+        per-dataset counts and filter counts."""
         return {
             "split": self.split,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "strategy": self.strategy,
+            "mixing_level": self.mixing_level,
+            "groups": list(self.group_names),
+            "initial_weights": dict(self.initial_weights),
             "weights": self.weights,
             "realised_proportions": self.realised_proportions(),
+            "sources": [{"name": s.name, "dataset": s.dataset, "group": s.group, "frames": s.frames} for s in self.sources],
+            "skill_table": dict(self.skill_table),
+            "filter_counts": {k: dict(v) for k, v in self.filter_counts.items()},
             "datasets": [asdict(d) for d in self.datasets],
         }
 
@@ -360,16 +442,19 @@ class MixtureLoader:
         """Change the sampling weights from the next batch on (pipelines are kept).
 
         Args:
-            weights: dataset name -> weight >= 0 (normalised here); names of this loader only,
-                missing names get 0.
+            weights: group name (a dataset name at the dataset level) -> weight >= 0, normalised
+                here; missing groups get 0. Each group's weight is split over its sources by frames.
         Raises:
             ConfigError: field ``mixture``: unknown name, negative weight or all zero.
         """
-        unknown = [n for n in weights if n not in self.dataset_names]
+        unknown = [n for n in weights if n not in self.group_names]
         if unknown:
-            raise ConfigError("mixture", f"datasets {unknown} are not in this loader; loaded: {', '.join(self.dataset_names)}")
-        self._sampler.set_weights([float(weights.get(n, 0.0)) for n in self.dataset_names])
-        logger.info("mixture weights set to %s", self.weights)
+            raise ConfigError("mixture", f"{unknown} are not groups of this loader; groups: {', '.join(self.group_names)}")
+        values = [float(weights.get(g, 0.0)) for g in self.group_names]
+        if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+            raise ConfigError("mixture", f"weights must be finite, >= 0 and not all zero, got {dict(weights)}")
+        self._sampler.set_weights(spread(dict(zip(self.group_names, values)), self.sources))
+        logger.info("mixture weights set to %s", _rounded(self.weights))
 
     # -------------------------------------------------------------------- iteration
     def next_batch(self) -> dict[str, Any]:
@@ -378,14 +463,16 @@ class MixtureLoader:
             raise ValueError("next_batch() is for split='train'; iterate the loader for the held-out pass")
         sources = self._sampler.draw(self.batch_size)
         frames = []
-        for d in sources:
-            it = self._iterators.get(int(d))
+        for src in sources:
+            it = self._iterators.get(int(src))
             if it is None:
-                it = self._iterators[int(d)] = self._make_train_iterator(int(d))
+                it = self._iterators[int(src)] = self._make_train_iterator(int(src))
             frames.append(next(it))
-            self._frames_pulled[int(d)] += 1
+            self._frames_pulled[int(src)] += 1
         self._batches += 1
-        return _collate(frames)
+        batch = _collate(frames)
+        batch["group_index"] = self._source_group[sources]
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Train: endless stream of :meth:`next_batch`. Held-out: one pass, last batch may be smaller."""
@@ -399,7 +486,7 @@ class MixtureLoader:
 
     def _heldout_stream(self) -> Iterator[dict[str, Any]]:
         tf, _ = _tf()
-        parts = [self._frames(d.index, train=False) for d in self.datasets if d.heldout_episodes > 0]
+        parts = [self._heldout_frames(d.index) for d in self.datasets if d.heldout_episodes > 0]
         if not parts:
             logger.warning("no held-out episodes (heldout_fraction = 0 or datasets with < 2 episodes)")
             return
@@ -419,66 +506,126 @@ class MixtureLoader:
 
     # -------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able position in the training stream (seed, batches, frames read per dataset, sampler)."""
+        """JSON-able position in the training stream (seed, batches, frames read per source, sampler)."""
         return {
             "format": _STATE_FORMAT,
             "datasets": list(self.dataset_names),
+            "sources": [s.name for s in self.sources],
             "seed": self.seed,
             "rank": self.rank,
             "batches": self._batches,
-            "frames_per_dataset": list(self._frames_pulled),
+            "frames_per_source": list(self._frames_pulled),
             "sampler": self._sampler.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> "MixtureLoader":
         """Continue from a :meth:`state_dict`: the following batches equal those the saving loader
-        would have returned next. Each dataset pipeline is rebuilt and fast-forwarded over the frames
+        would have returned next. Each source pipeline is rebuilt and fast-forwarded over the frames
         already read (before image decoding, so skipping is cheap).
 
         Raises:
-            ValueError: the state is of another format, another dataset list, seed or rank.
+            ValueError: the state is of another format, dataset or source list, seed or rank.
         """
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"not a MixtureLoader state (format {state.get('format')!r}, expected {_STATE_FORMAT!r})")
-        for key, mine in (("datasets", list(self.dataset_names)), ("seed", self.seed), ("rank", self.rank)):
-            if state[key] != mine:
-                raise ValueError(f"state was saved with {key}={state[key]!r}, this loader has {key}={mine!r}")
+        mine = {"datasets": list(self.dataset_names), "sources": [s.name for s in self.sources], "seed": self.seed, "rank": self.rank}
+        for key, value in mine.items():
+            if state[key] != value:
+                raise ValueError(f"state was saved with {key}={state[key]!r}, this loader has {key}={value!r}")
         self._sampler.load_state_dict(state["sampler"])
-        self._frames_pulled = [int(n) for n in state["frames_per_dataset"]]
+        self._frames_pulled = [int(n) for n in state["frames_per_source"]]
         self._batches = int(state["batches"])
         self._iterators = {}
         return self
 
     # -------------------------------------------------------------------- tf.data pipelines
     def _make_train_iterator(self, index: int) -> Iterator[dict[str, Any]]:
-        ds = self._frames(index, train=True, skip=self._frames_pulled[index])
-        return iter(ds.as_numpy_iterator())
+        return iter(self._train_frames(index, skip=self._frames_pulled[index]).as_numpy_iterator())
 
-    def _frames(self, index: int, *, train: bool, skip: int = 0):
-        """Frame dataset of one source: decoded, resized, normalised (see the module docstring)."""
+    def _train_frames(self, index: int, skip: int = 0):
+        """Frame dataset of source ``index``: its episodes, filtered steps, shuffled, repeated, decoded."""
+        tf, _ = _tf()
+        from vlamix.data.reader import open_rlds
+
+        source = self.sources[index]
+        info = self.datasets[self._source_dataset[index]]
+        seed = _derive_seed(self.seed, self.rank, index + 1)
+        episodes = open_rlds(info.path).trajectories(
+            0, info.train_episodes, shuffle_files=True, seed=seed, with_episode_index=True
+        )
+        if source.episodes is not None:  # one task of the dataset
+            member = np.zeros(info.train_episodes, dtype=bool)
+            member[list(source.episodes)] = True
+            member_t = tf.constant(member)
+            episodes = episodes.filter(lambda ep: tf.gather(member_t, ep["episode_index"]))
+        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], info.index, self._keep.get(info.index))
+        frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+        frames = frames.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
+        if skip:
+            frames = frames.skip(skip)
+        return self._decoded(tf, frames)
+
+    def _heldout_frames(self, index: int):
+        """Frame dataset of the held-out episodes of dataset ``index`` (stored order, unfiltered)."""
         tf, _ = _tf()
         from vlamix.data.reader import open_rlds
 
         info = self.datasets[index]
-        stats = self.dataset_statistics[info.name]
-        seed = _derive_seed(self.seed, self.rank, index + 1)
-        reader = open_rlds(info.path)
-        if train:
-            episodes = reader.trajectories(
-                0, info.train_episodes, shuffle_files=True, seed=seed, with_episode_index=True
-            )
-        else:
-            episodes = reader.trajectories(info.train_episodes, info.num_episodes, with_episode_index=True)
-        to_frames = _trajectory_transform(tf, stats, index)
+        episodes = open_rlds(info.path).trajectories(info.train_episodes, info.num_episodes, with_episode_index=True)
+        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], index, None)
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-        if train:
-            frames = frames.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
-            if skip:
-                frames = frames.skip(skip)
+        return self._decoded(tf, frames)
+
+    def _decoded(self, tf, frames):
         frames = frames.map(_frame_transform(tf, self.image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         return frames.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _filter_training_steps(
+    action_filter: ActionFilter, split: DatasetSplit, table: DatasetStats
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[int], dict[str, int]]:
+    """Keep masks of a dataset's training episodes.
+
+    Returns:
+        (``(keep bool [train steps], offsets int64 [train episodes + 1])`` or None when every step is
+        kept, kept frames per training episode, counts record).
+    """
+    lengths = table.episode_lengths[: split.train_episodes]
+    counts = empty_counts()
+    if not action_filter.active or table.actions is None:
+        counts["total"] = counts["kept"] = int(lengths.sum())
+        return None, [int(n) for n in lengths], counts
+    offsets = table.episode_offsets[: split.train_episodes + 1]
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    frames = []
+    for e in range(split.train_episodes):
+        lo, hi = int(offsets[e]), int(offsets[e + 1])
+        mask, _ = action_filter.episode_mask(table.actions[lo:hi])
+        keep[lo:hi] = mask
+        frames.append(int(mask.sum()))
+    add_counts(counts, action_filter.count(table.actions[: int(offsets[-1])], lengths))
+    return (None if keep.all() else (keep, offsets.astype(np.int64))), frames, counts
+
+
+def _removed_counts(cfg: BenchConfig, name: str, cache_dir: str | None) -> dict[str, int]:
+    """Counts of a white/blacklisted dataset: all its training steps under ``dataset_list`` (0 if absent)."""
+    if not os.path.isdir(cfg.dataset_path(name)):
+        logger.info("dataset %s is removed by the white/blacklist and not on disk: its steps are not counted", name)
+        return excluded_counts(0)
+    split, _ = _open_split(cfg, name, -1, cache_dir)
+    return excluded_counts(split.train_frames)
+
+
+def _log_filter_counts(counts: Mapping[str, Mapping[str, int]]) -> None:
+    for name, c in counts.items():
+        dropped = {k: v for k, v in c.items() if k not in ("total", "kept") and v}
+        logger.info("filter %s: kept %d of %d training steps%s", name, c["kept"], c["total"], f", dropped {dropped}" if dropped else "")
+
+
+def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in weights.items()}
 
 
 # ------------------------------------------------------------------------------------------ transforms
@@ -488,13 +635,16 @@ def _tf():
     return import_tf()
 
 
-def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int):
-    """Episode -> per-step tensors: LIBERO gripper transform, BOUNDS_Q99 normalisation.
+def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep: tuple[np.ndarray, np.ndarray] | None):
+    """Episode -> per-step tensors: LIBERO gripper transform, BOUNDS_Q99 normalisation, step filter.
 
     Mirrors :func:`vlamix.data.normalization.libero_transform_actions` and
-    :func:`~vlamix.data.normalization.normalize_actions` in float32 TensorFlow ops.
+    :func:`~vlamix.data.normalization.normalize_actions` in float32 TensorFlow ops. With ``keep =
+    (mask bool [steps], offsets int64 [episodes + 1])`` (:mod:`vlamix.data.filters`), the steps of
+    episode ``e`` are ``mask[offsets[e]:offsets[e + 1]]``-selected (``step_index`` stays the stored one).
     """
     q01, q99, mask, constant = (tf.constant(x) for x in action_bounds(stats, np.float32))
+    keep_t = None if keep is None else (tf.constant(keep[0]), tf.constant(keep[1]))
 
     def fn(episode):
         steps = episode["steps"]
@@ -505,7 +655,7 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int):
         action = tf.where(mask, normed, action)
         action = tf.where(constant, tf.zeros_like(action), action)
         length = tf.shape(action)[0]
-        return {
+        out = {
             "image": steps["observation"]["image"],
             "instruction": steps["language_instruction"],
             "action": action,
@@ -513,6 +663,12 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int):
             "episode_index": tf.fill([length], tf.cast(episode["episode_index"], tf.int64)),
             "step_index": tf.range(length, dtype=tf.int64),
         }
+        if keep_t is None:
+            return out
+        index = tf.cast(episode["episode_index"], tf.int64)
+        step_mask = keep_t[0][keep_t[1][index] : keep_t[1][index + 1]]
+        with tf.control_dependencies([tf.debugging.assert_equal(tf.size(step_mask), length, message="keep mask length")]):
+            return {k: tf.boolean_mask(v, step_mask) for k, v in out.items()}
 
     return fn
 

@@ -48,7 +48,7 @@ ACTION_NORMALIZATION_MASK = (True,) * 6 + (False,)
 #: Epsilon in the BOUNDS_Q99 denominator (OpenVLA).
 NORM_EPS = 1e-8
 #: Identifies the statistics recipe; part of the cache key, so changing the recipe invalidates caches.
-STATS_RECIPE = "vlamix-stats-v1;libero_dataset_transform;proprio=observation/state[8];np.quantile-linear"
+STATS_RECIPE = "vlamix-stats-v2;libero_dataset_transform;proprio=observation/state[8];np.quantile-linear;finite-rows"
 #: Name of the environment variable that overrides the fallback cache folder.
 CACHE_ENV = "VLAMIX_CACHE_DIR"
 
@@ -88,9 +88,11 @@ def compute_stats(
     Returns:
         ``{"action": {mean, std, max, min, q01, q99, mask}, "proprio": {...}, "num_transitions",
         "num_trajectories"}`` with lists of Python floats (JSON-able). Quantiles: ``np.quantile``
-        (linear interpolation), as in OpenVLA.
+        (linear interpolation), as in OpenVLA. Transitions with a NaN/Inf value are left out of
+        the moments (logged), so one corrupt step cannot turn the norm stats into NaN;
+        ``num_transitions`` still counts every transition.
     Raises:
-        ValueError: no transitions, or mismatching shapes.
+        ValueError: no transitions, every transition non-finite, or mismatching shapes.
     """
     actions = np.asarray(actions, dtype=np.float32)
     proprio = np.asarray(proprio, dtype=np.float32)
@@ -101,12 +103,19 @@ def compute_stats(
         raise ValueError(f"proprio must be [N={actions.shape[0]}, P], got shape {list(proprio.shape)}")
     if len(mask) != ACTION_DIM:
         raise ValueError(f"mask must have {ACTION_DIM} entries, got {len(mask)}")
+    finite = np.isfinite(actions).all(axis=1) & np.isfinite(proprio).all(axis=1)
+    if not finite.all():
+        logger.warning("statistics skip %d of %d transitions with a NaN/Inf action or proprio value",
+                       int((~finite).sum()), int(finite.size))
+        if not finite.any():
+            raise ValueError("every transition has a NaN/Inf action or proprio value")
+        actions, proprio = actions[finite], proprio[finite]
     action_stats = _moments(actions)
     action_stats["mask"] = [bool(m) for m in mask]
     return {
         "action": action_stats,
         "proprio": _moments(proprio),
-        "num_transitions": int(actions.shape[0]),
+        "num_transitions": int(finite.size),
         "num_trajectories": int(num_trajectories),
     }
 
@@ -132,6 +141,10 @@ class DatasetStats:
         episode_lengths: int64 [num_episodes] steps per episode, in stored order.
         stats_file: path of the cached ``dataset_statistics_<hash>.json``.
         computed: True if this call computed them (False: read from the cache).
+        instructions: language instruction of every episode (first step's), stored order.
+        actions: float32 [num_transitions, 7] raw RLDS actions of all episodes concatenated in
+            stored order (gripper -1 open / +1 close); episode ``i`` is rows
+            ``episode_offsets[i]:episode_offsets[i + 1]``. Used by the action filters.
     """
 
     name: str
@@ -139,6 +152,13 @@ class DatasetStats:
     episode_lengths: np.ndarray
     stats_file: str
     computed: bool
+    instructions: tuple[str, ...] = ()
+    actions: np.ndarray | None = None
+
+    @property
+    def episode_offsets(self) -> np.ndarray:
+        """int64 [num_episodes + 1]: row of each episode's first step in :attr:`actions` (and the end)."""
+        return np.concatenate([[0], np.cumsum(self.episode_lengths)]).astype(np.int64)
 
 
 def default_cache_dir() -> str:
@@ -152,7 +172,7 @@ def dataset_stats(path: str | os.PathLike, name: str | None = None, *, cache_dir
     The cache key is a hash of the dataset's files (:meth:`vlamix.data.reader.RLDSDataset.files_hash`)
     and of :data:`STATS_RECIPE`, so a re-recorded dataset (or a new recipe) is never served stale
     statistics. Cache files: ``<version dir>/dataset_statistics_<key>.json`` (OpenVLA layout) and
-    ``<version dir>/episode_lengths_<key>.json``; if the version folder is not writable they go to
+    ``<version dir>/episodes_<key>.npz`` (episode lengths, instructions, raw actions); if the version folder is not writable they go to
     ``<cache_dir>/dataset_statistics/<name>_<key>/`` (default :func:`default_cache_dir`).
 
     Args:
@@ -171,35 +191,41 @@ def dataset_stats(path: str | os.PathLike, name: str | None = None, *, cache_dir
     fallback = os.path.join(cache_dir or default_cache_dir(), "dataset_statistics", f"{name}_{key}")
     for folder in (dataset.path, fallback):
         stats_file = os.path.join(folder, f"dataset_statistics_{key}.json")
-        lengths_file = os.path.join(folder, f"episode_lengths_{key}.json")
-        if os.path.isfile(stats_file) and os.path.isfile(lengths_file):
+        table_file = os.path.join(folder, f"episodes_{key}.npz")
+        if os.path.isfile(stats_file) and os.path.isfile(table_file):
             try:
                 stats = _read_stats(stats_file, name)
-                with open(lengths_file) as fh:
-                    lengths = np.asarray(json.load(fh)["episode_lengths"], dtype=np.int64)
+                with np.load(table_file, allow_pickle=False) as table:
+                    lengths = table["episode_lengths"].astype(np.int64)
+                    instructions = tuple(str(x) for x in table["instructions"])
+                    actions = table["actions"].astype(np.float32)
             except (OSError, ValueError, KeyError) as err:
                 logger.warning("ignoring unreadable statistics cache %s: %s", stats_file, err)
                 continue
-            if lengths.shape[0] == dataset.num_episodes and int(lengths.sum()) == stats["num_transitions"]:
+            if (
+                lengths.shape[0] == dataset.num_episodes == len(instructions)
+                and int(lengths.sum()) == stats["num_transitions"] == actions.shape[0]
+            ):
                 logger.info("loaded dataset statistics of %s from %s", name, stats_file)
-                return DatasetStats(name, stats, lengths, stats_file, computed=False)
+                return DatasetStats(name, stats, lengths, stats_file, False, instructions, actions)
             logger.warning("statistics cache %s does not match the dataset; recomputing", stats_file)
 
-    stats, lengths = _compute_dataset_stats(dataset)
-    payload_stats = {name: stats}
-    payload_lengths = {"name": name, "files_hash": key, "episode_lengths": lengths.tolist()}
+    stats, lengths, instructions, actions = _compute_dataset_stats(dataset)
     for folder in (dataset.path, fallback):
         stats_file = os.path.join(folder, f"dataset_statistics_{key}.json")
         try:
             if not _dir_writable(folder):
                 raise PermissionError(f"{folder} is not writable")
-            _write_json_atomic(os.path.join(folder, f"episode_lengths_{key}.json"), payload_lengths)
-            _write_json_atomic(stats_file, payload_stats)
+            _write_npz_atomic(
+                os.path.join(folder, f"episodes_{key}.npz"),
+                episode_lengths=lengths, instructions=np.asarray(instructions, dtype=str), actions=actions,
+            )
+            _write_json_atomic(stats_file, {name: stats})
         except OSError as err:
             logger.info("cannot cache statistics in %s (%s); trying the fallback cache folder", folder, err)
             continue
         logger.info("computed dataset statistics of %s -> %s", name, stats_file)
-        return DatasetStats(name, stats, lengths, stats_file, computed=True)
+        return DatasetStats(name, stats, lengths, stats_file, True, instructions, actions)
     raise OSError(f"could not write the statistics of {name} to {dataset.path} nor to {fallback}")
 
 
@@ -208,23 +234,29 @@ def load_or_compute_stats(path: str | os.PathLike, name: str | None = None, *, c
     return dataset_stats(path, name, cache_dir=cache_dir).stats
 
 
-def _compute_dataset_stats(dataset) -> tuple[dict[str, Any], np.ndarray]:
-    """One pass over all episodes (images not decoded): model-space actions, proprio, lengths."""
+def _compute_dataset_stats(dataset) -> tuple[dict[str, Any], np.ndarray, tuple[str, ...], np.ndarray]:
+    """One pass over all episodes (images not decoded): statistics, lengths, instructions, raw actions."""
     if dataset.num_episodes == 0:
         raise ValueError(f"RLDS dataset {dataset.name} at {dataset.path} has no episodes")
     ds = dataset.trajectories().map(
-        lambda ep: {"action": ep["steps"]["action"], "state": ep["steps"]["observation"]["state"]}
+        lambda ep: {
+            "action": ep["steps"]["action"],
+            "state": ep["steps"]["observation"]["state"],
+            "instruction": ep["steps"]["language_instruction"][:1],
+        }
     )
-    actions, proprio, lengths = [], [], []
+    actions, proprio, lengths, instructions = [], [], [], []
     for episode in ds.as_numpy_iterator():
         actions.append(episode["action"])
         proprio.append(episode["state"])
         lengths.append(episode["action"].shape[0])
+        first = episode["instruction"]
+        instructions.append(first[0].decode("utf-8").lower() if len(first) else "")
     if sum(lengths) == 0:
         raise ValueError(f"RLDS dataset {dataset.name} at {dataset.path} has no steps")
-    model_actions = libero_transform_actions(np.concatenate(actions))
-    stats = compute_stats(model_actions, np.concatenate(proprio), num_trajectories=len(lengths))
-    return stats, np.asarray(lengths, dtype=np.int64)
+    raw = np.concatenate(actions).astype(np.float32)
+    stats = compute_stats(libero_transform_actions(raw), np.concatenate(proprio), num_trajectories=len(lengths))
+    return stats, np.asarray(lengths, dtype=np.int64), tuple(instructions), raw
 
 
 def _cache_key(files_hash: str) -> str:
@@ -248,6 +280,19 @@ def _write_json_atomic(path: str, payload: Any) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -31,7 +31,7 @@ from vlamix.data.rlds_spec import VERSION
 logger = logging.getLogger(__name__)
 
 #: Files of the version folder that are not part of the dataset (caches written beside it).
-CACHE_FILE_PREFIXES = ("dataset_statistics_", "episode_lengths_", ".")
+CACHE_FILE_PREFIXES = ("dataset_statistics_", "episodes_", ".")
 _HASH_CHUNK = 1 << 16
 
 

@@ -573,7 +573,7 @@ def ensure_demo_datasets(cfg) -> dict[str, str]:
     """
     from vlamix.config import ConfigError
 
-    names = list(cfg.mixture_weights())
+    names = cfg.selected_datasets()
     missing = []
     for name in names:
         path = cfg.dataset_path(name)

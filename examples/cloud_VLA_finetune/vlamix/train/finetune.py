@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from vlamix.config import BenchConfig, ConfigError
+from vlamix.constants import TRAIN_LOG_NAME
 from vlamix.train.distributed import (
     DistContext,
     all_gather_objects,
@@ -63,7 +64,6 @@ from vlamix.train.state import (
 
 logger = logging.getLogger(__name__)
 
-TRAIN_LOG_NAME = "train_log.jsonl"
 BENCH_CONFIG_NAME = "bench_config.json"
 MERGED_DIR = "merged"
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -72,6 +72,9 @@ _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _RESUME_FIELDS = (
     "mixture", "balance_by_size", "heldout_fraction", "model", "lora_rank", "lora_alpha", "lora_dropout",
     "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
+    "strategy", "mixing_level", "temperature", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
+    "dro_reference", "dro_reference_batches", "exp3_smoothing", "curriculum", "filter_nonfinite",
+    "filter_action_limit", "filter_min_motion", "filter_motion_window", "dataset_whitelist", "dataset_blacklist",
 )  # fmt: skip
 
 
@@ -82,6 +85,9 @@ class BatchSource(Protocol):
     "action": float32 [B, 7] normalised, model space, ...}``; ``state_dict()`` /
     ``load_state_dict(state)`` save and restore the position in the stream (plain values);
     ``dataset_statistics`` is ``{dataset: stats}`` in OpenVLA's ``dataset_statistics.json`` layout.
+    Loaders that also have ``group_names``, ``initial_weights``, ``set_weights(mapping)`` and put
+    ``group_index`` int64 [B] into batches (as :class:`~vlamix.data.mixture.MixtureLoader` does)
+    support the dynamic strategies and per-group loss logging.
     """
 
     dataset_statistics: Mapping[str, Any]
@@ -181,6 +187,7 @@ class FineTuner:
             raise RuntimeError("the LoRA-wrapped model has no trainable parameter")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         self.loader = loader if loader is not None else self._build_loader()
+        self.mixing = self._build_mixing()
         self.norm_stats = dict(getattr(self.loader, "dataset_statistics", None) or {})
         if not self.norm_stats:
             logger.warning("the data loader provides no dataset_statistics; the checkpoint will have no norm stats")
@@ -195,6 +202,8 @@ class FineTuner:
         seed_everything(_derive_seed(cfg.seed, self.ctx.rank))
         if resume_from is not None:
             self._resume(resume_from, resume_state)
+        if self.mixing is not None and self.mixing.needs_reference:
+            self.mixing.set_reference(self._reference_losses())
 
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> tuple[nn.Module, Any]:
@@ -219,6 +228,56 @@ class FineTuner:
         from vlamix.data.mixture import MixtureLoader
 
         return MixtureLoader(self.cfg, "train", rank=self.ctx.rank)
+
+    def _build_mixing(self):
+        """The run's :class:`~vlamix.mixing.dynamic.MixingController` (None for a loader without groups)."""
+        from vlamix.mixing.dynamic import MixingController
+
+        groups = getattr(self.loader, "group_names", None)
+        initial = getattr(self.loader, "initial_weights", None)
+        if groups is None or initial is None:
+            if self.cfg.strategy != "static":
+                raise ConfigError(
+                    "strategy",
+                    f"{self.cfg.strategy!r} needs a loader with groups (vlamix MixtureLoader); "
+                    f"{type(self.loader).__name__} has none, so only 'static' can be used",
+                )
+            return None
+        return MixingController(self.cfg, groups, initial)
+
+    def _reference_losses(self) -> np.ndarray:
+        """DoReMi reference: per-group loss (nats) of a saved run, or of the initial model on
+        ``dro_reference_batches`` batches drawn uniformly over groups from a second loader (seeded
+        apart from the training stream, so training batches are unchanged)."""
+        from vlamix.config import DRO_REFERENCE_INITIAL
+
+        groups = list(self.mixing.groups)
+        if self.cfg.dro_reference != DRO_REFERENCE_INITIAL:
+            from vlamix.mixing.dynamic import reference_losses_from_run
+
+            try:
+                ref = reference_losses_from_run(self.cfg.dro_reference, groups)
+            except (FileNotFoundError, ValueError) as err:
+                raise ConfigError("dro_reference", str(err)) from err
+        else:
+            from vlamix.data.mixture import MixtureLoader
+
+            loader = MixtureLoader(self.cfg, "train", seed=_derive_seed(self.cfg.seed, 1, 0x5EF), rank=self.ctx.rank)
+            loader.set_weights({g: 1.0 for g in groups})
+            sums, counts = np.zeros(len(groups)), np.zeros(len(groups))
+            self.model.eval()
+            with torch.no_grad():
+                for _ in range(self.cfg.dro_reference_batches):
+                    batch = loader.next_batch()
+                    with self._autocast():
+                        out = self.model(**self._micro_batch(batch), logits="labeled")
+                    _add_group_losses(sums, counts, out, batch["group_index"])
+            self.model.train()
+            sums, counts = _sum_over_ranks(self.ctx, sums, counts)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ref = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        logger.info("doremi reference loss per group: %s", dict(zip(groups, np.round(ref, 4).tolist())))
+        return ref
 
     @property
     def action_tokenizer(self):
@@ -251,6 +310,8 @@ class FineTuner:
                 raise TypeError(f"the data loader {type(self.loader).__name__} cannot restore its position (no load_state_dict)")
             self.loader.load_state_dict(data)
         restore_rng_state(state["rng"][self.ctx.rank])
+        if self.mixing is not None and state.get("mixing") is not None:
+            self.mixing.load_state_dict(state["mixing"])
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", ckpt_dir, self.step)
 
@@ -273,14 +334,19 @@ class FineTuner:
         Returns:
             this rank's metrics averaged over the micro-batches: ``loss`` (mean cross-entropy on the
             action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units).
+            The per-group sums of the frames' losses and the frame counts are left in
+            ``group_loss_sums`` / ``group_counts`` (float64 [G]).
         Raises:
             FloatingPointError: a loss is not finite.
         """
         accum = self.cfg.grad_accumulation_steps
         losses, accs, l1s = [], [], []
+        groups = len(self.mixing.groups) if self.mixing is not None else 0
+        self.group_loss_sums, self.group_counts = np.zeros(groups), np.zeros(groups)
         self.train_model.train()
         for micro in range(accum):
-            inputs = self._micro_batch(self.loader.next_batch())
+            batch = self.loader.next_batch()
+            inputs = self._micro_batch(batch)
             last = micro == accum - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.train_model.no_sync()
             with sync:
@@ -290,6 +356,8 @@ class FineTuner:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
                 (loss / accum).backward()
+            if groups and "group_index" in batch:
+                _add_group_losses(self.group_loss_sums, self.group_counts, out, batch["group_index"])
             metrics = action_token_metrics(out.logits.detach(), out.targets, self.action_tokenizer)
             losses.append(float(loss.detach()))
             accs.append(metrics.accuracy)
@@ -314,7 +382,9 @@ class FineTuner:
         Rank 0 appends one JSON object per step to ``<out_dir>/train_log.jsonl``: ``step``, ``loss``,
         ``action_accuracy``, ``l1_loss`` (means over micro-batches and ranks), ``lr``,
         ``step_time_s`` (wall seconds of the step, data loading included), ``frames`` (seen so far,
-        all ranks).
+        all ranks), ``group_loss`` (mean loss per group that drew frames, all ranks) and, on steps
+        where a dynamic strategy changed them, ``mixture_weights`` and ``mixing_update_s`` (wall
+        seconds of the update). The weight trajectory goes to ``<out_dir>/mixing_weights.jsonl``.
         """
         cfg = self.cfg
         if self.ctx.is_main:
@@ -337,6 +407,8 @@ class FineTuner:
                     "step_time_s": time.perf_counter() - start,
                     "frames": self.step * frames_per_step,
                 }
+                if self.mixing is not None:
+                    record.update(self._update_mixing())
                 if self.ctx.is_main:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
@@ -350,6 +422,45 @@ class FineTuner:
             if self._owns_ctx:
                 cleanup(self.ctx)
 
+    def _update_mixing(self) -> dict[str, Any]:
+        """Feed this step's per-group losses (all ranks) to the controller; apply new weights."""
+        from vlamix.mixing.trajectory import TRAJECTORY_FILE, write_trajectory
+
+        start = time.perf_counter()
+        sums, counts = _sum_over_ranks(self.ctx, self.group_loss_sums, self.group_counts)
+        self.mixing.observe(sums, counts)
+        out: dict[str, Any] = {
+            "group_loss": {g: float(sums[i] / counts[i]) for i, g in enumerate(self.mixing.groups) if counts[i] > 0}
+        }
+        new = self.mixing.after_step(self.step)
+        if new is not None:
+            self.loader.set_weights(new)
+            if self.ctx.is_main:
+                write_trajectory(self.mixing.history, os.path.join(self.out_dir, TRAJECTORY_FILE))
+            out["mixture_weights"] = new
+            out["mixing_update_s"] = time.perf_counter() - start
+        return out
+
+    def _write_mixing_files(self, ckpt: str, final: bool) -> None:
+        """Trajectory (+ plot at the end) in the run folder; trajectory, plot and summary in ``ckpt``."""
+        import shutil
+
+        from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, plot_trajectory, write_trajectory
+
+        run_traj = write_trajectory(self.mixing.history, os.path.join(self.out_dir, TRAJECTORY_FILE))
+        shutil.copyfile(run_traj, os.path.join(ckpt, TRAJECTORY_FILE))
+        if final:
+            plot = plot_trajectory(self.mixing.history, os.path.join(self.out_dir, PLOT_FILE),
+                                   total_steps=self.cfg.train_steps, title=self.cfg.strategy_label())
+            shutil.copyfile(plot, os.path.join(ckpt, PLOT_FILE))
+        summary = {"strategy_label": self.cfg.strategy_label(), "step": self.step, **self.mixing.summary(self.step)}
+        loader_summary = self.loader.summary() if hasattr(self.loader, "summary") else {}
+        for key in ("mixing_level", "realised_proportions", "sources", "skill_table", "filter_counts"):
+            if key in loader_summary:
+                summary[key] = loader_summary[key]
+        with open(os.path.join(ckpt, SUMMARY_FILE), "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, final: bool = False) -> str:
         """Write ``<out_dir>/step_<NNNNNN>/`` (rank 0; all ranks must call it) and return its path.
@@ -360,7 +471,9 @@ class FineTuner:
             ``lora_adapter/`` (peft) via :func:`vlamix.model.checkpoint.save_vla`; the base weights
             (``model.safetensors``) for a built-in base model, else a reference to the base folder
             in ``vlamix_checkpoint.json``; ``bench_config.json`` (:meth:`BenchConfig.to_dict`);
-            ``training_state.pt`` (optimizer, step, data loader state and RNG states of every rank);
+            ``training_state.pt`` (optimizer, step, data loader state and RNG states of every rank,
+            mixing controller state); ``mixing_summary.json``, ``mixing_weights.jsonl`` and, with
+            ``final``, ``mixing_weights.png`` (:mod:`vlamix.mixing.trajectory`);
             with ``save_merged`` and ``final``: ``merged/``, a plain model with LoRA folded in.
         ``load_vla(<folder>)`` returns the fine-tuned model (a PeftModel; ``merge_adapter=True`` for
         a plain one).
@@ -384,7 +497,10 @@ class FineTuner:
                 optimizer=self.optimizer,
                 data_states=data_states,
                 rng_states=rng_states,
+                extra={"mixing": self.mixing.state_dict()} if self.mixing is not None else None,
             )
+            if self.mixing is not None:
+                self._write_mixing_files(ckpt, final)
             logger.info("saved checkpoint %s", ckpt)
             if final and self.save_merged:
                 # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
@@ -435,6 +551,28 @@ def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:
                 f"differs from the checkpoint being resumed ({saved[name]!r} in {path}, {mine[name]!r} now); "
                 f"only train_steps and evaluation fields may change on resume",
             )
+
+
+def _add_group_losses(sums: np.ndarray, counts: np.ndarray, out: Any, group_index: Any) -> None:
+    """Add each frame's mean action-token cross-entropy (nats) to its group: ``sums``/``counts`` float64 [G].
+
+    ``out`` is a ``forward(..., logits="labeled")`` output: logits [B * D, V] and targets [B * D],
+    row-major over frames (D action tokens per frame).
+    """
+    import torch.nn.functional as F
+
+    index = np.asarray(group_index, dtype=np.int64)
+    with torch.no_grad():
+        per_token = F.cross_entropy(out.logits.detach().float(), out.targets, reduction="none")
+        per_frame = per_token.view(index.size, -1).mean(dim=1).cpu().numpy().astype(np.float64)
+    np.add.at(sums, index, per_frame)
+    np.add.at(counts, index, 1.0)
+
+
+def _sum_over_ranks(ctx: DistContext, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group loss sums and counts added over all data-parallel ranks (identical on every rank)."""
+    gathered = all_gather_objects(ctx, (np.asarray(sums).tolist(), np.asarray(counts).tolist()))
+    return np.sum([g[0] for g in gathered], axis=0), np.sum([g[1] for g in gathered], axis=0)
 
 
 def _derive_seed(*parts: int) -> int:

@@ -9,6 +9,7 @@ strings), so it is read with ``torch.load(weights_only=True)``: no arbitrary pic
     optimizer       AdamW state_dict (identical on every rank under DDP, saved once)
     data            list (one per rank) of the data loader's state_dict() (None if it has none)
     rng             list (one per rank) of RNG states: python, numpy, torch CPU, CUDA (all devices)
+    mixing          (optional) the mixing controller's state (vlamix.mixing.dynamic.MixingController)
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     data_states: list[Any],
     rng_states: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write ``training_state.pt`` atomically (temporary file, then rename).
 
@@ -90,6 +92,7 @@ def save_training_state(
         path: file path. step: optimiser steps done. optimizer: the AdamW optimiser.
         data_states: one data-loader ``state_dict()`` per rank (plain values). rng_states: one
             :func:`capture_rng_state` per rank.
+        extra: more plain-value entries (e.g. ``{"mixing": controller state}``).
     """
     state = {
         "format": _FORMAT,
@@ -98,6 +101,7 @@ def save_training_state(
         "optimizer": optimizer.state_dict(),
         "data": list(data_states),
         "rng": list(rng_states),
+        **(extra or {}),
     }
     tmp = f"{path}.tmp"
     torch.save(state, tmp)

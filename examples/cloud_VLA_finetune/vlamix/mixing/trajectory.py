@@ -1,0 +1,75 @@
+"""The mixture-weight trajectory of a training run: saved as JSON lines and plotted.
+
+Files (in the run folder, copied into every checkpoint)::
+
+    mixing_weights.jsonl   one row per weight change (MixingController.history): step, reason,
+                           weights {group: float}, group_loss, signal
+    mixing_weights.png     the weights over optimiser steps (step plot, one line per group)
+    mixing_summary.json    strategy label, groups, initial / final / time-averaged weights, realised
+                           proportions, sources, filter counts, skill table (checkpoints only)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping, Sequence
+
+TRAJECTORY_FILE = "mixing_weights.jsonl"
+PLOT_FILE = "mixing_weights.png"
+SUMMARY_FILE = "mixing_summary.json"
+
+
+def write_trajectory(history: Sequence[Mapping[str, Any]], path: str) -> str:
+    """Write the rows as JSON lines, atomically (the whole history each time; it is small)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for row in history:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_trajectory(path: str) -> list[dict[str, Any]]:
+    """Rows of a ``mixing_weights.jsonl``.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def plot_trajectory(history: Sequence[Mapping[str, Any]], path: str, *, total_steps: int, title: str = "") -> str:
+    """Step plot of every group's weight from step 0 to ``total_steps``; returns ``path`` (PNG).
+
+    Group names longer than 40 characters (task instructions) are shortened in the legend.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(history[0]["weights"]) if history else []
+    steps = [int(r["step"]) for r in history]
+    end = max([total_steps, *steps]) if steps else total_steps
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
+    for g in groups:
+        values = [float(r["weights"][g]) for r in history]
+        label = g if len(g) <= 40 else g[:37] + "..."
+        ax.step([*steps, end], [*values, values[-1]], where="post", label=label)
+    ax.set_xlim(0, max(end, 1))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("mixture weight")
+    ax.set_title(title or "mixture weights", fontsize=9)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
