@@ -21,6 +21,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
 JOB = os.path.join(EXAMPLE, "benchmarkingjob.yaml")
 JOB_7B = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b.yaml")
+COMPARE = os.path.join(EXAMPLE, "benchmarkingjob_compare.yaml")
+COMPARE_7B = os.path.join(EXAMPLE, "benchmarkingjob_compare_openvla7b.yaml")
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
 
 
@@ -30,7 +32,7 @@ def at_repo_root(monkeypatch):
 
 
 def test_job_files_parse_and_every_metric_has_a_file_registering_its_name():
-    for path in (JOB, JOB_7B):
+    for path in (JOB, JOB_7B, COMPARE, COMPARE_7B):
         job = load_job(path)
         assert job.testenv.metric_names == METRICS
         assert job.workspace == "./workspace"
@@ -137,3 +139,19 @@ def test_loading_a_file_twice_gives_fresh_registrations():
     factory, class_type = get_class_factory()
     assert first is not second
     assert factory.get_cls(class_type.GENERAL, "success_rate") is second.vla_success_rate
+
+
+@pytest.mark.parametrize("path", [COMPARE, COMPARE_7B])
+def test_comparison_jobs_cover_every_strategy_with_one_budget_and_one_evaluation(path):
+    from vlamix.mixing.weights import STRATEGIES
+
+    points = expand_grid(load_job(path))
+    hps = [p.basemodel.hyperparameters for p in points]
+    assert sorted({h["strategy"] for h in hps}) == sorted(STRATEGIES)
+    assert sum(h["strategy"] == "static" for h in hps) >= 3  # the static ratio grid
+    for field in ("model", "train_steps", "batch_size", "eval_suites", "eval_tasks", "trials_per_task", "demos"):
+        assert len({repr(h.get(field)) for h in hps}) == 1, field
+    if path == COMPARE:  # the CPU job validates as is (the 7B job needs the user's model folder)
+        configs = validate_grid(points)
+        assert {c.strategy_label() for c in configs} >= {"full_dataset", "task_balanced by task", "temperature T=2"}
+        assert len({c.strategy_label() for c in configs}) == len(configs)
