@@ -375,10 +375,10 @@ class BenchConfig:
         _check_range("dro_smoothing", self.dro_smoothing, 0.0, 1.0)
         _check_int("dro_reference_batches", self.dro_reference_batches, 1)
         if self.strategy == "doremi" and self.dro_reference != DRO_REFERENCE_INITIAL:
+            from vlamix.mixing.dynamic import find_train_log
+
             ref = self.dro_reference
-            if not isinstance(ref, str) or not any(
-                os.path.isfile(os.path.join(folder, TRAIN_LOG_NAME)) for folder in (ref, os.path.dirname(os.path.abspath(ref)))
-            ):
+            if not isinstance(ref, str) or find_train_log(ref) is None:
                 raise ConfigError(
                     "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
                 )

@@ -217,15 +217,10 @@ def _plot_trajectories(trajectories: Sequence[tuple[str, list]], steps: Sequence
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    from vlamix.mixing.trajectory import draw_trajectory
+
     for ax, (label, history), total in zip(axes.flat, trajectories, steps):
-        if history:
-            xs = [int(r["step"]) for r in history]
-            end = max([int(total), *xs])
-            for g in history[0]["weights"]:
-                ys = [float(r["weights"][g]) for r in history]
-                ax.step([*xs, end], [*ys, ys[-1]], where="post", label=_short(g))
-            ax.legend(fontsize=6)
-        ax.set_ylim(0, 1)
+        draw_trajectory(ax, history, total, label=_short, fontsize=6)
         ax.set_title(label if len(label) <= 48 else label[:45] + "...", fontsize=7)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6)

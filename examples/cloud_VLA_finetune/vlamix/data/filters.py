@@ -35,7 +35,7 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -124,22 +124,28 @@ class ActionFilter:
             reason[(reason < 0) & still] = DROP_REASONS.index("near_zero_motion")
         return reason < 0, reason
 
-    def count(self, actions: np.ndarray, lengths: Sequence[int]) -> dict[str, int]:
-        """Kept and dropped steps over episodes stored back to back.
+    def masks(self, actions: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, dict[str, int]]:
+        """Keep mask and counts over episodes stored back to back (one :meth:`episode_mask` each).
 
         Args:
             actions: float [sum(lengths), 7] raw actions. lengths: steps per episode.
         Returns:
-            ``{"total", "kept", "nonfinite", "out_of_range", "near_zero_motion", "dataset_list"}``
-            (``dataset_list`` is 0 here; see :func:`excluded_counts`).
+            (keep bool [sum(lengths)], counts ``{"total", "kept", "nonfinite", "out_of_range",
+            "near_zero_motion", "dataset_list"}``; ``dataset_list`` is 0 here, see :func:`excluded_counts`).
         """
+        keep = np.ones(int(np.sum(lengths, dtype=np.int64)), dtype=bool)
         counts = empty_counts()
         start = 0
         for n in lengths:
-            keep, reason = self.episode_mask(actions[start : start + int(n)])
-            _add_episode(counts, keep, reason)
+            mask, reason = self.episode_mask(actions[start : start + int(n)])
+            keep[start : start + int(n)] = mask
+            _add_episode(counts, mask, reason)
             start += int(n)
-        return counts
+        return keep, counts
+
+    def count(self, actions: np.ndarray, lengths: Sequence[int]) -> dict[str, int]:
+        """The counts of :meth:`masks`."""
+        return self.masks(actions, lengths)[1]
 
 
 def empty_counts() -> dict[str, int]:
@@ -152,13 +158,6 @@ def excluded_counts(total_steps: int) -> dict[str, int]:
     counts = empty_counts()
     counts["total"] = counts[LIST_REASON] = int(total_steps)
     return counts
-
-
-def add_counts(total: dict[str, int], more: Mapping[str, int]) -> dict[str, int]:
-    """``total += more`` key by key (in place); returns ``total``."""
-    for k in COUNT_KEYS:
-        total[k] = int(total.get(k, 0)) + int(more.get(k, 0))
-    return total
 
 
 def _add_episode(counts: dict[str, int], keep: np.ndarray, reason: np.ndarray) -> None:

@@ -66,7 +66,7 @@ import numpy as np
 
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.constants import DATASET_TO_SUITE
-from vlamix.data.filters import ActionFilter, add_counts, empty_counts, excluded_counts, selected_datasets
+from vlamix.data.filters import ActionFilter, empty_counts, excluded_counts, selected_datasets
 from vlamix.data.normalization import NORM_EPS, DatasetStats, action_bounds, dataset_stats
 from vlamix.mixing.skills import skill_table
 from vlamix.mixing.weights import (
@@ -598,14 +598,8 @@ def _filter_training_steps(
         counts["total"] = counts["kept"] = int(lengths.sum())
         return None, [int(n) for n in lengths], counts
     offsets = table.episode_offsets[: split.train_episodes + 1]
-    keep = np.ones(int(offsets[-1]), dtype=bool)
-    frames = []
-    for e in range(split.train_episodes):
-        lo, hi = int(offsets[e]), int(offsets[e + 1])
-        mask, _ = action_filter.episode_mask(table.actions[lo:hi])
-        keep[lo:hi] = mask
-        frames.append(int(mask.sum()))
-    add_counts(counts, action_filter.count(table.actions[: int(offsets[-1])], lengths))
+    keep, counts = action_filter.masks(table.actions[: int(offsets[-1])], lengths)
+    frames = [int(keep[offsets[e] : offsets[e + 1]].sum()) for e in range(split.train_episodes)]
     return (None if keep.all() else (keep, offsets.astype(np.int64))), frames, counts
 
 

@@ -44,9 +44,12 @@ optimiser steps the weights of phase ``i`` apply (the last phase with ``step <= 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from vlamix.constants import TRAIN_LOG_NAME
 
 from vlamix.mixing.weights import DYNAMIC_STRATEGIES, normalised_phase
 
@@ -285,6 +288,15 @@ def _none_to_nan(x: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in x], dtype=np.float64)
 
 
+def find_train_log(path: str) -> str | None:
+    """``<path>/train_log.jsonl``, else that of ``path``'s parent (``path`` a ``step_*`` checkpoint), else None."""
+    for folder in (path, os.path.dirname(os.path.abspath(path))):
+        log = os.path.join(folder, TRAIN_LOG_NAME)
+        if os.path.isfile(log):
+            return log
+    return None
+
+
 def reference_losses_from_run(path: str, groups: Sequence[str], *, tail_fraction: float = 0.25) -> np.ndarray:
     """Per-group reference loss of a saved run: the mean of its logged ``group_loss`` values over
     the last ``tail_fraction`` of its optimiser steps.
@@ -298,14 +310,9 @@ def reference_losses_from_run(path: str, groups: Sequence[str], *, tail_fraction
         FileNotFoundError: no ``train_log.jsonl``. ValueError: the run logged no loss for some group.
     """
     import json
-    import os
 
-    from vlamix.constants import TRAIN_LOG_NAME
-
-    log = os.path.join(path, TRAIN_LOG_NAME)
-    if not os.path.isfile(log):
-        log = os.path.join(os.path.dirname(os.path.abspath(path)), TRAIN_LOG_NAME)
-    if not os.path.isfile(log):
+    log = find_train_log(path)
+    if log is None:
         raise FileNotFoundError(f"no {TRAIN_LOG_NAME} in {path} or its parent folder")
     with open(log, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]

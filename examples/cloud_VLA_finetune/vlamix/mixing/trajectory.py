@@ -53,23 +53,27 @@ def plot_trajectory(history: Sequence[Mapping[str, Any]], path: str, *, total_st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = list(history[0]["weights"]) if history else []
-    steps = [int(r["step"]) for r in history]
-    end = max([total_steps, *steps]) if steps else total_steps
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
-    for g in groups:
-        values = [float(r["weights"][g]) for r in history]
-        label = g if len(g) <= 40 else g[:37] + "..."
-        ax.step([*steps, end], [*values, values[-1]], where="post", label=label)
-    ax.set_xlim(0, max(end, 1))
-    ax.set_ylim(0, 1)
+    draw_trajectory(ax, history, total_steps, label=lambda g: g if len(g) <= 40 else g[:37] + "...", fontsize=7)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("mixture weight")
     ax.set_title(title or "mixture weights", fontsize=9)
     ax.grid(alpha=0.3)
-    if groups:
-        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def draw_trajectory(ax, history: Sequence[Mapping[str, Any]], total_steps: int, *, label=str, fontsize: int = 7) -> None:
+    """Draw every group's weight as a step line from step 0 to ``total_steps`` on a matplotlib ``ax``
+    (y in [0, 1]); ``label(group)`` gives the legend text."""
+    steps = [int(r["step"]) for r in history]
+    end = max([int(total_steps), *steps])
+    for g in (history[0]["weights"] if history else ()):
+        values = [float(r["weights"][g]) for r in history]
+        ax.step([*steps, end], [*values, values[-1]], where="post", label=label(g))
+    ax.set_xlim(0, max(end, 1))
+    ax.set_ylim(0, 1)
+    if history:
+        ax.legend(fontsize=fontsize, loc="best")
