@@ -177,9 +177,9 @@ def test_two_point_grid_writes_ianvs_rank_files_sorted_by_success_rate(ianvs_roo
     ]
     best, worst = table
     assert float(best["success_rate"]) == 0.75 and float(worst["success_rate"]) == 0.25
-    assert float(best["success_rate_ci_low"]) == pytest.approx(wilson(3, 4)[0], abs=1e-12)
-    assert float(best["success_rate_ci_high"]) == pytest.approx(wilson(3, 4)[1], abs=1e-12)
-    assert float(worst["success_rate_ci_low"]) == pytest.approx(wilson(1, 4)[0], abs=1e-12)
+    assert float(best["success_rate_ci_low"]) == pytest.approx(wilson(3, 4)[0], abs=5e-7)
+    assert float(best["success_rate_ci_high"]) == pytest.approx(wilson(3, 4)[1], abs=5e-7)
+    assert float(worst["success_rate_ci_low"]) == pytest.approx(wilson(1, 4)[0], abs=5e-7)
     assert best["num_episodes"] == "4" and worst["num_episodes"] == "4"
     assert float(best["worst_task_success_rate"]) == 0.5 and float(worst["worst_task_success_rate"]) == 0.0
     assert float(best["action_token_accuracy"]) == pytest.approx(2 / 3)
@@ -348,13 +348,22 @@ def test_cli_exit_status_and_leaderboard(ianvs_root, capsys):
     assert bench_job.main(["-f", "fake_job.yaml"]) == 2
 
 
+def _sedna_modules():
+    return [m for m in sys.modules if m == "sedna" or m.startswith("sedna.")]
+
+
 @pytest.fixture
 def sedna_stub(monkeypatch):
-    """Make the test-only ``sedna`` package importable; forget it afterwards."""
-    assert "sedna" not in sys.modules
+    """Make the test-only ``sedna`` package the one ``import sedna`` finds; afterwards forget it and
+    give back the modules of a real Sedna that was imported before (CI installs Sedna with Ianvs)."""
+    for name in _sedna_modules():
+        monkeypatch.delitem(sys.modules, name)  # restored by monkeypatch's teardown, after ours below
     monkeypatch.syspath_prepend(SEDNA_STUB)
+    import sedna
+
+    assert os.path.dirname(os.path.dirname(sedna.__file__)) == SEDNA_STUB
     yield
-    for name in [m for m in sys.modules if m == "sedna" or m.startswith("sedna.")]:
+    for name in _sedna_modules():
         del sys.modules[name]
 
 

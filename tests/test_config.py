@@ -73,5 +73,8 @@ def test_pipeline_rejects_bad_hyperparameters_before_any_work():
     with pytest.raises(ConfigError) as info:
         VLADataSelect(mixture={"libero_spatial_no_noops": 1}, trials_per_task=0)
     assert info.value.field == "trials_per_task"
-    algo = VLADataSelect(**GOOD, some_ianvs_key=3)
-    assert algo.config.extra == {"some_ianvs_key": 3}
+    # Ianvs passes exactly the YAML keys: an unknown one is a typo (train_step for train_steps), never ignored
+    with pytest.raises(ConfigError) as info:
+        VLADataSelect(**GOOD, train_step=10000)
+    assert info.value.field == "train_step"
+    assert VLADataSelect(**GOOD, runs_dir="elsewhere").runs_dir == "elsewhere"

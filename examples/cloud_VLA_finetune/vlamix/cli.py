@@ -3,6 +3,7 @@
 Usage (from the repository root, or the Ianvs root when the example sits in ``examples/``)::
 
     vlamix run -f examples/cloud_VLA_finetune/singletask_learning_bench/benchmarkingjob.yaml
+    vlamix check -f examples/cloud_VLA_finetune/singletask_learning_bench/benchmarkingjob.yaml   # before ianvs -f
     vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4
     vlamix evaluate --checkpoint workspace/ckpt --suites libero_spatial --tasks 2 --trials 5
     vlamix versions
@@ -27,6 +28,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.job import main as run_main
 
     return run_main(["-f", args.file])
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """``vlamix check -f <benchmarkingjob.yaml>``: validate the whole job before ``ianvs -f`` (issue 8)."""
+    from vlamix.bench.job import check_main
+
+    return check_main(args.file)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -77,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
     p.set_defaults(func=_cmd_run)
+
+    # vlamix check (running under Ianvs, issue 8)
+    p = sub.add_parser("check", help="check a benchmarkingjob.yaml (every grid point, indexes, metric files) before `ianvs -f`; runs nothing")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("record-demos", help="record scripted-expert demonstrations as RLDS")
     from vlamix.sim import record

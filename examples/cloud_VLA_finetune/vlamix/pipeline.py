@@ -14,8 +14,10 @@ Usage::
     result = algo.predict()   # {"summary": {"success_rate": ...}, "episodes": [...], "offline": {...}}
 
 Nothing already computed is lost: a finished training run for the same training hyperparameters is
-reused (``<runs_dir>/<train key>/``; an interrupted one resumes from its last ``step_*`` checkpoint), and rollouts already written to ``<checkpoint>/eval/episodes.jsonl``
-are not run again.
+reused (``<runs_dir>/<train key>/``; an interrupted one resumes from its last ``step_*`` checkpoint), and rollouts already written to
+``<runs_dir>/<train key>/eval_<eval key>/episodes.jsonl`` (:func:`episodes_path`) are not run again. Both
+places are keyed by what determines their content, not by the caller's output folder, so a
+restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
 """
 
 from __future__ import annotations
@@ -60,6 +62,23 @@ def train_key(cfg: BenchConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: Evaluation fields that determine the rollout episodes (``eval_workers`` only schedules them).
+EPISODE_FIELDS = ("eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_seed", "center_crop")
+
+
+def eval_key(cfg: BenchConfig) -> str:
+    """Stable 12-hex-digit key of the evaluation settings that determine the episodes (:data:`EPISODE_FIELDS`)."""
+    values = {k: v for k, v in cfg.to_dict().items() if k in EPISODE_FIELDS}
+    values["eval_suites"] = list(cfg.resolved_eval_suites())
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def episodes_path(run_dir: str, cfg: BenchConfig) -> str:
+    """Rollout results of the checkpoint trained in ``run_dir`` under ``cfg``'s evaluation settings:
+    ``<run_dir>/eval_<eval key>/episodes.jsonl`` (the train key and eval key determine every episode)."""
+    return os.path.join(run_dir, f"eval_{eval_key(cfg)}", "episodes.jsonl")
+
+
 def mixing_result(checkpoint: str, cfg: BenchConfig) -> dict[str, Any]:
     """The checkpoint's ``mixing_summary.json`` plus its weight trajectory (``trajectory``: rows of
     ``mixing_weights.jsonl``); for checkpoints without them (trained elsewhere) only the strategy label."""
@@ -80,18 +99,20 @@ class VLADataSelect:
 
     Args:
         **hyperparameters: :class:`vlamix.config.BenchConfig` fields (``mixture`` required), plus
-            ``runs_dir`` (where training runs are staged, default ``workspace/vlamix_runs``).
-            Keys Ianvs adds of its own are kept in ``config.extra`` and otherwise ignored.
+            ``runs_dir`` (where training runs and their rollouts are kept, default ``workspace/vlamix_runs``).
+            Ianvs passes exactly the YAML keys, so any other name is a typo and is rejected.
     Raises:
-        vlamix.config.ConfigError: naming the first invalid field, before any work starts.
+        vlamix.config.ConfigError: naming the first invalid or unknown field, before any work starts.
     """
 
     def __init__(self, **hyperparameters: Any):
         self.runs_dir = str(hyperparameters.pop("runs_dir", DEFAULT_RUNS_DIR))
-        self.config = BenchConfig.from_dict(hyperparameters, allow_extra=True)
-        if self.config.extra:
-            logger.info("ignoring hyperparameters that are not vlamix fields: %s", sorted(self.config.extra))
+        self.config = BenchConfig.from_dict(hyperparameters)
         self.checkpoint: str | None = None
+        # the training run behind self.checkpoint (None: a checkpoint loaded from elsewhere), and the
+        # folders holding a copy of it (save()); rollouts of those are kept under the run
+        self.run_dir: str | None = None
+        self._run_copies: set[str] = set()
 
     # ------------------------------------------------------------------ Ianvs contract
     def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> str:
@@ -111,7 +132,7 @@ class VLADataSelect:
                 done = os.path.join(run_dir, fh.read().strip())
             if os.path.isdir(done):
                 logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
-                self.checkpoint = done
+                self._set_trained(done, run_dir)
                 return done
         ensure_demo_datasets(cfg)
         resume = latest_resumable_checkpoint(run_dir)
@@ -120,8 +141,12 @@ class VLADataSelect:
         out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
         with open(marker, "w") as fh:
             fh.write(os.path.relpath(out, run_dir) + "\n")
-        self.checkpoint = out
+        self._set_trained(out, run_dir)
         return out
+
+    def _set_trained(self, checkpoint: str, run_dir: str) -> None:
+        self.checkpoint, self.run_dir = checkpoint, run_dir
+        self._run_copies = {os.path.abspath(checkpoint)}
 
     def save(self, model_path: str) -> str:
         """Copy the trained checkpoint folder to ``model_path`` (a folder); returns the folder.
@@ -136,6 +161,8 @@ class VLADataSelect:
             dest = os.path.splitext(dest)[0]
         if os.path.abspath(self.checkpoint) != dest:
             shutil.copytree(self.checkpoint, dest, dirs_exist_ok=True)
+        if self.run_dir is not None and os.path.abspath(self.checkpoint) in self._run_copies:
+            self._run_copies.add(dest)
         self.checkpoint = dest
         return dest
 
@@ -149,9 +176,15 @@ class VLADataSelect:
         if path is None or not os.path.isdir(path):
             raise FileNotFoundError(f"checkpoint folder not found: {path!r}")
         self.checkpoint = os.path.abspath(path)
+        if self.checkpoint not in self._run_copies:  # not ours: its rollouts stay beside it
+            self.run_dir = None
 
     def predict(self, data: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Roll out the checkpoint in LIBERO and compute offline metrics on held-out episodes.
+
+        Episodes are kept in :func:`episodes_path` of the training run when the checkpoint is this
+        object's trained one (or a :meth:`save` copy of it), else in ``<checkpoint>/eval/episodes.jsonl``;
+        finished episodes there are not run again. ``<checkpoint>/eval/`` gets a copy and ``result.json``.
 
         Returns:
             {"summary": vlamix.eval.stats.summarize(episodes) (success_rate, ci_low, ci_high,
@@ -168,7 +201,9 @@ class VLADataSelect:
             raise RuntimeError("predict() called before train() or load()")
         cfg = self.config
         specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task)
-        out_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
+        point_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
+        out_jsonl = episodes_path(self.run_dir, cfg) if self.run_dir is not None else point_jsonl
+        logger.info("rolling out %d episode(s) of %s (finished ones in %s are reused)", len(specs), cfg.mixture_label(), out_jsonl)
         rows = evaluate(
             self.checkpoint,
             specs,
@@ -179,6 +214,9 @@ class VLADataSelect:
             max_steps=cfg.eval_max_steps,
             center_crop=cfg.center_crop,
         )
+        os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
+        if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
+            shutil.copyfile(out_jsonl, point_jsonl)
         summary = summarize(rows)
         offline = offline_metrics(self.checkpoint, cfg)
         result = {

@@ -57,7 +57,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from vlamix.bench.dataset import load_index
+from vlamix.bench.dataset import IndexFileError, index_names, load_index
 from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, read_rank_file, write_rank_files
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
@@ -249,6 +249,67 @@ def resolve_job(job: JobSpec, points: Sequence[GridPoint]) -> tuple[dict[tuple[s
     return classes, metric_funcs
 
 
+# ------------------------------------------------------------------------------------------- check
+@dataclass
+class CheckedJob:
+    """A job that passed :func:`check_job`: its grid, the validated configs and the loaded files."""
+
+    job: JobSpec
+    points: list[GridPoint]
+    configs: list[BenchConfig]
+    classes: dict[tuple[str, str], Any]
+    metric_funcs: dict[str, Callable]
+
+
+def check_indexes(job: JobSpec, points: Sequence[GridPoint], configs: Sequence[BenchConfig]) -> None:
+    """Every point's datasets (non-zero mixture weight) are in the train index and its evaluation
+    suites in the test index, as the basemodel requires at ``train``/``predict`` time.
+
+    Raises:
+        vlamix.bench.dataset.IndexFileError: an index file is missing or malformed.
+        ConfigError: field ``mixture`` or ``eval_suites``, naming the point and the missing entries.
+    """
+    train = index_names(load_index(job.testenv.train_index, "train"))
+    test = index_names(load_index(job.testenv.test_index, "inference"))
+    for point, cfg in zip(points, configs):
+        for field_name, needed, listed, index in (
+            ("mixture", list(cfg.mixture_weights()), train, job.testenv.train_index),
+            ("eval_suites", list(cfg.resolved_eval_suites()), test, job.testenv.test_index),
+        ):
+            missing = [name for name in needed if name not in listed]
+            if missing:
+                raise ConfigError(
+                    field_name,
+                    f"{', '.join(missing)} not listed in the testenv index {index} (it lists: {', '.join(listed)}) "
+                    f"(in {point.describe()})",
+                )
+
+
+def check_job(job_file: str, *, allow_extra: bool = False) -> CheckedJob:
+    """Check a whole job before anything runs (``vlamix check -f``; ``vlamix run`` and the basemodel's
+    first construction under ``ianvs -f`` run it too).
+
+    In this order: the YAML files parse; every grid point's basemodel hyperparameters are a valid
+    :class:`BenchConfig` (unknown names rejected unless ``allow_extra``; with ``demos: none`` the
+    datasets exist under ``data_dir``, with ``scripted`` they are recordable); every point's
+    datasets and evaluation suites are listed in the testenv indexes; every module and metric file
+    loads and registers its name. Nothing is trained, recorded or written.
+
+    Raises:
+        JobConfigError: a malformed YAML file, an empty grid, a file registering nothing under its name.
+        ConfigError: the first invalid point; the message names the field and the point
+            (``grid point 3/3 of algorithm 'x' (...)``).
+        vlamix.bench.dataset.IndexFileError: a missing or malformed index file.
+        FileNotFoundError, ModuleLoadError: a module or metric file.
+    """
+    job = load_job(job_file)
+    points = expand_grid(job)
+    configs = validate_grid(points, allow_extra=allow_extra)
+    check_indexes(job, points, configs)
+    classes, metric_funcs = resolve_job(job, points)
+    return CheckedJob(job=job, points=points, configs=configs, classes=classes, metric_funcs=metric_funcs)
+
+
 # ------------------------------------------------------------------------------------------- running
 @dataclass
 class PointResult:
@@ -303,10 +364,8 @@ def run_job(
         JobConfigError, ConfigError: before any point runs, for any malformed file or invalid value.
         FileNotFoundError, ModuleLoadError: before any point runs, for a module or metric file.
     """
-    job = load_job(job_file)
-    points = expand_grid(job)
-    validate_grid(points, allow_extra=allow_extra)
-    classes, metric_funcs = resolve_job(job, points)
+    checked = check_job(job_file, allow_extra=allow_extra)
+    job, points, classes, metric_funcs = checked.job, checked.points, checked.classes, checked.metric_funcs
     logger.info("job '%s': %d grid point(s), output in %s", job.name, len(points), job.job_dir)
     if dry_run:
         return JobResult(job=job, points=[PointResult(p, "planned", p.output_dir(job.job_dir)) for p in points], rank_files={})
@@ -545,6 +604,28 @@ def _read_json(path: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- CLI
+#: What :func:`check_job` raises for an invalid job (exit status 2 of the command lines).
+CHECK_ERRORS = (JobConfigError, ConfigError, IndexFileError, FileNotFoundError, ModuleLoadError)
+
+
+def check_main(job_file: str, *, allow_extra: bool = False, out: Any = None) -> int:
+    """``vlamix check -f <job>``: :func:`check_job`, then one line per grid point on ``out`` (stdout).
+
+    Returns 0 when the job is valid, 2 otherwise (the error, naming point and field, goes to stderr).
+    """
+    out = out or sys.stdout
+    try:
+        checked = check_job(job_file, allow_extra=allow_extra)
+    except CHECK_ERRORS as err:
+        print(f"vlamix check: {job_file}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    for point in checked.points:
+        print(f"{point.number:3d}  {point.point_id}  ok  {point.describe()}", file=out)
+    print(f"vlamix check: job '{checked.job.name}' is valid: {len(checked.points)} grid point(s), "
+          f"{len(checked.metric_funcs)} metric(s); output in {checked.job.job_dir}", file=out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m vlamix.bench.job -f benchmarkingjob.yaml [--dry-run] [--allow-extra] [--recompute-metrics]``.
 
@@ -561,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
-    except (JobConfigError, ConfigError, FileNotFoundError, ModuleLoadError) as err:
+    except CHECK_ERRORS as err:
         logger.error("%s", err)
         return 2
     if args.dry_run:

@@ -17,6 +17,13 @@ Success metrics are recomputed from the episode rows with :func:`vlamix.eval.sta
 ``prediction["offline"]`` and are NaN when the point computed none. The data-ratio columns come
 from ``prediction["mixing"]``: ``mixing_strategy`` (the strategy and its parameters, a string) and
 the training steps kept / dropped per filter reason, summed over datasets (NaN when unknown).
+
+Precision: every float metric is rounded to :data:`METRIC_DECIMALS` (6) decimal places, so that a
+value survives the CSV round trip of Ianvs's rank files unchanged: Ianvs appends a rerun's rows to
+the ``all_rank.csv`` it reads back with pandas and drops rows of ``selected_rank.csv`` that are equal
+except for time and url, which fails for full-precision floats such as a Wilson bound (issue 8).
+Six decimals resolve a success rate over up to 10^5 episodes and L1 errors in action units far
+below their noise.
 """
 
 from __future__ import annotations
@@ -28,6 +35,15 @@ from typing import Any, Mapping
 from vlamix.eval.stats import summarize
 
 logger = logging.getLogger(__name__)
+
+#: Decimal places of every float metric (see the module docstring).
+METRIC_DECIMALS = 6
+
+
+def rounded(value: float) -> float:
+    """``value`` rounded to :data:`METRIC_DECIMALS` decimal places (NaN and infinities unchanged)."""
+    value = float(value)
+    return round(value, METRIC_DECIMALS) if math.isfinite(value) else value
 
 
 def _prediction(y_pred: Any) -> Mapping[str, Any]:
@@ -55,17 +71,17 @@ def _offline(y_pred: Any, key: str) -> float:
 
 def success_rate(y_true: Any, y_pred: Any) -> float:
     """Fraction of successful rollout episodes, in [0, 1]."""
-    return float(_summary(y_pred)["success_rate"])
+    return rounded(_summary(y_pred)["success_rate"])
 
 
 def success_rate_ci_low(y_true: Any, y_pred: Any) -> float:
     """Lower end of the Wilson 95% score interval of the success rate, in [0, 1]."""
-    return float(_summary(y_pred)["ci_low"])
+    return rounded(_summary(y_pred)["ci_low"])
 
 
 def success_rate_ci_high(y_true: Any, y_pred: Any) -> float:
     """Upper end of the Wilson 95% score interval of the success rate, in [0, 1]."""
-    return float(_summary(y_pred)["ci_high"])
+    return rounded(_summary(y_pred)["ci_high"])
 
 
 def num_episodes(y_true: Any, y_pred: Any) -> int:
@@ -75,17 +91,17 @@ def num_episodes(y_true: Any, y_pred: Any) -> int:
 
 def worst_task_success_rate(y_true: Any, y_pred: Any) -> float:
     """Lowest per-task success rate over the evaluated tasks, in [0, 1]."""
-    return float(_summary(y_pred)["worst_task_success_rate"])
+    return rounded(_summary(y_pred)["worst_task_success_rate"])
 
 
 def action_token_accuracy(y_true: Any, y_pred: Any) -> float:
     """Held-out teacher-forced accuracy of the 7 action tokens, in [0, 1] (NaN if not computed)."""
-    return _offline(y_pred, "action_token_accuracy")
+    return rounded(_offline(y_pred, "action_token_accuracy"))
 
 
 def action_l1(y_true: Any, y_pred: Any) -> float:
     """Held-out mean L1 error of un-normalised actions (action units; NaN if not computed)."""
-    return _offline(y_pred, "action_l1")
+    return rounded(_offline(y_pred, "action_l1"))
 
 
 def mixing_strategy(y_true: Any, y_pred: Any) -> str:
