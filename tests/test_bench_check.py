@@ -116,3 +116,17 @@ def test_log_handler_added_only_when_nothing_is_configured(monkeypatch):
     monkeypatch.setattr(vlamix_logger, "handlers", [])
     monkeypatch.setattr(root_logger, "handlers", [logging.NullHandler()])
     assert ianvs.ensure_log_handler() is None  # the user's (or vlamix run's) configuration wins
+
+
+def test_check_warns_about_numeric_selected_columns_that_ianvs_cannot_deduplicate(root, caplog):
+    from vlamix.bench.job import check_job
+
+    set_grid(root, {"mixture": [{"libero_spatial_no_noops": 1}], "lora_rank": [4, 8], "model": ["tiny"]})
+    assert check_job(JOB_YAML).points  # shipped selection: mixture and model (text) only
+    assert "duplicate rows" not in caplog.text
+    job = yaml.safe_load((root / JOB_YAML).read_text())
+    job["benchmarkingjob"]["rank"]["selected_dataitem"]["hyperparameters"] = ["all"]
+    (root / JOB_YAML).write_text(yaml.safe_dump(job))
+    check_job(JOB_YAML)
+    assert "'basemodel-lora_rank'" in caplog.text and "duplicate rows" in caplog.text
+    assert "'basemodel-model'" not in caplog.text

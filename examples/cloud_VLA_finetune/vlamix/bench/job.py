@@ -285,6 +285,24 @@ def check_indexes(job: JobSpec, points: Sequence[GridPoint], configs: Sequence[B
                 )
 
 
+def numeric_selected_columns(job: JobSpec, points: Sequence[GridPoint]) -> list[str]:
+    """Hyperparameter columns of ``selected_rank.csv`` whose value is a number in some point.
+
+    Ianvs (``Rank._get_selected``) drops rows equal in every selected column but time and url after
+    concatenating the ``all_rank.csv`` it read back with pandas: a hyperparameter cell is written as
+    ``str(value)`` but read back as a number, so ``"4" != 4`` and a rerun duplicates the row.
+    """
+    selected = list(job.rank.selected_dataitem.get("hyperparameters", ["all"]))
+    out = []
+    for point in points:
+        for module in point.modules:
+            for name, value in module.hyperparameters.items():
+                column = f"{module.type}-{name}"
+                if (selected == ["all"] or column in selected) and isinstance(value, (int, float)) and column not in out:
+                    out.append(column)
+    return out
+
+
 def check_job(job_file: str, *, allow_extra: bool = False) -> CheckedJob:
     """Check a whole job before anything runs (``vlamix check -f``; ``vlamix run`` and the basemodel's
     first construction under ``ianvs -f`` run it too).
@@ -307,6 +325,11 @@ def check_job(job_file: str, *, allow_extra: bool = False) -> CheckedJob:
     configs = validate_grid(points, allow_extra=allow_extra)
     check_indexes(job, points, configs)
     classes, metric_funcs = resolve_job(job, points)
+    for column in numeric_selected_columns(job, points):
+        logger.warning(
+            "rank.selected_dataitem lists '%s', whose values are numbers: Ianvs reads them back from "
+            "all_rank.csv as numbers but compares them with the text of the new rows, so a rerun under "
+            "`ianvs -f` adds duplicate rows to selected_rank.csv (quote the values or leave the column out)", column)
     return CheckedJob(job=job, points=points, configs=configs, classes=classes, metric_funcs=metric_funcs)
 
 
