@@ -8,14 +8,19 @@ Modules:
     rank      ``rank/all_rank.csv`` and ``selected_rank.csv`` in Ianvs's format.
     job       the runner: validate all points, run train -> save -> load -> predict -> metrics
               per point (resumable), write the rank files. CLI: ``python -m vlamix.bench -f <yaml>``.
+              ``check_job`` (``vlamix check -f <yaml>``) checks a whole job without running it.
+    ianvs     what the basemodel does inside a real ``ianvs -f`` process: the job check, once, and
+              a log handler.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
+    "CheckedJob": "vlamix.bench.job",
     "GridPoint": "vlamix.bench.job",
     "JobResult": "vlamix.bench.job",
     "PointResult": "vlamix.bench.job",
+    "check_job": "vlamix.bench.job",
     "expand_grid": "vlamix.bench.job",
     "main": "vlamix.bench.job",
     "run_job": "vlamix.bench.job",

@@ -26,9 +26,11 @@ lists, see :mod:`vlamix.bench.spec`), as ``SingleTaskLearning.run`` + ``TestCase
 Then the rank files of :mod:`vlamix.bench.rank` at ``<workspace>/<job name>/rank/``, and the
 selected leaderboard printed with prettytable.
 
-What it adds: every point's basemodel hyperparameters are validated with
-:meth:`vlamix.config.BenchConfig.from_dict` and every module/metric file is loaded before the first
-point runs, so a bad value fails in seconds, naming the field and the point. Each point's folder
+What it adds: :func:`check_job` (also ``vlamix check -f``, and the basemodel's first construction
+under ``ianvs -f``) validates every point's basemodel hyperparameters with
+:meth:`vlamix.config.BenchConfig.from_dict`, checks the testenv indexes list every point's datasets
+and suites, and loads every module/metric file before the first point runs, so a bad value fails
+in seconds, naming the field and the point. Each point's folder
 ``<workspace>/<job name>/<algorithm>/<point id>/`` (``point id`` = a hash of the algorithm and its
 hyperparameters, so it is stable across runs) keeps ``point.json``, ``prediction.json`` and
 ``result.json``; a point whose ``result.json`` says ``completed`` is not run again (resume; metrics
