@@ -189,7 +189,12 @@ def test_rank_sort_is_multi_key_stable_and_puts_missing_values_last():
 
 @pytest.mark.ianvs
 def test_grid_order_equals_real_ianvs(tmp_path, monkeypatch):
-    module_mod = pytest.importorskip("core.testcasecontroller.algorithm.module.module")
+    try:
+        import core.testcasecontroller.algorithm.module.module as module_mod
+    except ImportError as err:
+        if os.environ.get("CI") == "true":  # CI installs Ianvs (.ci/run): never skip there
+            pytest.fail(f"Ianvs is not importable: {err}")
+        pytest.skip(f"Ianvs is not importable: {err}")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base.yaml").write_text("train_steps: 5\nseed: 99\n")
     ianvs = module_mod.Module({"type": "basemodel", "name": "M", "url": "", "hyperparameters": copy.deepcopy(HPS)})

@@ -142,8 +142,9 @@ def test_ianvs_rank_equals_vlamix_run(runs):
         assert i["num_episodes"] == "1" and float(i["success_rate"]) == 0.0  # three steps cannot finish a task
         assert 0.0 < float(i["action_l1"]) and 0.0 <= float(i["action_token_accuracy"]) <= 1.0
         # Ianvs's point folder holds the checkpoint our save() wrote and the episodes of predict()
-        assert os.path.isdir(os.path.join(i["url"], "output", "train"))
-        assert os.path.isfile(os.path.join(i["url"], "output", "train", "eval", "episodes.jsonl"))
+        point_dir = os.path.join(runs["iroot"], i["url"])  # Ianvs writes it relative to its root
+        assert os.path.isdir(os.path.join(point_dir, "output", "train"))
+        assert os.path.isfile(os.path.join(point_dir, "output", "train", "eval", "episodes.jsonl"))
     # the two points differ (LoRA rank changes training), so the comparison above compares something
     assert ianvs["4"]["action_l1"] != ianvs["8"]["action_l1"] or ianvs["4"]["action_token_accuracy"] != ianvs["8"]["action_token_accuracy"]
 
