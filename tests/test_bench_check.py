@@ -6,6 +6,7 @@ testenv indexes, the module and metric files. These tests use the example's real
 create the workspace.
 """
 
+import io
 import logging
 import os
 import shutil
@@ -113,6 +114,13 @@ def test_log_handler_added_only_when_nothing_is_configured(monkeypatch):
     assert handler is not None and vlamix_logger.handlers == [handler]
     assert vlamix_logger.getEffectiveLevel() == logging.INFO  # INFO lines show although root is at WARNING
     assert ianvs.ensure_log_handler() is None  # not twice
+    monkeypatch.setattr(handler, "stream", io.StringIO())
+    logging.getLogger("vlamix.bench.test").info("stage one")
+    assert handler.stream.getvalue().endswith("stage one\n")
+    root_handler = logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(root_logger, "handlers", [root_handler])  # a library configures root later
+    logging.getLogger("vlamix.bench.test").info("stage two")
+    assert "stage two" in root_handler.stream.getvalue() and "stage two" not in handler.stream.getvalue()
     monkeypatch.setattr(vlamix_logger, "handlers", [])
     monkeypatch.setattr(root_logger, "handlers", [logging.NullHandler()])
     assert ianvs.ensure_log_handler() is None  # the user's (or vlamix run's) configuration wins

@@ -34,12 +34,27 @@ logger = logging.getLogger(__name__)
 _checked: dict[str, bool] = {}
 
 
+class FallbackHandler(logging.StreamHandler):
+    """A stderr handler that stays silent while the root logger has a handler of its own.
+
+    A library imported later may configure the root logger (under ``ianvs -f`` one does, while the
+    training data pipeline is built); from then on the root handler shows the propagated records,
+    and this one would only print every line twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
 def ensure_log_handler() -> logging.Handler | None:
     """Give the ``vlamix`` logger a stderr handler at INFO when no handler would show its records.
 
     Nothing is changed when the ``vlamix`` logger or the root logger already has a handler (the
     user, ``vlamix run`` or pytest configured logging). Ianvs's own logger (``ianvs``) does not
-    propagate and leaves the root logger without handlers, so under ``ianvs -f`` this adds one.
+    propagate and leaves the root logger without handlers, so under ``ianvs -f`` this adds one
+    (a :class:`FallbackHandler`: each record is printed once even if the root logger gets a
+    handler later).
 
     Returns:
         the handler added, or None when one was already configured.
@@ -47,7 +62,7 @@ def ensure_log_handler() -> logging.Handler | None:
     vlamix_logger = logging.getLogger("vlamix")
     if vlamix_logger.handlers or logging.getLogger().handlers:
         return None
-    handler = logging.StreamHandler()
+    handler = FallbackHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     vlamix_logger.addHandler(handler)
     if vlamix_logger.level == logging.NOTSET:
