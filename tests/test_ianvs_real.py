@@ -5,10 +5,16 @@ does it). Without them these tests skip, except under CI (``CI=true``), where th
 
 Each "Ianvs root" is a temporary folder holding a copy of the example under ``examples/``, as the
 README tells users to do, and a reduced job: the shipped YAML files with two grid points of the tiny
-model and the smallest budgets of ``tests/test_e2e_job.py``. Both roots point ``data_dir`` at one
-shared folder beside them, so the scripted demos are recorded once (by the first run) and both
-engines train on the same data. Nothing is faked in the ``ianvs -f`` runs; only the stock-contract
-test replaces the pipeline's training and rollouts with canned results.
+model and the smallest budgets of ``tests/test_e2e_job.py``. ``ianvs -f`` runs first, from scratch:
+it records the scripted demos into a ``data_dir`` beside the roots, trains and rolls out. Then
+``vlamix run -f`` runs the same job in its own root on the same data. To fit the CI budget, both
+roots also share ``runs_dir`` by default, so ``vlamix run`` reuses Ianvs's training runs and rollout
+episodes and recomputes the offline metrics and the rank files: the comparison then covers the
+grid, the calls, the metric files and the rank format of the two engines on the same artefacts.
+``VLAMIX_IANVS_TEST_INDEPENDENT=1`` gives each root its own ``runs_dir`` (both engines train and roll
+out; about twice the time), which also compares training and rollouts across the two processes.
+Nothing is faked in the ``ianvs -f`` runs; only the stock-contract test replaces the pipeline's
+training and rollouts with canned results.
 """
 
 import csv
@@ -45,6 +51,9 @@ GRID = {
     "eval_max_steps": [3],
     "eval_workers": [1],
 }
+#: See the module docstring: one runs_dir beside the roots, or one per root.
+INDEPENDENT = os.environ.get("VLAMIX_IANVS_TEST_INDEPENDENT") == "1"
+RUNS_DIR = os.path.join("workspace", "vlamix_runs") if INDEPENDENT else os.path.join("..", "runs")
 
 
 def _missing(message):
@@ -99,10 +108,14 @@ def read_bytes(path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, ianvs_exe):
-    """``vlamix run -f`` in one root (records the demos), then ``ianvs -f`` in another, same job."""
+    """``ianvs -f`` in one root (records the demos, trains, rolls out), then ``vlamix run -f`` of the
+    same job in another root (see the module docstring for what the two share)."""
     base = tmp_path_factory.mktemp("ianvs_real")
-    vroot = make_root(str(base / "vlamix_root"), GRID)
-    iroot = make_root(str(base / "ianvs_root"), GRID)
+    grid = dict(GRID, runs_dir=[RUNS_DIR])
+    vroot = make_root(str(base / "vlamix_root"), grid)
+    iroot = make_root(str(base / "ianvs_root"), grid)
+    rc, i_wall, i_log = run_cmd([ianvs_exe, "-f", JOB_YAML], iroot, base / "ianvs_run.log")
+    assert rc == 0, i_log[-6000:]
     cwd, start = os.getcwd(), time.time()
     os.chdir(vroot)  # `vlamix run -f` in process (saves a second interpreter start-up)
     try:
@@ -111,12 +124,11 @@ def runs(tmp_path_factory, ianvs_exe):
         os.chdir(cwd)
     v_wall = time.time() - start
     assert [p.status for p in result.points] == ["completed", "completed"], [p.error for p in result.points]
-    rc, i_wall, i_log = run_cmd([ianvs_exe, "-f", JOB_YAML], iroot, base / "ianvs_run.log")
-    assert rc == 0, i_log[-6000:]
-    print(f"\n[timing] reduced 2-point job, demos already recorded: ianvs -f {i_wall:.1f} s, "
-          f"vlamix run -f (incl. recording) {v_wall:.1f} s")
+    print(f"\n[timing] reduced 2-point job: ianvs -f {i_wall:.1f} s (records the demos), then vlamix run -f "
+          f"{v_wall:.1f} s ({'own runs_dir' if INDEPENDENT else 'reusing the runs of ianvs'})")
     return {
         "base": base, "vroot": vroot, "iroot": iroot, "ianvs_log": i_log, "ianvs_wall": i_wall,
+        "runs_dir": os.path.normpath(os.path.join(iroot, RUNS_DIR)),
         "vlamix_all": read_rank(os.path.join(vroot, JOB_DIR, "rank", "all_rank.csv")),
         "ianvs_all": read_rank(os.path.join(iroot, JOB_DIR, "rank", "all_rank.csv")),
     }
@@ -130,7 +142,7 @@ def test_ianvs_rank_equals_vlamix_run(runs):
     # the same columns (Ianvs orders metric columns by a set, so compare as sets)
     assert set(ianvs_rows[0]) == set(vlamix_rows[0])
     hp_columns = {c for c in ianvs_rows[0] if c.startswith("basemodel-")}
-    assert hp_columns == {f"basemodel-{k}" for k in GRID}
+    assert hp_columns == {f"basemodel-{k}" for k in [*GRID, "runs_dir"]}
     by_rank = lambda rows: {r["basemodel-lora_rank"]: r for r in rows}
     ianvs, vlamix = by_rank(ianvs_rows), by_rank(vlamix_rows)
     assert set(ianvs) == {"4", "8"}
@@ -166,8 +178,8 @@ def test_ianvs_run_checks_the_job_first_and_logs_every_stage(runs):
 def test_second_ianvs_run_trains_and_rolls_out_nothing(runs, ianvs_exe):
     iroot = runs["iroot"]
     selected = os.path.join(iroot, JOB_DIR, "rank", "selected_rank.csv")
-    episodes = sorted(glob.glob(os.path.join(iroot, "workspace", "vlamix_runs", "*", "eval_*", "episodes.jsonl")))
-    train_logs = sorted(glob.glob(os.path.join(iroot, "workspace", "vlamix_runs", "*", "train_log.jsonl")))
+    episodes = sorted(glob.glob(os.path.join(runs["runs_dir"], "*", "eval_*", "episodes.jsonl")))
+    train_logs = sorted(glob.glob(os.path.join(runs["runs_dir"], "*", "train_log.jsonl")))
     assert len(episodes) == 2 and len(train_logs) == 2
     before = {p: read_bytes(p) for p in [selected, *episodes, *train_logs]}
 
@@ -189,7 +201,7 @@ def test_typo_in_hyperparameter_fails_under_ianvs_naming_it(tmp_path, ianvs_exe)
     assert "train_step" in log and "unknown field" in log and "grid point 1/2" in log
     # failed at the first construction, before anything was recorded or trained
     assert not os.path.exists(tmp_path / "root" / "workspace" / "vlamix_runs")
-    assert not os.path.exists(tmp_path / "data")
+    assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "runs")
 
 
 @pytest.mark.ianvs
