@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 #: Fields of every episode row, in write order (plus the EpisodeSpec's own fields first).
 ROW_FIELDS = (
     "suite", "task_id", "instruction", "episode_index", "init_state_index", "episode_key", "success", "steps",
-    "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
+    "action_digest", "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
     "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
 )
 #: Row fields that must equal the requested settings for a stored row to be reused ("device" is
@@ -80,11 +80,15 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
         policy: ``act(images uint8 [1, S, S, 3], [instruction], suite) -> float [1, 7]``.
         spec: the episode. max_steps: policy steps before the episode is a failure.
     Returns:
-        dict with ``success`` (bool), ``steps`` (int), ``error`` (None or "Type: message"),
+        dict with ``success`` (bool), ``steps`` (int), ``action_digest`` (as in :func:`evaluate`),
+        ``error`` (None or "Type: message"),
         ``wall_s``, ``policy_s``, ``physics_s``, ``render_s``, ``preprocess_s`` (seconds).
     """
     start = time.perf_counter()
+    import hashlib
+
     row: dict[str, Any] = {"key": list(spec.key), "success": False, "steps": 0, "error": None}
+    digest = hashlib.sha1()
     policy_s = 0.0
     try:
         image = slot.begin(spec)
@@ -94,6 +98,7 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
             policy_s += time.perf_counter() - t0
             if action.shape != (1, ACTION_DIM) or not np.all(np.isfinite(action)):
                 raise ValueError(f"policy returned {list(action.shape)}, expected finite float [1, {ACTION_DIM}]")
+            digest.update(action[0].astype(np.float32).tobytes())
             image, done = slot.step(action[0])
             row["steps"] += 1
             if done:
@@ -101,7 +106,7 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
                 break
     except Exception as err:  # noqa: BLE001 - an error row, as evaluate() records it
         row["error"] = f"{type(err).__name__}: {err}"
-    row.update(wall_s=time.perf_counter() - start, policy_s=policy_s,
+    row.update(action_digest=digest.hexdigest()[:16], wall_s=time.perf_counter() - start, policy_s=policy_s,
                **{k: float(getattr(slot, k, 0.0)) for k in ("physics_s", "render_s", "preprocess_s")})
     return row
 
@@ -243,7 +248,9 @@ def evaluate(
             ``restarts``, ``batch_log``, ``assign_log``, ``n_slots``).
     Returns:
         rows in the order of ``episodes``: the spec's fields, ``episode_key`` (list), ``success``
-        (bool), ``steps`` (policy steps, the successful one included), ``seed``, ``max_steps``,
+        (bool), ``steps`` (policy steps, the successful one included), ``action_digest`` (16 hex
+        digits of the SHA-1 of the float32 model-space actions executed: equal digests = the same
+        trajectory), ``seed``, ``max_steps``,
         ``num_steps_wait``, ``policy_options``, ``device`` (e.g. "cuda:0"; None for factories),
         ``dtype`` ("bf16", ...; None for factories), ``unnorm_key`` (the norm-stats key used, or
         None), ``batch_size`` (env slots = largest policy batch), ``attempts``, ``error`` (None or

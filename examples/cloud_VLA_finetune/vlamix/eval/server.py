@@ -26,6 +26,7 @@ row with ``error`` set (not a policy failure). An exception in the policy is an 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -58,6 +59,7 @@ class _Episode:
     action: np.ndarray | None = None
     image: np.ndarray | None = None
     video_tmp: str | None = None
+    digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
     env_s: float = 0.0  # seconds of this episode's commands in its worker (what the timeout limits)
 
 
@@ -199,7 +201,7 @@ class BatchedRollout:
             self._ends.setdefault(slot // self.envs_per_worker, []).append((slot % self.envs_per_worker, "end", final))
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
-               "max_steps": ep.max_steps, "error": error, "attempts": ep.attempt + 1, "batch_size": self.n_slots,
+               "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error, "attempts": ep.attempt + 1, "batch_size": self.n_slots,
                "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
@@ -425,6 +427,7 @@ class BatchedRollout:
                     self._finish(slot, False, action)
                 else:
                     ep.action, ep.image = action, None
+                    ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
         return len(waiting)
 
     def _call(self, suite: str, slots: list[int]) -> np.ndarray:
