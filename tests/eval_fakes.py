@@ -91,3 +91,17 @@ class ImagePolicy:
     def act(self, images, instructions, suite):
         self.batches.append(len(images))
         return np.stack([expected_action(im) for im in images])
+
+
+def batch1_rows(checkpoint, specs, max_steps):
+    """The batch-1 reference loop in this (spawned) process: VLAPolicy fp32 on the CPU + one LiberoSlot."""
+    from vlamix.eval.envs import LiberoSlot
+    from vlamix.eval.policy import VLAPolicy
+    from vlamix.eval.rollout import run_episode
+
+    policy = VLAPolicy(checkpoint, device="cpu", dtype="fp32")
+    slot = LiberoSlot()
+    try:
+        return [run_episode(slot, policy, spec, max_steps) for spec in specs]
+    finally:
+        slot.close()

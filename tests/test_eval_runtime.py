@@ -325,3 +325,61 @@ def test_variants_reach_the_processor_only_when_not_original():
     pol.act(images, ["a", "b"], "libero_spatial", variants=["original", "paraphrase"])
     assert proc.kwargs == [{}, {}, {"variants": ["original", "paraphrase"]}]
     assert pol.dtype == "fp32"
+
+
+# ------------------------------------------------------------------------------ real LIBERO
+@pytest.mark.libero
+def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import imageio.v2 as imageio
+
+    from eval_fakes import batch1_rows
+    from vlamix.eval.rollout import plan_episodes
+    from vlamix.model.checkpoint import build_tiny, save_vla
+
+    stats = {"libero_spatial_no_noops": {"action": {"q01": [-0.9] * 6 + [0.0], "q99": [0.9] * 6 + [1.0],
+                                                    "mask": [True] * 6 + [False]}}}
+    # seed 2: a tiny model whose actions depend on the image (the default seed's do not)
+    folder = save_vla(*build_tiny(seed=2, norm_stats=stats), str(tmp_path / "ckpt"))
+    specs = plan_episodes("libero_spatial", [0], 2)
+    out = str(tmp_path / "eval" / "episodes.jsonl")
+    rows = evaluate(folder, specs, workers=2, envs_per_worker=1, max_steps=3, device="cpu", out_jsonl=out,
+                    videos="failures", videos_per_task=1, progress=False)
+    # the batch-1 loop, in a spawned process (this one may have TensorFlow loaded: no rendering here)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ref = pool.submit(batch1_rows, folder, specs, 3).result()
+    assert [r["error"] for r in ref] == [None] * 2 and [r["error"] for r in rows] == [None] * 2
+    assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
+        [(r["success"], r["steps"], r["action_digest"]) for r in ref]
+    assert len({r["action_digest"] for r in rows}) == 2  # the digests tell the episodes apart
+    assert all((r["device"], r["dtype"], r["batch_size"], r["unnorm_key"]) == ("cpu", "fp32", 2, "libero_spatial_no_noops")
+               for r in rows)
+    assert all(r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
+    # one failure video for the task (the cap), the policy camera, one frame per observation
+    videos = [r for r in rows if r["video"]]
+    assert [r["video"] for r in videos] == [os.path.join("videos", "libero_spatial__task00__trial000__failure.mp4")]
+    for r in videos:
+        frames = imageio.mimread(os.path.join(os.path.dirname(out), r["video"]), memtest=False)
+        assert len(frames) == r["steps"] + 1 and frames[0].shape == (256, 256, 3)
+    assert sorted(os.listdir(os.path.dirname(out) + "/videos")) == sorted(os.path.basename(r["video"]) for r in videos)
+
+
+def test_report_lists_error_counts_and_links_videos(tmp_path):
+    from vlamix.report import write_report
+
+    ckpt = tmp_path / "run" / "ckpt"
+    rows = [dict(_stored_row("cpu", "fp32"), success=False, video="videos/libero_spatial__task00__trial000__failure.mp4"),
+            dict(_stored_row("cpu", "fp32"), episode_index=1, episode_key=["libero_spatial", 0, 1], error="WorkerDied: x")]
+    os.makedirs(ckpt / "eval")
+    with open(ckpt / "eval" / "episodes.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = flag_errors(summarize(rows), 0.1)
+    result = {"summary": summary, "checkpoint": str(ckpt), "config": {"mixture": {SPATIAL: 1}}, "offline": {}}
+    text = open(write_report([result], str(tmp_path / "report"))).read()
+    assert "1 error episode(s) **(too many errors" in text
+    assert "(../run/ckpt/eval/videos/libero_spatial__task00__trial000__failure.mp4)" in text
+    lines = text.split("```")[1].strip().splitlines()
+    header, row = [c.strip() for c in lines[1].split("|")], [c.strip() for c in lines[3].split("|")]
+    assert (row[header.index("N")], row[header.index("errors")]) == ("1", "1")

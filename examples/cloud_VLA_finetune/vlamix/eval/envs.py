@@ -39,10 +39,6 @@ from vlamix.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
-#: Frames per second of episode videos (openvla's ``save_rollout_video`` uses 30).
-VIDEO_FPS = 30
-
-
 def model_to_env_action(action: np.ndarray) -> np.ndarray:
     """Model-space action -> LIBERO environment action (a new array; the input is not changed).
 
@@ -171,34 +167,6 @@ def make_libero_slot(settings: dict[str, Any]) -> LiberoSlot:
     return LiberoSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"])
 
 
-# ---------------------------------------------------------------------------------------------- videos
-class _Video:
-    """MP4 of one episode's policy-camera frames, written while the episode runs (imageio + ffmpeg)."""
-
-    def __init__(self, path: str):
-        import imageio.v2 as imageio
-
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.path = path
-        self.frames = 0
-        self.writer = imageio.get_writer(path, fps=VIDEO_FPS, codec="libx264", macro_block_size=1,
-                                         ffmpeg_log_level="error")
-
-    def add(self, frame: np.ndarray | None) -> None:
-        if frame is not None:
-            self.writer.append_data(np.ascontiguousarray(frame))
-            self.frames += 1
-
-    def finish(self, final_path: str | None) -> None:
-        """Close; rename to ``final_path``, or delete the file when it is None."""
-        self.writer.close()
-        if final_path is None:
-            if os.path.exists(self.path):
-                os.remove(self.path)
-        else:
-            os.replace(self.path, final_path)
-
-
 # ---------------------------------------------------------------------------------------------- worker
 def _die_with_parent(parent_pid: int) -> None:
     """Exit when the parent process dies: PR_SET_PDEATHSIG on Linux, else a polling watchdog thread."""
@@ -246,7 +214,7 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
         return
     factory = settings["slot_factory"]
     slots: list[Any] = [None] * n_slots
-    videos: list[_Video | None] = [None] * n_slots
+    videos: list[Any] = [None] * n_slots
     try:
         while True:
             try:
@@ -297,7 +265,9 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
                 videos[slot] = None
             out["image"] = env.begin(spec)
             if video_path is not None:
-                videos[slot] = _Video(video_path)
+                from vlamix.eval.video import EpisodeVideo
+
+                videos[slot] = EpisodeVideo(video_path)
         elif op == "step":
             out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))
         else:
