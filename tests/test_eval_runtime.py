@@ -50,7 +50,7 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
     stats = {}
     out = str(tmp_path / "episodes.jsonl")
     rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=2, out_jsonl=out, max_steps=8,
-                    slot_factory=_fake(tmp_path), stats=stats, progress=False)
+                    slot_factory=_fake(tmp_path), stats=stats, progress=False, videos="all", videos_per_task=2)
     # every fake episode succeeds at its own length only if it got the actions for its own images
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
     assert all(r["attempts"] == 1 and r["error"] is None and r["batch_size"] == 4 for r in rows)
@@ -62,6 +62,15 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
     assert waiting_rounds and all(b + e == 4 for b, e in waiting_rounds)
     assert sum(b for b, _, _ in stats["batch_log"]) == sum(r["steps"] for r in rows)  # one action per step
     assert sorted(tuple(r["episode_key"]) for r in _lines(out)) == sorted(tuple(s.key) for s in specs)
+    # videos: at most 2 per task, one frame per observation, no temporary file left
+    import imageio.v2 as imageio
+
+    videos = [r for r in rows if r["video"]]
+    assert sorted(r["task_id"] for r in videos) == [0, 0, 1, 1, 2, 2]
+    for r in videos:
+        assert r["video"].endswith(f"task{r['task_id']:02d}__trial{r['episode_index']:03d}__success.mp4")
+        assert len(imageio.mimread(os.path.join(tmp_path, r["video"]), memtest=False)) == r["steps"] + 1
+    assert sorted(os.listdir(tmp_path / "videos")) == sorted(os.path.basename(r["video"]) for r in videos)
 
 
 # ------------------------------------------------------------------------------ faults
@@ -343,7 +352,7 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
                                                     "mask": [True] * 6 + [False]}}}
     # seed 2: a tiny model whose actions depend on the image (the default seed's do not)
     folder = save_vla(*build_tiny(seed=2, norm_stats=stats), str(tmp_path / "ckpt"))
-    specs = plan_episodes("libero_spatial", [0], 2)
+    specs = plan_episodes("libero_spatial", [0, 1], 1)  # two instructions: different actions
     out = str(tmp_path / "eval" / "episodes.jsonl")
     rows = evaluate(folder, specs, workers=2, envs_per_worker=1, max_steps=3, device="cpu", out_jsonl=out,
                     videos="failures", videos_per_task=1, progress=False)
@@ -357,9 +366,10 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
     assert all((r["device"], r["dtype"], r["batch_size"], r["unnorm_key"]) == ("cpu", "fp32", 2, "libero_spatial_no_noops")
                for r in rows)
     assert all(r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
-    # one failure video for the task (the cap), the policy camera, one frame per observation
+    # failure videos of the policy camera, one frame per observation
     videos = [r for r in rows if r["video"]]
-    assert [r["video"] for r in videos] == [os.path.join("videos", "libero_spatial__task00__trial000__failure.mp4")]
+    assert [r["video"] for r in videos] == [os.path.join("videos", f"libero_spatial__task0{t}__trial000__failure.mp4")
+                                            for t in (0, 1)]
     for r in videos:
         frames = imageio.mimread(os.path.join(os.path.dirname(out), r["video"]), memtest=False)
         assert len(frames) == r["steps"] + 1 and frames[0].shape == (256, 256, 3)

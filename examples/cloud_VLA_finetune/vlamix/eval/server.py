@@ -296,6 +296,7 @@ class BatchedRollout:
         t0 = time.monotonic()
         done_before = self._n_done
         waiting: dict[int, list[tuple[int, str, Any]]] = {}
+        replies: dict[int, list[dict[str, Any]]] = {}  # applied in worker order, not arrival order
         for index, lst in cmds.items():
             if not lst:
                 continue
@@ -338,7 +339,7 @@ class BatchedRollout:
                 if kind == "fatal":
                     raise RuntimeError(f"env worker {index} could not start:\n{payload}")
                 waiting.pop(index)
-                self._apply(index, payload, retries)
+                replies[index] = payload
             if self.timeout is not None:
                 for index in list(waiting):
                     used = self._hung_for(index)
@@ -347,6 +348,8 @@ class BatchedRollout:
                         waiting.pop(index)
                         self._worker_lost(index, f"episode {self._slots[culprit].spec.key} exceeded the "
                                           f"{self.timeout:g} s limit", retries, culprit=culprit)
+        for index in sorted(replies):
+            self._apply(index, replies[index], retries)
         if self.timeout is not None:  # episodes whose env work was slow but answered
             for slot, ep in enumerate(self._slots):
                 if ep is not None and ep.env_s > self.timeout:
