@@ -393,3 +393,31 @@ def test_report_lists_error_counts_and_links_videos(tmp_path):
     lines = text.split("```")[1].strip().splitlines()
     header, row = [c.strip() for c in lines[1].split("|")], [c.strip() for c in lines[3].split("|")]
     assert (row[header.index("N")], row[header.index("errors")]) == ("1", "1")
+
+
+def test_training_releases_its_model_and_gpu_cache_before_rollouts(fake_cuda, monkeypatch):
+    import types
+    import weakref
+
+    import importlib
+
+    ft = importlib.import_module("vlamix.train.finetune")
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    released = []
+
+    class Tuner(ft.FineTuner):
+        def __init__(self, cfg, out_dir, **kwargs):
+            self.ctx = types.SimpleNamespace(device=torch.device("cuda", 0))
+            self.model = torch.nn.Linear(4, 4)
+            self.optimizer = torch.optim.AdamW(self.model.parameters())
+            released.append(weakref.ref(self.model))
+
+        def train(self):
+            return "ckpt"
+
+    monkeypatch.setattr(ft, "FineTuner", Tuner)
+    assert ft.finetune(None, "out") == "ckpt"
+    assert released[0]() is None and emptied == [True]  # the model is gone and the CUDA cache emptied
