@@ -350,8 +350,8 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
 
     stats = {"libero_spatial_no_noops": {"action": {"q01": [-0.9] * 6 + [0.0], "q99": [0.9] * 6 + [1.0],
                                                     "mask": [True] * 6 + [False]}}}
-    # seed 2: a tiny model whose actions depend on the image (the default seed's do not)
-    folder = save_vla(*build_tiny(seed=2, norm_stats=stats), str(tmp_path / "ckpt"))
+    # seed 7: a tiny model whose actions depend on the LIBERO image and instruction (seed 0's do not)
+    folder = save_vla(*build_tiny(seed=7, norm_stats=stats), str(tmp_path / "ckpt"))
     specs = plan_episodes("libero_spatial", [0, 1], 1)  # two instructions: different actions
     out = str(tmp_path / "eval" / "episodes.jsonl")
     rows = evaluate(folder, specs, workers=2, envs_per_worker=1, max_steps=3, device="cpu", out_jsonl=out,
