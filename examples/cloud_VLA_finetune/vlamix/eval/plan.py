@@ -6,10 +6,8 @@ runtime (:mod:`vlamix.eval.rollout`) decides only where and when, so results nev
 scheduling.
 
 Layout of :mod:`vlamix.eval`:
-    plan.py     what to run (episodes, suites)          rollout.py  evaluate(): orchestration, resumable JSONL
-    envs.py     env slots + spawned env workers         server.py   the one batched policy, slot refill, faults
+    plan.py     what to run (episodes, suites)          rollout.py  env workers + the policy loop
     policy.py   checkpoint -> batched actions           stats.py    success rates and statistics
-    video.py    episode MP4s
     image.py    the reference image path (no TF)        offline.py  teacher-forced held-out metrics
 """
 
