@@ -201,8 +201,8 @@ class BatchedRollout:
             self._ends.setdefault(slot // self.envs_per_worker, []).append((slot % self.envs_per_worker, "end", final))
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
-               "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error, "attempts": ep.attempt + 1, "batch_size": self.n_slots,
-               "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
+               "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
+               "attempts": ep.attempt + 1, "batch_size": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
                "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
@@ -282,6 +282,8 @@ class BatchedRollout:
                     w.conn.send(None)
                 except OSError:
                     pass
+            for w in self._workers.values():
+                w.proc.join(timeout=10)  # let them close their environments
         finally:
             for index in list(self._workers):
                 self._stop_worker(index, kill=True)
