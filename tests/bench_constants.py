@@ -6,6 +6,7 @@ METRICS = [
     "success_rate_ci_low",
     "success_rate_ci_high",
     "num_episodes",
+    "num_errors",
     "worst_task_success_rate",
     "action_token_accuracy",
     "action_l1",

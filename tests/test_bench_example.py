@@ -88,7 +88,9 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
     for h in hps:
         assert h["model"] == "./models/openvla-7b" and h["data_dir"] == "./data/modified_libero_rlds"
         assert h["demos"] == "none" and h["precision"] == "bf16"
-        assert h["trials_per_task"] == 50 and h["eval_tasks"] is None and h["eval_workers"] == 1
+        assert h["trials_per_task"] == 50 and h["eval_tasks"] is None
+        # one batched policy on the GPU (bf16 by default there) for 8 env workers x 2 LIBERO envs
+        assert (h["eval_workers"], h["envs_per_worker"], h["eval_device"], h["eval_dtype"]) == (8, 2, "auto", "auto")
         assert h["eval_suites"] == ["libero_spatial", "libero_object"]
     # without the checkpoint and the RLDS data the job fails before any point runs
     if not os.path.isdir("./data/modified_libero_rlds"):

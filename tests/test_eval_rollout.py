@@ -1,5 +1,5 @@
 """Rollout evaluation: image path vs TensorFlow, gripper post-processing, un-normalisation key choice,
-episode planning, and a short real LIBERO rollout in a spawn worker (JSONL rows, resume, error rows).
+episode planning, and a short real LIBERO rollout (env worker + policy here: JSONL rows, resume, error rows).
 
 The policies below are test-only stand-ins; they live at module level because the spawn workers
 import them by name. This module must not import TensorFlow at import time (workers import it);
@@ -18,7 +18,6 @@ from vlamix.eval.image import jpeg_roundtrip, lanczos_resize, preprocess_image
 from vlamix.eval.policy import UnnormKeyError, VLAPolicy, resolve_unnorm_key
 from vlamix.eval.rollout import (
     EpisodeSpec,
-    _make_chunks,
     evaluate,
     meta_path,
     model_to_env_action,
@@ -209,9 +208,10 @@ def test_evaluate_rejects_bad_arguments_before_starting_workers(tmp_path):
         evaluate(OpenGripperPolicy(), [spec])
     with pytest.raises(FileNotFoundError, match="no_such_checkpoint"):
         evaluate(str(tmp_path / "no_such_checkpoint"), [spec])
-    chunks = _make_chunks([EpisodeSpec("libero_spatial", t, k, k, "x") for t in (0, 1) for k in range(5)], workers=2)
-    assert [[(s.task_id, s.episode_index) for s in c] for c in chunks] == [
-        [(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 4)], [(1, 0), (1, 1)], [(1, 2), (1, 3)], [(1, 4)]]
+    with pytest.raises(ValueError, match="envs_per_worker"):
+        evaluate(_must_not_build, [spec], envs_per_worker=0)
+    with pytest.raises(ValueError, match="videos must be one of none, failures, all"):
+        evaluate(_must_not_build, [spec], videos="some")
 
 
 # ------------------------------------------------------------------------------ real rollout

@@ -63,29 +63,31 @@ def _rows():
 
 def test_summarize_totals_per_task_per_suite_and_worst():
     s = summarize(_rows())
-    assert s["n_episodes"] == 10 and s["n_successes"] == 5 and s["n_errors"] == 1
-    assert s["success_rate"] == pytest.approx(0.5)
-    assert (s["ci_low"], s["ci_high"]) == pytest.approx(wilson_interval(5, 10))
+    # the error episode (libero_object/0 #1) is neither a success nor a failure: it is left out
+    assert s["n_episodes"] == 9 and s["n_successes"] == 5 and s["n_errors"] == 1
+    assert s["success_rate"] == pytest.approx(5 / 9)
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx(wilson_interval(5, 9))
     assert list(s["per_task"]) == ["libero_spatial/0", "libero_spatial/1", "libero_object/0"]
     t = s["per_task"]["libero_spatial/0"]
     assert (t["n"], t["n_successes"], t["success_rate"]) == (4, 3, 0.75)
     assert t["instruction"] == "do libero_spatial 0"
-    assert s["per_task"]["libero_object/0"]["success_rate"] == 0.5
+    assert s["per_task"]["libero_object/0"]["success_rate"] == 1.0
+    assert s["per_task"]["libero_object/0"]["n"] == 1
     assert s["worst_task"] == "libero_spatial/1"
     assert s["worst_task_success_rate"] == 0.25
     assert s["per_suite"]["libero_spatial"]["success_rate"] == 0.5
     assert s["per_suite"]["libero_spatial"]["n"] == 8
     assert s["per_suite"]["libero_object"]["n_successes"] == 1
-    assert s["mean_task_success_rate"] == pytest.approx((0.75 + 0.25 + 0.5) / 3)
+    assert s["mean_task_success_rate"] == pytest.approx((0.75 + 0.25 + 1.0) / 3)
     assert s["versions"] == {"mujoco": "2.3.7"}
 
 
 def test_summarize_repeated_episode_counts_once_last_row_wins():
     rows = _rows() + [_row("libero_spatial", 1, 0, True)]  # re-run of spatial/1 episode 0, now a success
     s = summarize(rows)
-    assert s["n_episodes"] == 10 and s["n_successes"] == 6
+    assert s["n_episodes"] == 9 and s["n_successes"] == 6
     assert s["per_task"]["libero_spatial/1"]["success_rate"] == 0.5
-    assert s["worst_task"] == "libero_spatial/1"  # tie with libero_object/0 at 0.5: first in order
+    assert s["worst_task"] == "libero_spatial/1"
 
 
 def test_summarize_mixed_versions_and_errors():

@@ -44,9 +44,15 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vlamix.config import ConfigError
+    from vlamix.eval.policy import resolve_device
     from vlamix.eval.rollout import evaluate, plan_episodes
     from vlamix.eval.stats import summarize
 
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise ConfigError("eval_device", f"--device: {err}") from err
     specs = plan_episodes(args.suites, args.tasks, args.trials)
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
     rows = evaluate(
@@ -59,10 +65,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         center_crop=args.center_crop,
         unnorm_key=args.unnorm_key,
+        **_rollout_runtime_args(args),
     )
     summary = summarize(rows)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
     return 0
+
+
+def _rollout_runtime_args(args: argparse.Namespace) -> dict:
+    """``vlamix evaluate`` rollout-runtime options as :func:`vlamix.eval.rollout.evaluate` keywords."""
+    return {"device": args.device, "dtype": args.dtype, "envs_per_worker": args.envs_per_worker,
+            "episode_timeout_s": args.episode_timeout, "max_attempts": args.max_attempts, "videos": args.videos,
+            "videos_per_task": args.videos_per_task, "progress": None}
+
+
+def _add_rollout_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the rollout runtime (one batched policy, env workers, faults, videos)."""
+    from vlamix.config import EVAL_DTYPES, EVAL_VIDEOS
+
+    p.add_argument("--device", default="auto", help="policy device: auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=EVAL_DTYPES, help="policy dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--envs-per-worker", type=int, default=1, help="LIBERO environments per worker process")
+    p.add_argument("--episode-timeout", type=float, default=1800.0,
+                   help="seconds of an episode's environment work before its worker is replaced and it is rerun")
+    p.add_argument("--max-attempts", type=int, default=2, help="runs of an episode before it is recorded as an error")
+    p.add_argument("--videos", default="none", choices=EVAL_VIDEOS, help="MP4s of the policy camera")
+    p.add_argument("--videos-per-task", type=int, default=2, help="videos kept per task at most")
 
 
 def _cmd_versions(args: argparse.Namespace) -> int:
@@ -102,13 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites")
     p.add_argument("--tasks", type=int, default=None, help="first N tasks of each suite (default: all)")
     p.add_argument("--trials", type=int, default=50, help="episodes per task (init states 0..N-1)")
-    p.add_argument("--workers", type=int, default=1, help="parallel rollout processes")
+    p.add_argument("--workers", type=int, default=1, help="env-worker processes (the policy runs once, in this process)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--num-steps-wait", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     p.add_argument("--center-crop", action="store_true", help="centre crop as OpenVLA's LIBERO eval (image-aug checkpoints)")
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
     p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
+    _add_rollout_runtime_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")

@@ -37,6 +37,9 @@ STRATEGY_PARAMS = {
     "curriculum": ("mixing_level", "skill_map", "curriculum"),
 }  # fmt: skip
 PRECISIONS = ("fp32", "bf16")
+#: Rollout runtime choices (eval_dtype, eval_videos).
+EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
+EVAL_VIDEOS = ("none", "failures", "all")
 
 
 class ConfigError(ValueError):
@@ -105,6 +108,18 @@ class BenchConfig:
         num_steps_wait: dummy-action steps before the policy acts (reference: 10).
         eval_workers: parallel rollout processes. eval_seed: seed of the environments.
         center_crop: centre-crop the camera image as OpenVLA's LIBERO evaluation does.
+    Rollout runtime (:mod:`vlamix.eval.server`, :mod:`vlamix.eval.envs`)
+        eval_device: where the rollout policy runs: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
+        eval_dtype: policy dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16" (CUDA only).
+        envs_per_worker: LIBERO environments per env-worker process; the policy batch is
+            ``eval_workers * envs_per_worker`` images.
+        eval_episode_timeout_s: seconds of an episode's environment work before its worker is
+            replaced and the episode rerun (None = no limit).
+        eval_max_attempts: runs of an episode after worker deaths, timeouts or env errors before it is
+            recorded as an error (errors are not failures: they are left out of the success rate).
+        eval_max_error_fraction: a point whose share of error episodes exceeds this is flagged.
+        eval_videos: "none", "failures" or "all": MP4s of the policy camera next to the episode rows;
+            eval_videos_per_task: at most this many per task.
     """
 
     mixture: Mapping[str, float]
@@ -156,6 +171,16 @@ class BenchConfig:
     eval_workers: int = 2
     eval_seed: int = 7
     center_crop: bool = False
+
+    # Rollout runtime (vlamix.eval.server / envs: one batched policy, env workers, faults, videos)
+    eval_device: str = "auto"
+    eval_dtype: str = "auto"
+    envs_per_worker: int = 1
+    eval_episode_timeout_s: float | None = 1800.0
+    eval_max_attempts: int = 2
+    eval_max_error_fraction: float = 0.1
+    eval_videos: str = "none"
+    eval_videos_per_task: int = 2
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -355,6 +380,21 @@ class BenchConfig:
         _check_int("eval_workers", self.eval_workers, 1)
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
+        self._validate_rollout_runtime()
+
+    def _validate_rollout_runtime(self) -> None:
+        """Fields of the rollout runtime (device, dtype, env workers, faults, videos)."""
+        _check_eval_device(self.eval_device)
+        _check_choice("eval_dtype", self.eval_dtype, EVAL_DTYPES)
+        if self.eval_dtype == "fp16" and self.eval_device == "cpu":
+            raise ConfigError("eval_dtype", "fp16 needs a CUDA eval_device; allowed on the CPU: auto, fp32, bf16")
+        _check_int("envs_per_worker", self.envs_per_worker, 1)
+        if self.eval_episode_timeout_s is not None:
+            _check_positive("eval_episode_timeout_s", self.eval_episode_timeout_s)
+        _check_int("eval_max_attempts", self.eval_max_attempts, 1)
+        _check_range("eval_max_error_fraction", self.eval_max_error_fraction, 0.0, 1.0)
+        _check_choice("eval_videos", self.eval_videos, EVAL_VIDEOS)
+        _check_int("eval_videos_per_task", self.eval_videos_per_task, 0)
 
 
     def _validate_strategy(self) -> None:
@@ -464,6 +504,20 @@ def _check_mixture(mixture: Any) -> None:
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_eval_device(value: Any) -> None:
+    """``eval_device``: auto, cpu, cuda or cuda:N; CUDA values need a visible CUDA device."""
+    allowed = "auto, cpu, cuda, cuda:N"
+    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise ConfigError("eval_device", f"got {value!r}; allowed: {allowed}")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("eval_device", f"{value!r} requested but CUDA is not available on this machine; allowed here: auto, cpu")
+        if value != "cuda" and int(value[5:]) >= torch.cuda.device_count():
+            raise ConfigError("eval_device", f"{value!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def _check_bool(name: str, value: Any) -> None:

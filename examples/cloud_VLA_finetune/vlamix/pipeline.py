@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: Fields that only change evaluation; a change in them reuses the trained checkpoint.
 EVAL_FIELDS = frozenset(
     {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop"}
+    # rollout runtime (vlamix.eval.server)
+    | {"eval_device", "eval_dtype", "envs_per_worker", "eval_episode_timeout_s", "eval_max_attempts",
+       "eval_max_error_fraction", "eval_videos", "eval_videos_per_task"}
 )
 #: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
 RUNTIME_KEYS = frozenset({"runs_dir"})
@@ -92,6 +95,26 @@ def mixing_result(checkpoint: str, cfg: BenchConfig) -> dict[str, Any]:
     traj = os.path.join(checkpoint, TRAJECTORY_FILE)
     out["trajectory"] = read_trajectory(traj) if os.path.isfile(traj) else []
     return out
+
+
+def rollout_runtime_kwargs(cfg: BenchConfig) -> dict[str, Any]:
+    """The rollout-runtime fields of ``cfg`` as :func:`vlamix.eval.rollout.evaluate` keywords."""
+    return {"device": cfg.eval_device, "dtype": cfg.eval_dtype, "envs_per_worker": cfg.envs_per_worker,
+            "episode_timeout_s": cfg.eval_episode_timeout_s, "max_attempts": cfg.eval_max_attempts,
+            "videos": cfg.eval_videos, "videos_per_task": cfg.eval_videos_per_task}
+
+
+def flag_errors(summary: dict[str, Any], max_error_fraction: float) -> dict[str, Any]:
+    """Add ``error_fraction`` (error episodes / all episodes) and ``too_many_errors`` (it exceeds
+    ``max_error_fraction``) to a :func:`vlamix.eval.stats.summarize` result; log a warning when flagged."""
+    total = summary["n_episodes"] + summary["n_errors"]
+    summary["error_fraction"] = summary["n_errors"] / total if total else 0.0
+    summary["too_many_errors"] = summary["error_fraction"] > max_error_fraction
+    if summary["too_many_errors"]:
+        logger.warning("%d of %d rollout episodes ended with an error (%.0f%% > eval_max_error_fraction %.0f%%): "
+                       "this point's success rate rests on fewer episodes", summary["n_errors"], total,
+                       100 * summary["error_fraction"], 100 * max_error_fraction)
+    return summary
 
 
 class VLADataSelect:
@@ -213,11 +236,13 @@ class VLADataSelect:
             num_steps_wait=cfg.num_steps_wait,
             max_steps=cfg.eval_max_steps,
             center_crop=cfg.center_crop,
+            **rollout_runtime_kwargs(cfg),
         )
         os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
         if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
             shutil.copyfile(out_jsonl, point_jsonl)
         summary = summarize(rows)
+        flag_errors(summary, cfg.eval_max_error_fraction)
         offline = offline_metrics(self.checkpoint, cfg)
         result = {
             "summary": summary,

@@ -44,7 +44,7 @@ def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) ->
     ``ranked=True`` the input order is kept (the caller ranked the points, e.g. by the job's
     ``rank.sort_by``).
 
-    Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, worst_task_success_rate,
+    Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, n_errors, worst_task_success_rate,
     action_token_accuracy, action_l1.
     """
     rows = []
@@ -57,6 +57,7 @@ def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) ->
                 "ci_low": summary.get("ci_low"),
                 "ci_high": summary.get("ci_high"),
                 "n_episodes": summary.get("n_episodes"),
+                "n_errors": summary.get("n_errors"),
                 "worst_task_success_rate": summary.get("worst_task_success_rate"),
                 "action_token_accuracy": offline.get("action_token_accuracy"),
                 "action_l1": offline.get("action_l1"),
@@ -80,11 +81,12 @@ def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False):
     from prettytable import PrettyTable
 
     table = PrettyTable()
-    table.field_names = ["rank", "strategy / mixture", "success rate", "95% CI", "N", "worst task SR", "action acc", "action L1"]
+    table.field_names = ["rank", "strategy / mixture", "success rate", "95% CI", "N", "errors", "worst task SR", "action acc",
+                         "action L1"]
     for i, row in enumerate(leaderboard_rows(results, ranked), start=1):
         ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if row["ci_low"] is not None else "-"
         table.add_row(
-            [i, row["mixture"], _fmt(row["success_rate"]), ci, _fmt(row["n_episodes"]),
+            [i, row["mixture"], _fmt(row["success_rate"]), ci, _fmt(row["n_episodes"]), _fmt(row["n_errors"]),
              _fmt(row["worst_task_success_rate"]), _fmt(row["action_token_accuracy"]), _fmt(row["action_l1"], 4)]
         )
     return table
@@ -156,6 +158,9 @@ def write_report(
             lines.append(f"| {label} | " + " | ".join(_fmt(v, 2) for v in row) + " |")
         lines.append("")
     lines += _strategy_section(results, out_dir)
+    from vlamix.eval.video import report_lines  # rollout errors and episode videos
+
+    lines += report_lines(results, out_dir)
     versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
     if versions:
         lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]

@@ -89,6 +89,12 @@ def num_episodes(y_true: Any, y_pred: Any) -> int:
     return int(_summary(y_pred)["n_episodes"])
 
 
+def num_errors(y_true: Any, y_pred: Any) -> int:
+    """Rollout episodes that ended with an infrastructure error (worker death, timeout, env or policy
+    exception after every attempt); they are not in the success rate (:func:`vlamix.eval.stats.summarize`)."""
+    return int(_summary(y_pred)["n_errors"])
+
+
 def worst_task_success_rate(y_true: Any, y_pred: Any) -> float:
     """Lowest per-task success rate over the evaluated tasks, in [0, 1]."""
     return rounded(_summary(y_pred)["worst_task_success_rate"])

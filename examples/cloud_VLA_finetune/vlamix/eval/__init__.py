@@ -1,8 +1,13 @@
 """vlamix.eval: LIBERO rollout evaluation and success-rate statistics.
 
 Modules:
-    vlamix.eval.rollout  ``plan_episodes``, ``evaluate`` (spawn workers, JSONL rows, resume), ``read_rows``
-    vlamix.eval.policy   ``VLAPolicy`` (checkpoint -> ``act(images, instructions, suite)``), ``resolve_unnorm_key``
+    vlamix.eval.plan     ``EpisodeSpec``, ``plan_episodes``, ``base_suite``, ``suite_max_steps`` (what to run)
+    vlamix.eval.rollout  ``evaluate`` (batched policy + env workers, JSONL rows, resume), ``read_rows``, ``run_episode``
+    vlamix.eval.server   ``BatchedRollout``: one batched policy in this process, slot refill, faults
+    vlamix.eval.envs     ``LiberoSlot`` and the spawned env-worker processes (no torch, no TensorFlow)
+    vlamix.eval.video    ``EpisodeVideo`` (imageio MP4s), report links
+    vlamix.eval.policy   ``VLAPolicy`` (checkpoint -> ``act(images, instructions, suite)``, device, dtype,
+                         merged LoRA), ``resolve_device``, ``resolve_unnorm_key``
     vlamix.eval.image    the reference evaluation image path without TensorFlow (JPEG round trip, Lanczos-3 resize)
     vlamix.eval.stats    ``wilson_interval``, ``summarize`` (success rate, 95% CI, per task / suite, worst task)
 

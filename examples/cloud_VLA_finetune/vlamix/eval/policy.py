@@ -82,18 +82,66 @@ def resolve_unnorm_key(norm_stats: Mapping[str, Any] | None, suite: str, unnorm_
     )
 
 
+#: Accepted ``dtype`` names -> canonical short names (recorded in episode rows).
+DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device string rollouts use: "auto" -> "cuda:<current>" when CUDA is available, else "cpu".
+
+    Args:
+        device: "auto", "cpu", "cuda" or "cuda:N".
+    Returns:
+        "cpu" or "cuda:N" (N an index < ``torch.cuda.device_count()``).
+    Raises:
+        ValueError: another value, or CUDA requested on a machine without it (the message names the value).
+    """
+    import torch
+
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use auto or cpu")
+    index = torch.cuda.current_device() if device == "cuda" else int(device[5:])
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return f"cuda:{index}"
+
+
+def dtype_name(dtype: Any, device: str) -> str:
+    """Canonical dtype name for ``device``: "auto"/None -> "bf16" on CUDA, "fp32" on the CPU.
+
+    Raises:
+        ValueError: unknown name (lists the allowed ones), or fp16 on the CPU (no fp16 CPU kernels for
+        half the model; use bf16 or fp32 there).
+    """
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return "bf16" if str(device).startswith("cuda") else "fp32"
+    if isinstance(dtype, torch.dtype):
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        if dtype not in names:
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        name = names[dtype]
+    elif dtype in DTYPE_NAMES:
+        name = DTYPE_NAMES[dtype]
+    else:
+        raise ValueError(f"dtype must be one of auto, fp32, bf16, fp16, got {dtype!r}")
+    if name == "fp16" and not str(device).startswith("cuda"):
+        raise ValueError("dtype fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return name
+
+
 def _torch_dtype(dtype: Any, device: str):
     import torch
 
-    if dtype is None:
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be a torch.dtype or one of {', '.join(names)}, got {dtype!r}")
-    return names[dtype]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(dtype, device)]
 
 
 class VLAPolicy:
@@ -102,13 +150,17 @@ class VLAPolicy:
     Args:
         checkpoint: checkpoint folder (ours or an official OpenVLA HF folder) or a built-in model
             name, passed to :func:`vlamix.model.checkpoint.load_vla`.
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        unnorm_key: norm-stats key for un-normalisation; None picks one per suite
-            (:func:`resolve_unnorm_key`).
+        device: "auto", "cpu", "cuda" or "cuda:N" (:func:`resolve_device`).
+        unnorm_key: norm-stats key for un-normalisation; None picks one per suite from its base
+            suite (:func:`vlamix.eval.plan.base_suite`, then :func:`resolve_unnorm_key`).
         center_crop: centre-crop each image (90% area) and resize back before the processor, as
             OpenVLA's LIBERO eval does for checkpoints trained with random-crop augmentation.
-        dtype: model dtype (torch.dtype or "fp32"/"bf16"); default bf16 on CUDA, fp32 on CPU.
+        dtype: model dtype (torch.dtype or "auto"/"fp32"/"bf16"/"fp16"); "auto" = bf16 on CUDA, fp32 on CPU.
+        merge_adapter: fold a LoRA adapter into the weights (evaluation runs a plain model: no
+            adapter overhead per layer; same outputs up to rounding).
+    Attributes: ``device`` ("cpu" or "cuda:N") and ``dtype`` ("fp32", "bf16", "fp16") actually used.
     Raises:
+        ValueError: a bad device/dtype (CUDA requested without CUDA) before anything is loaded;
         whatever ``load_vla`` raises for a missing or malformed checkpoint.
     """
 
@@ -119,11 +171,16 @@ class VLAPolicy:
         unnorm_key: str | None = None,
         center_crop: bool = False,
         dtype: Any = None,
+        merge_adapter: bool = True,
     ):
         from vlamix.model.checkpoint import load_vla
 
-        model, processor = load_vla(checkpoint, device=device, dtype=_torch_dtype(dtype, device))
+        device = resolve_device(device)
+        name = dtype_name(dtype, device)
+        model, processor = load_vla(checkpoint, device=device, dtype=_torch_dtype(name, device),
+                                    merge_adapter=merge_adapter)
         self._setup(model, processor, device, unnorm_key, center_crop)
+        self.dtype = name
         self.checkpoint = checkpoint
 
     @classmethod
@@ -133,6 +190,10 @@ class VLAPolicy:
         """Wrap an already loaded ``(model, processor)`` pair (as returned by ``load_vla``)."""
         self = cls.__new__(cls)
         self._setup(model, processor, device, unnorm_key, center_crop)
+        try:
+            self.dtype = dtype_name(self._model_dtype(), device)
+        except ValueError:
+            self.dtype = None
         self.checkpoint = None
         return self
 
@@ -149,9 +210,12 @@ class VLAPolicy:
             model.eval()
 
     def unnorm_key_for(self, suite: str) -> str:
-        """The norm-stats key used for ``suite`` (cached). Raises :class:`UnnormKeyError`."""
+        """The norm-stats key used for ``suite``: that of its base suite (cached). Raises :class:`UnnormKeyError`."""
         if suite not in self._keys:
-            self._keys[suite] = resolve_unnorm_key(getattr(self.model, "norm_stats", None), suite, self.unnorm_key)
+            from vlamix.eval.plan import base_suite
+
+            self._keys[suite] = resolve_unnorm_key(getattr(self.model, "norm_stats", None), base_suite(suite),
+                                                   self.unnorm_key)
         return self._keys[suite]
 
     def _model_dtype(self):
@@ -160,7 +224,8 @@ class VLAPolicy:
         except (AttributeError, StopIteration):
             return None
 
-    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str) -> np.ndarray:
+    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str,
+            variants: Sequence[str] | None = None) -> np.ndarray:
         """Predict one action per image.
 
         Args:
@@ -168,6 +233,8 @@ class VLAPolicy:
                 :func:`vlamix.eval.image.preprocess_image`).
             instructions: B language instructions (the processor lower-cases them).
             suite: LIBERO task suite, selects the un-normalisation statistics.
+            variants: per-image instruction variant (LIBERO-PRO); forwarded to the processor's
+                ``inference_inputs(..., variants=...)`` only when one is not "original".
         Returns:
             float64 [B, 7] un-normalised actions in model space (gripper in [0, 1], 1 = open).
         Raises:
@@ -184,7 +251,12 @@ class VLAPolicy:
         key = self.unnorm_key_for(suite)
         if self.center_crop:
             images = self.processor.center_crop(images)
-        inputs = self.processor.inference_inputs(images, list(instructions))
+        if variants is not None and any(v != "original" for v in variants):
+            if len(variants) != images.shape[0]:
+                raise ValueError(f"need one instruction variant per image ({images.shape[0]}), got {list(variants)!r}")
+            inputs = self.processor.inference_inputs(images, list(instructions), variants=list(variants))
+        else:
+            inputs = self.processor.inference_inputs(images, list(instructions))
         dtype = self._model_dtype()
         moved = {}
         for name, value in inputs.items():

@@ -122,8 +122,9 @@ def summarize(rows: Iterable[Mapping[str, Any]], z: float = Z_95) -> dict[str, A
     """Aggregate episode rows into the benchmark's success metrics.
 
     Rows repeating the same (suite, task_id, episode_index) count once (the last one). Episodes
-    with an ``error`` are failures (as in OpenVLA's ``run_libero_eval.py``) and are counted in
-    ``n_errors``.
+    with an ``error`` (a crash of the evaluation infrastructure: worker death, timeout, env or
+    policy exception; :mod:`vlamix.eval.server`) are NOT policy failures: they are left out of every
+    rate and count and are counted in ``n_errors`` only.
 
     Args:
         rows: episode dicts with ``suite`` (str), ``task_id`` (int), ``success`` (bool) and
@@ -131,8 +132,9 @@ def summarize(rows: Iterable[Mapping[str, Any]], z: float = Z_95) -> dict[str, A
         z: normal quantile of the interval (default 95%).
     Returns:
         dict with
-            success_rate (float fraction in [0, 1]), ci_low, ci_high (Wilson interval of it),
-            n_episodes, n_successes, n_errors (int),
+            success_rate (float fraction in [0, 1]; NaN when every episode has an error), ci_low,
+            ci_high (Wilson interval of it), n_episodes (episodes without errors), n_successes,
+            n_errors (episodes with an error) (int),
             per_task: {"<suite>/<task_id>": {suite, task_id, instruction, success_rate, n, n_successes,
                        ci_low, ci_high}} ordered by suite then task id,
             per_suite: {suite: {success_rate, n, n_successes, ci_low, ci_high}},
@@ -143,9 +145,16 @@ def summarize(rows: Iterable[Mapping[str, Any]], z: float = Z_95) -> dict[str, A
     Raises:
         ValueError: no rows, or a row without ``suite``/``task_id``/``success``.
     """
-    episodes = _dedupe(rows)
-    if not episodes:
+    all_episodes = _dedupe(rows)
+    if not all_episodes:
         raise ValueError("no episode rows to summarise")
+    episodes = [r for r in all_episodes if not r.get("error")]
+    n_errors = len(all_episodes) - len(episodes)
+    if not episodes:
+        logger.warning("all %d episodes ended with an error: no success rate", n_errors)
+        return {"success_rate": math.nan, "ci_low": 0.0, "ci_high": 1.0, "n_episodes": 0, "n_successes": 0,
+                "n_errors": n_errors, "per_task": {}, "per_suite": {}, "worst_task": None,
+                "worst_task_success_rate": math.nan, "mean_task_success_rate": math.nan}
     suites_order: list[str] = []
     tasks: dict[tuple[str, int], dict[str, Any]] = {}
     for row in episodes:
@@ -183,7 +192,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], z: float = Z_95) -> dict[str, A
         "ci_high": high,
         "n_episodes": n_episodes,
         "n_successes": n_successes,
-        "n_errors": sum(1 for r in episodes if r.get("error")),
+        "n_errors": n_errors,
         "per_task": per_task,
         "per_suite": per_suite,
         "worst_task": worst,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -393,6 +394,7 @@ class FineTuner:
         frames_per_step = cfg.batch_size * cfg.grad_accumulation_steps * self.ctx.world_size
         if self.step >= cfg.train_steps:
             logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, cfg.train_steps)
+        bar = _progress_bar(cfg.train_steps, self.step, enabled=self.ctx.is_main)
         try:
             while self.step < cfg.train_steps:
                 start = time.perf_counter()
@@ -409,6 +411,9 @@ class FineTuner:
                 }
                 if self.mixing is not None:
                     record.update(self._update_mixing())
+                bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1.0 / max(record['step_time_s'], 1e-9):.2f}",
+                                refresh=False)
+                bar.update(1)
                 if self.ctx.is_main:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
@@ -419,8 +424,22 @@ class FineTuner:
                     self.save_checkpoint()
             return self.save_checkpoint(final=True)
         finally:
+            bar.close()
             if self._owns_ctx:
                 cleanup(self.ctx)
+
+    def release_memory(self) -> None:
+        """Drop the model, optimiser and loader and return their (GPU) memory, so that rollouts
+        started after training find the device empty: ``gc.collect()`` then, on CUDA,
+        ``torch.cuda.empty_cache()``. The tuner cannot train afterwards."""
+        for name in ("train_model", "model", "optimizer", "trainable", "loader", "mixing"):
+            if hasattr(self, name):
+                delattr(self, name)
+        gc.collect()
+        if torch.cuda.is_available() and self.ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+            logger.info("released training memory: %.2f GiB still allocated on %s",
+                        torch.cuda.memory_allocated(self.ctx.device) / 2**30, self.ctx.device)
 
     def _update_mixing(self) -> dict[str, Any]:
         """Feed this step's per-group losses (all ranks) to the controller; apply new weights."""
@@ -511,6 +530,16 @@ class FineTuner:
         return ckpt
 
 
+def _progress_bar(total: int, initial: int, enabled: bool = True):
+    """tqdm bar over optimiser steps (loss, steps/s, ETA); shown only on a terminal and on rank 0."""
+    from tqdm import tqdm
+
+    import sys
+
+    return tqdm(total=total, initial=min(initial, total), desc="training", unit="step", dynamic_ncols=True,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
 def finetune(
     cfg: BenchConfig,
     out_dir: str,
@@ -532,7 +561,10 @@ def finetune(
         cfg, out_dir, resume_from=resume_from, loader=loader, log_every=log_every,
         save_every=save_every, save_merged=save_merged,
     )  # fmt: skip
-    return tuner.train()
+    try:
+        return tuner.train()
+    finally:
+        tuner.release_memory()  # rollouts come next and need the GPU
 
 
 def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:

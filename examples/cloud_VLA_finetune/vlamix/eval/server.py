@@ -1,0 +1,451 @@
+"""The policy side of rollouts: one batched policy in this process drives the env slots of many workers.
+
+:class:`BatchedRollout` runs planned episodes on ``workers x envs_per_worker`` env slots
+(:mod:`vlamix.eval.envs`) in lock-step rounds. Each round:
+
+1. every free slot takes the next planned episode (slot order, plan order): a ``begin`` command;
+   every running episode gets a ``step`` command with the action chosen last round;
+2. the commands go to the workers, which execute them in parallel and answer;
+3. episodes that ended (success, step limit, error) become rows; the policy images of all other
+   episodes go to the policy as ONE batch per task suite (``policy.act(images uint8 [B, 224, 224, 3],
+   instructions, suite)``), and the actions come back for the next round.
+
+Which episode runs in which slot follows only the plan and the episodes' step counts, never timing,
+and every episode re-seeds its environment, so rows do not depend on scheduling. The idea follows
+LeRobot's vectorised LIBERO evaluation (huggingface/lerobot ``scripts/lerobot_eval.py``: N envs, one
+policy call per step on the whole batch) and openpi's policy server.
+
+Faults: a worker that dies (its pipe closes) is replaced and its in-flight episodes are run again
+from their init state. The per-episode limit ``episode_timeout_s`` counts the wall-clock seconds of
+the episode's own environment work (env build, reset, steps, rendering; measured by its worker, so
+a stall elsewhere in the batch or a slow policy never times out an innocent episode): a worker
+whose current command pushes its episode past the limit is killed (SIGKILL) and replaced the same way. An exception in an environment is also retried. Each
+retry of the episode that caused it counts as an attempt; after ``max_attempts`` the episode gets a
+row with ``error`` set (not a policy failure). An exception in the policy is an error row at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vlamix.constants import ACTION_DIM
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait at most between liveness checks while a round is outstanding.
+_POLL_S = 1.0
+VIDEO_MODES = ("none", "failures", "all")
+
+
+@dataclass
+class _Episode:
+    spec: Any
+    attempt: int  # attempts already used before this one
+    max_steps: int
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    policy_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    action: np.ndarray | None = None
+    image: np.ndarray | None = None
+    video_tmp: str | None = None
+    digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
+    env_s: float = 0.0  # seconds of this episode's commands in its worker (what the timeout limits)
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: Any
+    conn: Any
+    busy: Any  # shared doubles [slot running a command or -1, its start on the monotonic clock]
+
+
+def video_name(spec: Any, success: bool) -> str:
+    """File name of an episode video: ``<suite>__task<NN>__trial<NNN>[__<more key parts>]__<success|failure>.mp4``."""
+    key = list(spec.key)
+    parts = [str(key[0]), f"task{int(key[1]):02d}", f"trial{int(key[2]):03d}"] + [str(k) for k in key[3:]]
+    stem = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", p) for p in parts)
+    return f"{stem}__{'success' if success else 'failure'}.mp4"
+
+
+class BatchedRollout:
+    """Run episodes on env-worker processes with one batched policy in this process.
+
+    Args:
+        policy: object with ``act(images uint8 [B, S, S, 3], instructions list[str], suite str) ->
+            float [B, 7]`` (model-space actions); called with ``variants=[...]`` as well when some
+            episode's ``instruction_variant`` is not "original".
+        workers: env-worker processes (>= 1). envs_per_worker: env slots per worker (>= 1).
+        settings: picklable dict for the workers (``slot_factory``, ``resolution``, ``seed``,
+            ``num_steps_wait``, ``image_size``).
+        max_steps_of: suite -> policy-step limit.
+        row_base: spec -> the row fields that do not come from running (settings, device, ...).
+        on_row: called with each finished row (dict), in completion order.
+        max_attempts: runs of an episode before its row records the error (>= 1).
+        episode_timeout_s: wall-clock seconds an episode may take (None: no limit).
+        videos: "none" | "failures" | "all"; videos_per_task: MP4s kept per task at most;
+        video_dir: where they go (required unless videos is "none").
+        mp_context: multiprocessing context (default ``spawn``).
+    Attributes after :meth:`run`: ``batch_log`` (one ``(batch_size, ended_this_round, pending)`` per
+    round), ``assign_log`` (``(slot, spec.key, attempt)`` per begin), ``policy_s``, ``env_s``
+    (seconds waiting for workers), ``rounds``, ``restarts``.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        workers: int,
+        envs_per_worker: int,
+        settings: dict[str, Any],
+        max_steps_of: Callable[[str], int],
+        row_base: Callable[[Any], dict[str, Any]],
+        on_row: Callable[[dict[str, Any]], None],
+        max_attempts: int = 2,
+        episode_timeout_s: float | None = None,
+        videos: str = "none",
+        videos_per_task: int = 0,
+        video_dir: str | None = None,
+        mp_context: Any = None,
+    ):
+        import multiprocessing
+
+        if videos not in VIDEO_MODES:
+            raise ValueError(f"videos must be one of {', '.join(VIDEO_MODES)}, got {videos!r}")
+        if videos != "none" and not video_dir:
+            raise ValueError("videos need a video_dir")
+        self.policy = policy
+        self.n_workers, self.envs_per_worker = int(workers), int(envs_per_worker)
+        self.n_slots = self.n_workers * self.envs_per_worker
+        self.settings = settings
+        self.max_steps_of, self.row_base, self.on_row = max_steps_of, row_base, on_row
+        self.max_attempts = int(max_attempts)
+        self.timeout = episode_timeout_s
+        self.videos, self.videos_per_task, self.video_dir = videos, int(videos_per_task), video_dir
+        self.ctx = mp_context or multiprocessing.get_context("spawn")
+        self.batch_log: list[tuple[int, int, int]] = []
+        self.assign_log: list[tuple[int, Any, int]] = []
+        self.policy_s = self.env_s = 0.0
+        self.rounds = self.restarts = 0
+        self._videos_kept: dict[tuple[str, int], int] = {}
+        self._workers: dict[int, _Worker] = {}
+        self._slots: list[_Episode | None] = [None] * self.n_slots
+        self._ends: dict[int, list[tuple[int, str, Any]]] = {}
+
+    # ------------------------------------------------------------------ workers
+    def _start_worker(self, index: int) -> None:
+        from vlamix.eval.envs import worker_main
+
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        busy = self.ctx.Array("d", [-1.0, 0.0], lock=False)
+        proc = self.ctx.Process(target=worker_main, name=f"vlamix-env-{index}", daemon=True,
+                                args=(index, child_conn, self.envs_per_worker, self.settings, os.getpid(), busy))
+        proc.start()
+        child_conn.close()
+        self._workers[index] = _Worker(index, proc, parent_conn, busy)
+        logger.info("started env worker %d (pid %d, %d env slots)", index, proc.pid, self.envs_per_worker)
+
+    def _stop_worker(self, index: int, kill: bool) -> None:
+        w = self._workers.pop(index)
+        if kill and w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(timeout=10)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+
+    def _replace_worker(self, index: int, why: str) -> None:
+        self._stop_worker(index, kill=True)
+        self.restarts += 1
+        if self.restarts > self._max_restarts:
+            raise RuntimeError(f"env workers were replaced {self.restarts} times (last: {why}); giving up")
+        logger.error("env worker %d: %s; replacing it and rerunning its in-flight episodes", index, why)
+        self._start_worker(index)
+
+    def _slot_range(self, index: int) -> range:
+        return range(index * self.envs_per_worker, (index + 1) * self.envs_per_worker)
+
+    # ------------------------------------------------------------------ episodes
+    def _begin(self, slot: int, spec: Any, attempt: int) -> tuple[str, Any]:
+        ep = _Episode(spec, attempt, self.max_steps_of(spec.suite))
+        if self.videos != "none" and self._videos_kept.get((spec.suite, spec.task_id), 0) < self.videos_per_task:
+            ep.video_tmp = os.path.join(self.video_dir, f".tmp-{slot}-{video_name(spec, False)}")
+        self._slots[slot] = ep
+        self.assign_log.append((slot, spec.key, attempt))
+        return "begin", (spec, ep.video_tmp)
+
+    def _finish(self, slot: int, success: bool, error: str | None) -> None:
+        ep = self._slots[slot]
+        self._slots[slot] = None
+        video = None
+        if ep.video_tmp is not None:
+            task = (ep.spec.suite, ep.spec.task_id)
+            keep = error is None and (self.videos == "all" or not success) and \
+                self._videos_kept.get(task, 0) < self.videos_per_task
+            final = os.path.join(self.video_dir, video_name(ep.spec, success)) if keep else None
+            if keep:
+                self._videos_kept[task] = self._videos_kept.get(task, 0) + 1
+                video = final
+            self._ends.setdefault(slot // self.envs_per_worker, []).append((slot % self.envs_per_worker, "end", final))
+        t = ep.timings
+        row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
+               "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
+               "attempts": ep.attempt + 1, "batch_size": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
+               "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
+               "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
+               "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
+        self._n_done += 1
+        self.on_row(row)
+
+    def _retry(self, slot: int, error: str, counted: bool, retries: list[tuple[Any, int]], alive: bool = True) -> None:
+        """End the slot's episode without a row and queue it again, or record ``error`` after the last attempt.
+
+        ``alive``: the slot's worker still runs (its open video is closed and deleted by an ``end``
+        command); otherwise the parent deletes the partial video file.
+        """
+        ep = self._slots[slot]
+        if ep.video_tmp is not None:
+            if alive:
+                self._ends.setdefault(slot // self.envs_per_worker, []).append((slot % self.envs_per_worker, "end", None))
+            elif os.path.exists(ep.video_tmp):
+                try:
+                    os.remove(ep.video_tmp)
+                except OSError:
+                    pass
+            ep.video_tmp = None
+        attempt = ep.attempt + (1 if counted else 0)
+        if attempt < self.max_attempts:
+            logger.warning("episode %s: %s; running it again (attempt %d of %d)", ep.spec.key, error, attempt + 1,
+                           self.max_attempts)
+            self._slots[slot] = None
+            retries.append((ep.spec, attempt))
+        else:
+            ep.attempt = attempt - 1
+            logger.error("episode %s: %s after %d attempts; recorded as an error, not as a policy failure",
+                         ep.spec.key, error, attempt)
+            self._finish(slot, False, f"{error} (attempt {attempt} of {self.max_attempts})")
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, specs: Sequence[Any]) -> None:
+        """Run every spec once (reruns after faults aside); rows go to ``on_row``.
+
+        Raises:
+            RuntimeError: a worker reports a fatal start-up error, or workers keep dying
+                (more than ``2 x episodes x max_attempts + workers`` replacements).
+            KeyboardInterrupt: passes through after the workers are stopped (finished rows are kept).
+        """
+        pending: deque[tuple[Any, int]] = deque((s, 0) for s in specs)
+        self._max_restarts = 2 * len(pending) * self.max_attempts + self.n_workers
+        self._n_done = 0
+        n_workers = min(self.n_workers, max(1, -(-len(pending) // self.envs_per_worker)))
+        try:
+            for index in range(n_workers):
+                self._start_worker(index)
+            while pending or any(ep is not None for ep in self._slots):
+                cmds: dict[int, list[tuple[int, str, Any]]] = {i: list(self._ends.pop(i, [])) for i in self._workers}
+                self._ends.clear()
+                for slot in range(self.n_slots):
+                    index = slot // self.envs_per_worker
+                    if index not in self._workers:
+                        continue
+                    ep = self._slots[slot]
+                    if ep is None and pending:
+                        spec, attempt = pending.popleft()
+                        cmds[index].append((slot % self.envs_per_worker, *self._begin(slot, spec, attempt)))
+                    elif ep is not None:
+                        cmds[index].append((slot % self.envs_per_worker, "step", ep.action))
+                n_pending = len(pending)
+                retries: list[tuple[Any, int]] = []
+                ended = self._exchange(cmds, retries)
+                pending.extendleft(reversed(retries))
+                batch = self._act()
+                self.batch_log.append((batch, ended, n_pending))
+                self.rounds += 1
+            final = {i: list(self._ends.pop(i, [])) for i in self._workers}
+            self._ends.clear()
+            if any(final.values()):
+                self._exchange(final, [])
+            for w in self._workers.values():
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+            for w in self._workers.values():
+                w.proc.join(timeout=10)  # let them close their environments
+        finally:
+            for index in list(self._workers):
+                self._stop_worker(index, kill=True)
+            for ep in self._slots:
+                if ep is not None and ep.video_tmp and os.path.exists(ep.video_tmp):
+                    os.remove(ep.video_tmp)
+
+    def _exchange(self, cmds: dict[int, list[tuple[int, str, Any]]], retries: list[tuple[Any, int]]) -> int:
+        """Send each worker its commands, collect the answers, apply them. Returns episodes ended this round."""
+        from multiprocessing.connection import wait
+
+        t0 = time.monotonic()
+        done_before = self._n_done
+        waiting: dict[int, list[tuple[int, str, Any]]] = {}
+        replies: dict[int, list[dict[str, Any]]] = {}  # applied in worker order, not arrival order
+        for index, lst in cmds.items():
+            if not lst:
+                continue
+            try:
+                self._workers[index].conn.send(lst)
+                waiting[index] = lst
+            except (OSError, BrokenPipeError):
+                self._worker_lost(index, "its pipe is closed", retries)
+        while waiting:
+            wait_s = _POLL_S
+            if self.timeout is not None:
+                for index in waiting:
+                    left = self._hung_for(index)
+                    if left is not None:
+                        wait_s = min(wait_s, max(0.0, self.timeout - left))
+            handles = {}
+            for index in waiting:
+                w = self._workers[index]
+                handles[w.conn] = index
+                handles[w.proc.sentinel] = index
+            ready = wait(list(handles), timeout=wait_s)
+            for index in {handles[h] for h in ready}:
+                if index not in waiting:
+                    continue
+                w = self._workers[index]
+                try:
+                    msg = w.conn.recv() if w.conn.poll() else None
+                except (EOFError, OSError):
+                    msg = None
+                if msg is None:
+                    if w.proc.is_alive() and not w.conn.poll(0.5):
+                        continue  # spurious wake-up
+                    waiting.pop(index)
+                    w.proc.join(timeout=5)
+                    slot = int(w.busy[0])
+                    self._worker_lost(index, f"died (exit code {w.proc.exitcode})", retries,
+                                      culprit=index * self.envs_per_worker + slot if slot >= 0 else None)
+                    continue
+                kind, payload = msg
+                if kind == "fatal":
+                    raise RuntimeError(f"env worker {index} could not start:\n{payload}")
+                waiting.pop(index)
+                replies[index] = payload
+            if self.timeout is not None:
+                for index in list(waiting):
+                    used = self._hung_for(index)
+                    if used is not None and used > self.timeout:
+                        culprit = index * self.envs_per_worker + int(self._workers[index].busy[0])
+                        waiting.pop(index)
+                        self._worker_lost(index, f"episode {self._slots[culprit].spec.key} exceeded the "
+                                          f"{self.timeout:g} s limit", retries, culprit=culprit)
+        for index in sorted(replies):
+            self._apply(index, replies[index], retries)
+        if self.timeout is not None:  # episodes whose env work was slow but answered
+            for slot, ep in enumerate(self._slots):
+                if ep is not None and ep.env_s > self.timeout:
+                    self._retry(slot, f"EpisodeTimeout: its environment took {ep.env_s:.1f} s > the {self.timeout:g} s "
+                                "limit", True, retries)
+        self.env_s += time.monotonic() - t0
+        return self._n_done - done_before
+
+    def _hung_for(self, index: int) -> float | None:
+        """Env seconds of the episode whose command the worker is running now (None: none is running)."""
+        busy = self._workers[index].busy
+        slot = int(busy[0])
+        ep = self._slots[index * self.envs_per_worker + slot] if slot >= 0 else None
+        return None if ep is None else ep.env_s + time.monotonic() - busy[1]
+
+    def _worker_lost(self, index: int, why: str, retries: list, culprit: int | None = None) -> None:
+        """Rerun the worker's in-flight episodes and replace it. Only ``culprit`` (the episode whose
+        command was running when the worker hung or died) uses up an attempt; when it is unknown
+        (None), every in-flight episode does."""
+        kind = "EpisodeTimeout" if "exceeded" in why else "WorkerDied"
+        for slot in self._slot_range(index):
+            if self._slots[slot] is not None:
+                blame = culprit is None or slot == culprit
+                self._retry(slot, f"{kind}: env worker {index} {why}", blame, retries, alive=False)
+        self._ends.pop(index, None)  # the replacement has no videos open
+        self._replace_worker(index, why)
+
+    def _apply(self, index: int, results: list[dict[str, Any]], retries: list) -> None:
+        base = index * self.envs_per_worker
+        for res in results:
+            if res["op"] == "end":
+                continue
+            slot = base + res["slot"]
+            ep = self._slots[slot]
+            if ep is None:
+                continue
+            ep.timings = {k: res.get(k, 0.0) for k in ("physics_s", "render_s", "preprocess_s")}
+            ep.env_s += res.get("cmd_s", 0.0)
+            if res["error"] is not None:
+                self._retry(slot, f"EnvError: {res['error']}", True, retries)
+                continue
+            if res["op"] == "step":
+                ep.steps += 1
+                if res["done"]:
+                    self._finish(slot, True, None)
+                    continue
+                if ep.steps >= ep.max_steps:
+                    self._finish(slot, False, None)
+                    continue
+            ep.image = res["image"]
+            ep.action = None
+
+    def _act(self) -> int:
+        """One policy call per suite on every episode waiting for an action. Returns the batch size."""
+        waiting = [s for s, ep in enumerate(self._slots) if ep is not None and ep.action is None and ep.image is not None]
+        groups: dict[str, list[int]] = {}
+        for slot in waiting:
+            groups.setdefault(self._slots[slot].spec.suite, []).append(slot)
+        for suite, slots in groups.items():
+            t0 = time.perf_counter()
+            try:
+                actions = self._call(suite, slots)
+            except Exception as err:  # noqa: BLE001 - isolate the episode that fails
+                logger.error("batched policy call failed (%s: %s); calling it per episode", type(err).__name__, err)
+                actions = []
+                for slot in slots:
+                    try:
+                        actions.append(self._call(suite, [slot])[0])
+                    except Exception as one:  # noqa: BLE001
+                        logger.error("policy failed on episode %s:\n%s", self._slots[slot].spec.key, traceback.format_exc())
+                        actions.append(f"{type(one).__name__}: {one}")
+            dt = time.perf_counter() - t0
+            self.policy_s += dt
+            for slot, action in zip(slots, actions):
+                ep = self._slots[slot]
+                ep.policy_s += dt
+                if isinstance(action, str):
+                    self._finish(slot, False, action)
+                else:
+                    ep.action, ep.image = action, None
+                    ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
+        return len(waiting)
+
+    def _call(self, suite: str, slots: list[int]) -> np.ndarray:
+        eps = [self._slots[s] for s in slots]
+        images = np.stack([ep.image for ep in eps])
+        instructions = [ep.spec.instruction for ep in eps]
+        variants = [getattr(ep.spec, "instruction_variant", "original") for ep in eps]
+        if any(v != "original" for v in variants):
+            out = self.policy.act(images, instructions, suite, variants=variants)
+        else:
+            out = self.policy.act(images, instructions, suite)
+        out = np.asarray(out, dtype=np.float64)
+        if out.shape != (len(slots), ACTION_DIM) or not np.all(np.isfinite(out)):
+            raise ValueError(f"policy returned {list(out.shape)} (finite: {bool(np.all(np.isfinite(out)))}), "
+                             f"expected finite float [{len(slots)}, {ACTION_DIM}]")
+        return out

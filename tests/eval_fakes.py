@@ -1,0 +1,107 @@
+"""Test-only stand-ins for the rollout runtime: a fake env slot (no simulator) and a fake policy.
+
+Spawned env workers import this module by name, so it stays light (NumPy only, no torch) and at
+the top level of ``tests/``.
+
+FakeSlot: episode ``(task t, trial k)`` succeeds after ``length(t, k) = 2 + (3k + t) % 5`` steps
+if every action it receives is the one :class:`ImagePolicy` computes from its image; a wrong action
+makes it never succeed. ``faults`` maps an episode key ``"task/trial"`` to one fault, done once
+(a marker file in ``marker_dir`` remembers it across worker processes) or always:
+``"kill@N"`` (the worker SIGKILLs itself at step N), ``"hang@N"`` (sleeps forever at step N),
+``"raise@N"`` (env.step raises), each with an optional ``:always`` suffix.
+"""
+
+import os
+import signal
+import time
+
+import numpy as np
+
+SIZE = 64
+
+
+def episode_length(task_id, trial):
+    return 2 + (3 * trial + task_id) % 5
+
+
+def image_of(task_id, trial, t):
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    img[..., 0] = task_id * 10
+    img[..., 1] = trial * 7 % 256
+    img[..., 2] = t * 13 % 256
+    return img
+
+
+def expected_action(image):
+    v = image.reshape(-1, 3)[0].astype(np.float64) / 255.0
+    return np.array([v[0], v[1], v[2], 0.0, 0.0, 0.0, 1.0])
+
+
+class FakeSlot:
+    def __init__(self, faults, marker_dir):
+        self.faults = dict(faults)
+        self.marker_dir = marker_dir
+        self.frame = None
+        self.physics_s = self.render_s = self.preprocess_s = 0.0
+
+    def begin(self, spec):
+        self.spec, self.t, self.ok = spec, 0, True
+        self.fault = None
+        name = f"{spec.task_id}/{spec.episode_index}"
+        if name in self.faults:
+            kind, _, always = self.faults[name].partition(":")
+            marker = os.path.join(self.marker_dir, name.replace("/", "_") + ".done")
+            if always or not os.path.exists(marker):
+                open(marker, "w").close()
+                self.fault = kind
+        self.frame = image_of(spec.task_id, spec.episode_index, 0)
+        return self.frame
+
+    def step(self, action):
+        self.ok = self.ok and np.allclose(action, expected_action(self.frame))
+        self.t += 1
+        self.physics_s += 0.001
+        if self.fault:
+            kind, at = self.fault.split("@")
+            if self.t == int(at):
+                if kind == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if kind == "hang":
+                    time.sleep(3600)
+                if kind == "raise":
+                    raise RuntimeError("fake physics exploded")
+        self.frame = image_of(self.spec.task_id, self.spec.episode_index, self.t)
+        done = self.ok and self.t >= episode_length(self.spec.task_id, self.spec.episode_index)
+        return self.frame, done
+
+    def close(self):
+        pass
+
+
+def make_fake_slot(settings, faults=(), marker_dir=None):
+    return FakeSlot(dict(faults), marker_dir)
+
+
+class ImagePolicy:
+    """act: one action per image, computed from its first pixel (so the env can check it got its own)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def act(self, images, instructions, suite):
+        self.batches.append(len(images))
+        return np.stack([expected_action(im) for im in images])
+
+
+def batch1_rows(checkpoint, specs, max_steps):
+    """The batch-1 reference loop in this (spawned) process: VLAPolicy fp32 on the CPU + one LiberoSlot."""
+    from vlamix.eval.envs import LiberoSlot
+    from vlamix.eval.policy import VLAPolicy
+    from vlamix.eval.rollout import run_episode
+
+    policy = VLAPolicy(checkpoint, device="cpu", dtype="fp32")
+    slot = LiberoSlot()
+    try:
+        return [run_episode(slot, policy, spec, max_steps) for spec in specs]
+    finally:
+        slot.close()

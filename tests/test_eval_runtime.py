@@ -1,0 +1,423 @@
+"""Rollout runtime (vlamix.eval.server / envs): one batched policy here, env slots in spawned workers.
+
+Fast tests use the fake env of ``eval_fakes`` (no simulator): each fake episode succeeds only if
+every action it gets is the one computed from its own image, so a row's success proves that the
+batched policy's actions went back to the right environment. Faults are injected by the fake env
+(a worker SIGKILLs itself mid-episode, an env step hangs, an env step raises). The LIBERO test
+compares the vectorised evaluator with the batch-1 loop on the tiny model in fp32 and checks a
+failure video.
+"""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from eval_fakes import ImagePolicy, episode_length, make_fake_slot
+from vlamix.config import BenchConfig, ConfigError
+from vlamix.eval import policy as policy_mod
+from vlamix.eval.rollout import EpisodeSpec, evaluate, read_rows
+from vlamix.eval.stats import summarize
+from vlamix.pipeline import flag_errors
+
+SPATIAL = "libero_spatial_no_noops"
+
+
+def _specs(tasks=2, trials=4, suite="libero_spatial"):
+    return [EpisodeSpec(suite, t, k, k, f"task {t}") for t in range(tasks) for k in range(trials)]
+
+
+def _fake(tmp_path, **faults):
+    return functools.partial(make_fake_slot, faults=faults, marker_dir=str(tmp_path))
+
+
+def _lines(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]
+
+
+# ------------------------------------------------------------------------------ scheduling
+def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tmp_path):
+    specs = _specs(tasks=3, trials=3)  # 9 episodes of 2..6 steps on 2 workers x 2 slots
+    stats = {}
+    out = str(tmp_path / "episodes.jsonl")
+    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=2, out_jsonl=out, max_steps=8,
+                    slot_factory=_fake(tmp_path), stats=stats, progress=False, videos="all", videos_per_task=2)
+    # every fake episode succeeds at its own length only if it got the actions for its own images
+    assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
+    assert all(r["attempts"] == 1 and r["error"] is None and r["batch_size"] == 4 for r in rows)
+    # slots take episodes in plan order, each exactly once
+    assert [key for _, key, _ in stats["assign_log"]] == [s.key for s in specs]
+    assert [slot for slot, _, _ in stats["assign_log"][:4]] == [0, 1, 2, 3]
+    # while episodes wait, every slot is busy: the batch is 4 minus the episodes that just ended
+    waiting_rounds = [(b, e) for b, e, pending in stats["batch_log"] if pending > 0]
+    assert waiting_rounds and all(b + e == 4 for b, e in waiting_rounds)
+    assert sum(b for b, _, _ in stats["batch_log"]) == sum(r["steps"] for r in rows)  # one action per step
+    assert sorted(tuple(r["episode_key"]) for r in _lines(out)) == sorted(tuple(s.key) for s in specs)
+    # videos: at most 2 per task, one frame per observation, no temporary file left
+    import imageio.v2 as imageio
+
+    videos = [r for r in rows if r["video"]]
+    assert sorted(r["task_id"] for r in videos) == [0, 0, 1, 1, 2, 2]
+    for r in videos:
+        assert r["video"].endswith(f"task{r['task_id']:02d}__trial{r['episode_index']:03d}__success.mp4")
+        assert len(imageio.mimread(os.path.join(tmp_path, r["video"]), memtest=False)) == r["steps"] + 1
+    assert sorted(os.listdir(tmp_path / "videos")) == sorted(os.path.basename(r["video"]) for r in videos)
+
+
+# ------------------------------------------------------------------------------ faults
+def test_killed_worker_is_replaced_and_its_episode_rerun_without_lost_or_duplicated_rows(tmp_path):
+    specs = _specs(tasks=2, trials=3)
+    out = str(tmp_path / "episodes.jsonl")
+    stats = {}
+    # episode task 0 / trial 1: its worker SIGKILLs itself at step 2 of the first attempt
+    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=2, out_jsonl=out, max_steps=8,
+                    slot_factory=_fake(tmp_path, **{"0/1": "kill@2"}), stats=stats, progress=False)
+    assert stats["restarts"] == 1
+    assert all(r["success"] and r["error"] is None for r in rows)
+    attempts = {(r["task_id"], r["episode_index"]): r["attempts"] for r in rows}
+    assert attempts.pop((0, 1)) == 2 and set(attempts.values()) == {1}  # only the killed episode used an attempt
+    lines = _lines(out)
+    assert len(lines) == len(specs) and len({tuple(r["episode_key"]) for r in lines}) == len(specs)
+    reruns = [key for _, key, _ in stats["assign_log"]]
+    assert reruns.count(("libero_spatial", 0, 1)) == 2
+
+
+def test_hung_episode_hits_the_wall_clock_limit_and_errors_are_not_failures(tmp_path):
+    specs = _specs(tasks=1, trials=4)
+    out = str(tmp_path / "episodes.jsonl")
+    faults = {"0/0": "hang@1", "0/2": "hang@2:always", "0/3": "raise@1:always"}
+    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=1, out_jsonl=out, max_steps=8,
+                    episode_timeout_s=2.0, max_attempts=2, slot_factory=_fake(tmp_path, **faults), progress=False)
+    r0, r1, r2, r3 = rows
+    assert (r0["success"], r0["attempts"], r0["error"]) == (True, 2, None)  # hung once, rerun, succeeded
+    assert (r1["success"], r1["attempts"], r1["error"]) == (True, 1, None)
+    assert r2["success"] is False and r2["attempts"] == 2 and r2["error"].startswith("EpisodeTimeout")
+    assert r3["attempts"] == 2 and r3["error"].startswith("EnvError: RuntimeError: fake physics exploded")
+    summary = flag_errors(summarize(rows), max_error_fraction=0.25)
+    assert (summary["n_episodes"], summary["n_successes"], summary["n_errors"]) == (2, 2, 2)
+    assert summary["success_rate"] == 1.0  # not 0.5: errors are not policy failures
+    assert summary["error_fraction"] == 0.5 and summary["too_many_errors"] is True
+    assert flag_errors(summarize(rows[:3]), 0.5)["too_many_errors"] is False
+    from vlamix.bench.metrics import num_errors, success_rate
+
+    assert num_errors(None, {"episodes": rows}) == 2 and success_rate(None, {"episodes": rows}) == 1.0
+    assert len(_lines(out)) == 4
+
+
+_SIGNAL_SCRIPT = textwrap.dedent("""
+    import functools, logging, sys
+    logging.basicConfig(level=logging.INFO)
+    from eval_fakes import ImagePolicy, make_fake_slot
+    from vlamix.eval.rollout import EpisodeSpec, evaluate
+    if __name__ == "__main__":
+        out, marker = sys.argv[1], sys.argv[2]
+        specs = [EpisodeSpec("libero_spatial", 0, k, k, "x") for k in range(4)]
+        # trial 3 hangs for ever (no timeout): the run can only end by a signal
+        evaluate(ImagePolicy, specs, workers=2, out_jsonl=out, max_steps=8, progress=False,
+                 slot_factory=functools.partial(make_fake_slot, faults={"0/3": "hang@1:always"}, marker_dir=marker))
+""")
+
+
+def _start_script(tmp_path):
+    script = tmp_path / "run_eval.py"
+    script.write_text(_SIGNAL_SCRIPT)
+    out = tmp_path / "episodes.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path)], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    return proc, out
+
+
+def _worker_pids(stderr_text):
+    import re
+
+    return [int(p) for p in re.findall(r"started env worker \d+ \(pid (\d+)", stderr_text)]
+
+
+def _gone(pid, wait_s=10.0):
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split()[2] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_keeps_finished_rows_and_workers_exit_with_their_parent(tmp_path):
+    proc, out = _start_script(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "rollouts interrupted" in err
+    rows = _lines(out)  # every line is a complete row
+    assert sorted(r["episode_index"] for r in rows) == [0, 1, 2] and all(r["success"] for r in rows)
+    assert all(_gone(pid) for pid in _worker_pids(err))
+
+    # a parent killed without any chance to clean up: its workers exit by themselves
+    out.unlink()
+    proc, out = _start_script(tmp_path)
+    proc.kill()
+    _, err = proc.communicate(timeout=60)
+    pids = _worker_pids(err)
+    assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+
+
+# ------------------------------------------------------------------------------ device and dtype
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend one CUDA device exists (threading checks only; nothing runs on it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_auto_device_is_cuda_in_bf16_and_reaches_the_model_loader_with_merged_lora(fake_cuda, monkeypatch):
+    assert policy_mod.resolve_device("auto") == "cuda:0" and policy_mod.dtype_name("auto", "cuda:0") == "bf16"
+    seen = {}
+
+    def fake_load_vla(path, device, dtype, merge_adapter):
+        seen.update(path=path, device=device, dtype=dtype, merge_adapter=merge_adapter)
+        raise _Stop
+
+    monkeypatch.setattr("vlamix.model.checkpoint.load_vla", fake_load_vla)
+    with pytest.raises(_Stop):
+        policy_mod.VLAPolicy("tiny", device="auto")
+    assert seen == {"path": "tiny", "device": "cuda:0", "dtype": torch.bfloat16, "merge_adapter": True}
+    with pytest.raises(_Stop):
+        policy_mod.VLAPolicy("tiny", device="cuda", dtype="fp16")
+    assert seen["dtype"] == torch.float16
+    with pytest.raises(ValueError, match="cuda:3"):
+        policy_mod.resolve_device("cuda:3")
+
+
+def test_cuda_without_cuda_and_bad_dtype_fail_before_anything_loads(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert policy_mod.resolve_device("auto") == "cpu" and policy_mod.dtype_name("auto", "cpu") == "fp32"
+    spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        evaluate("tiny", [spec], device="cuda")
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16"):
+        evaluate("tiny", [spec], device="cpu", dtype="fp64")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        evaluate("tiny", [spec], device="cpu", dtype="fp16")
+
+
+def _stored_row(device, dtype):
+    return {"suite": "libero_spatial", "task_id": 0, "instruction": "x", "episode_index": 0, "init_state_index": 0,
+            "episode_key": ["libero_spatial", 0, 0], "success": True, "steps": 3, "seed": 7, "max_steps": 3,
+            "num_steps_wait": 10, "policy_options": {"center_crop": False, "unnorm_key": None},
+            "device": device, "dtype": dtype, "error": None}
+
+
+def test_rows_are_reused_only_for_the_same_device_type_and_dtype(fake_cuda, tmp_path, monkeypatch):
+    out = str(tmp_path / "episodes.jsonl")
+    with open(out, "w") as fh:
+        fh.write(json.dumps(_stored_row("cuda:1", "bf16")) + "\n")
+    spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
+    # same device type and dtype: reused, nothing is built ("tiny" would fail: it has no norm stats)
+    rows = evaluate("tiny", [spec], out_jsonl=out, max_steps=3, device="auto")
+    assert rows[0]["device"] == "cuda:1" and rows[0]["success"] is True
+
+    built = []
+
+    class Recorder:
+        def __init__(self, path, **kwargs):
+            built.append(kwargs)
+            raise _Stop
+
+    monkeypatch.setattr(policy_mod, "VLAPolicy", Recorder)
+    for device, dtype in (("cuda", "fp32"), ("cpu", "auto")):  # another dtype / another device: run again
+        with pytest.raises(RuntimeError, match="could not build"):
+            evaluate("tiny", [spec], out_jsonl=out, max_steps=3, device=device, dtype=dtype)
+    assert [(b["device"], b["dtype"]) for b in built] == [("cuda:0", "fp32"), ("cpu", "fp32")]
+
+
+def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch):
+    from vlamix import cli
+    from vlamix.pipeline import VLADataSelect
+
+    calls = []
+
+    def fake_evaluate(policy, specs, **kwargs):
+        calls.append(kwargs)
+        return [dict(_stored_row("cpu", "bf16"), error="WorkerDied: x")] + [_stored_row("cpu", "bf16")] * 0
+
+    monkeypatch.setattr("vlamix.eval.rollout.evaluate", fake_evaluate)
+    monkeypatch.setattr("vlamix.eval.rollout.plan_episodes", lambda *a, **k: [EpisodeSpec("libero_spatial", 0, 0, 0, "x")])
+    monkeypatch.setattr("vlamix.eval.offline.offline_metrics", lambda *a, **k: {})
+    algo = VLADataSelect(mixture={SPATIAL: 1}, eval_device="cpu", eval_dtype="bf16", envs_per_worker=3,
+                         eval_episode_timeout_s=60, eval_max_attempts=4, eval_videos="failures",
+                         eval_videos_per_task=1, runs_dir=str(tmp_path))
+    os.makedirs(tmp_path / "ckpt" / "eval")
+    algo.load(str(tmp_path / "ckpt"))
+    result = algo.predict()
+    assert {k: calls[0][k] for k in ("device", "dtype", "envs_per_worker", "episode_timeout_s", "max_attempts",
+                                     "videos", "videos_per_task")} == {
+        "device": "cpu", "dtype": "bf16", "envs_per_worker": 3, "episode_timeout_s": 60, "max_attempts": 4,
+        "videos": "failures", "videos_per_task": 1}
+    assert result["summary"]["n_errors"] == 1 and result["summary"]["too_many_errors"] is True
+
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu", "--dtype", "bf16",
+                     "--envs-per-worker", "2", "--videos", "all"]) == 0
+    assert (calls[1]["device"], calls[1]["dtype"], calls[1]["envs_per_worker"], calls[1]["videos"]) == ("cpu", "bf16", 2, "all")
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("eval_dtype", "fp64", "auto, fp32, bf16, fp16"),
+    ("envs_per_worker", 0, ">= 1"),
+    ("eval_videos", "some", "none, failures, all"),
+    ("eval_device", "tpu", "auto, cpu, cuda, cuda:N"),
+    ("eval_max_error_fraction", 1.5, "[0.0, 1.0]"),
+    ("eval_max_attempts", 0, ">= 1"),
+    ("eval_episode_timeout_s", 0, "> 0"),
+])
+def test_bad_rollout_runtime_values_fail_naming_the_field(field, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, field: value})
+    assert err.value.field == field and allowed in str(err.value)
+
+
+def test_cuda_device_without_cuda_fails_naming_the_field(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_device": "cuda"})
+    assert err.value.field == "eval_device" and "CUDA is not available" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_device": "cpu", "eval_dtype": "fp16"})
+    assert err.value.field == "eval_dtype"
+
+
+def test_variants_reach_the_processor_only_when_not_original():
+    class Proc:
+        def __init__(self):
+            self.kwargs = []
+
+        def inference_inputs(self, images, instructions, **kwargs):
+            self.kwargs.append(kwargs)
+            n = len(instructions)
+            return {"pixel_values": torch.zeros(n, 3, 2, 2), "input_ids": torch.ones(n, 2, dtype=torch.long)}
+
+    class Model(torch.nn.Module):
+        norm_stats = {"libero_spatial_no_noops": {}}
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def predict_action(self, pixel_values, input_ids, unnorm_key):
+            return torch.zeros(len(input_ids), 7)
+
+    proc = Proc()
+    pol = policy_mod.VLAPolicy.from_model(Model(), proc)
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    pol.act(images, ["a", "b"], "libero_spatial")
+    pol.act(images, ["a", "b"], "libero_spatial", variants=["original", "original"])
+    pol.act(images, ["a", "b"], "libero_spatial", variants=["original", "paraphrase"])
+    assert proc.kwargs == [{}, {}, {"variants": ["original", "paraphrase"]}]
+    assert pol.dtype == "fp32"
+
+
+# ------------------------------------------------------------------------------ real LIBERO
+@pytest.mark.libero
+def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import imageio.v2 as imageio
+
+    from eval_fakes import batch1_rows
+    from vlamix.eval.rollout import plan_episodes
+    from vlamix.model.checkpoint import build_tiny, save_vla
+
+    stats = {"libero_spatial_no_noops": {"action": {"q01": [-0.9] * 6 + [0.0], "q99": [0.9] * 6 + [1.0],
+                                                    "mask": [True] * 6 + [False]}}}
+    # seed 7: a tiny model whose actions depend on the LIBERO image and instruction (seed 0's do not)
+    folder = save_vla(*build_tiny(seed=7, norm_stats=stats), str(tmp_path / "ckpt"))
+    specs = plan_episodes("libero_spatial", [0, 1], 1)  # two instructions: different actions
+    out = str(tmp_path / "eval" / "episodes.jsonl")
+    rows = evaluate(folder, specs, workers=2, envs_per_worker=1, max_steps=3, device="cpu", out_jsonl=out,
+                    videos="failures", videos_per_task=1, progress=False)
+    # the batch-1 loop, in a spawned process (this one may have TensorFlow loaded: no rendering here)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ref = pool.submit(batch1_rows, folder, specs, 3).result()
+    assert [r["error"] for r in ref] == [None] * 2 and [r["error"] for r in rows] == [None] * 2
+    assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
+        [(r["success"], r["steps"], r["action_digest"]) for r in ref]
+    assert len({r["action_digest"] for r in rows}) == 2  # the digests tell the episodes apart
+    assert all((r["device"], r["dtype"], r["batch_size"], r["unnorm_key"]) == ("cpu", "fp32", 2, "libero_spatial_no_noops")
+               for r in rows)
+    assert all(r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
+    # failure videos of the policy camera, one frame per observation
+    videos = [r for r in rows if r["video"]]
+    assert [r["video"] for r in videos] == [os.path.join("videos", f"libero_spatial__task0{t}__trial000__failure.mp4")
+                                            for t in (0, 1)]
+    for r in videos:
+        frames = imageio.mimread(os.path.join(os.path.dirname(out), r["video"]), memtest=False)
+        assert len(frames) == r["steps"] + 1 and frames[0].shape == (256, 256, 3)
+    assert sorted(os.listdir(os.path.dirname(out) + "/videos")) == sorted(os.path.basename(r["video"]) for r in videos)
+
+
+def test_report_lists_error_counts_and_links_videos(tmp_path):
+    from vlamix.report import write_report
+
+    ckpt = tmp_path / "run" / "ckpt"
+    rows = [dict(_stored_row("cpu", "fp32"), success=False, video="videos/libero_spatial__task00__trial000__failure.mp4"),
+            dict(_stored_row("cpu", "fp32"), episode_index=1, episode_key=["libero_spatial", 0, 1], error="WorkerDied: x")]
+    os.makedirs(ckpt / "eval")
+    with open(ckpt / "eval" / "episodes.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = flag_errors(summarize(rows), 0.1)
+    result = {"summary": summary, "checkpoint": str(ckpt), "config": {"mixture": {SPATIAL: 1}}, "offline": {}}
+    text = open(write_report([result], str(tmp_path / "report"))).read()
+    assert "1 error episode(s) **(too many errors" in text
+    assert "(../run/ckpt/eval/videos/libero_spatial__task00__trial000__failure.mp4)" in text
+    lines = text.split("```")[1].strip().splitlines()
+    header, row = [c.strip() for c in lines[1].split("|")], [c.strip() for c in lines[3].split("|")]
+    assert (row[header.index("N")], row[header.index("errors")]) == ("1", "1")
+
+
+def test_training_releases_its_model_and_gpu_cache_before_rollouts(fake_cuda, monkeypatch):
+    import types
+    import weakref
+
+    import importlib
+
+    ft = importlib.import_module("vlamix.train.finetune")
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    released = []
+
+    class Tuner(ft.FineTuner):
+        def __init__(self, cfg, out_dir, **kwargs):
+            self.ctx = types.SimpleNamespace(device=torch.device("cuda", 0))
+            self.model = torch.nn.Linear(4, 4)
+            self.optimizer = torch.optim.AdamW(self.model.parameters())
+            released.append(weakref.ref(self.model))
+
+        def train(self):
+            return "ckpt"
+
+    monkeypatch.setattr(ft, "FineTuner", Tuner)
+    assert ft.finetune(None, "out") == "ckpt"
+    assert released[0]() is None and emptied == [True]  # the model is gone and the CUDA cache emptied
