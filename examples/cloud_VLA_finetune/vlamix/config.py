@@ -105,6 +105,13 @@ class BenchConfig:
         num_steps_wait: dummy-action steps before the policy acts (reference: 10).
         eval_workers: parallel rollout processes. eval_seed: seed of the environments.
         center_crop: centre-crop the camera image as OpenVLA's LIBERO evaluation does.
+    Evaluation kit (robustness, generalisation; :mod:`vlamix.eval.plan`)
+        eval_instruction: instruction ablations, each a separate set of episodes on the same init
+            states: "original", "empty" (template around an empty instruction), "unwrapped" (raw
+            instruction, no template), "empty_unwrapped" (:data:`vlamix.eval.plan.INSTRUCTION_VARIANTS`).
+        heldout_tasks: ``{dataset: [task id, ...]}`` LIBERO task ids of the dataset's suite whose
+            episodes are excluded from training (generalisation split); evaluated episodes of them
+            are tagged ``unseen``.
     """
 
     mixture: Mapping[str, float]
@@ -157,6 +164,10 @@ class BenchConfig:
     eval_seed: int = 7
     center_crop: bool = False
 
+    # Evaluation kit (issue 10): instruction ablations and held-out tasks.
+    eval_instruction: tuple[str, ...] = ("original",)
+    heldout_tasks: Mapping[str, tuple[int, ...]] | None = None
+
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
@@ -184,6 +195,14 @@ class BenchConfig:
         for name in ("eval_suites", "curriculum", "dataset_whitelist", "dataset_blacklist"):
             if isinstance(kwargs.get(name), (list, tuple)):
                 kwargs[name] = tuple(kwargs[name])
+        # Evaluation kit: a single instruction variant may be given as a string; task lists as tuples.
+        if isinstance(kwargs.get("eval_instruction"), (str, list)):
+            value = kwargs["eval_instruction"]
+            kwargs["eval_instruction"] = (value,) if isinstance(value, str) else tuple(value)
+        if isinstance(kwargs.get("heldout_tasks"), Mapping):
+            kwargs["heldout_tasks"] = {
+                k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs["heldout_tasks"].items()
+            }
         cfg = cls(**kwargs, extra={k: values[k] for k in unknown})
         cfg.validate()
         return cfg
@@ -201,6 +220,10 @@ class BenchConfig:
         for name in ("dataset_whitelist", "dataset_blacklist"):
             out[name] = None if out[name] is None else list(out[name])
         out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
+        out["eval_instruction"] = list(self.eval_instruction)
+        out["heldout_tasks"] = None if self.heldout_tasks is None else {
+            k: [int(t) for t in v] for k, v in self.heldout_tasks.items()
+        }
         out["curriculum"] = None if self.curriculum is None else [
             {"step": int(p["step"]), "weights": dict(p["weights"])} for p in self.curriculum
         ]
@@ -225,6 +248,8 @@ class BenchConfig:
             out["mixture"] = {name: 1 for name in self.mixture_weights()}
         if self.resolved_mixing_level() != "skill":
             out["skill_map"] = None
+        if out.get("heldout_tasks") is None:  # evaluation kit: runs without held-out tasks keep their keys
+            out.pop("heldout_tasks", None)
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -343,9 +368,8 @@ class BenchConfig:
         _check_int("seed", self.seed, 0)
         suites = self.resolved_eval_suites()
         if not suites:
-            raise ConfigError("eval_suites", f"no suite to evaluate; allowed: {', '.join(LIBERO_SUITES)}")
-        for suite in suites:
-            _check_choice("eval_suites", suite, LIBERO_SUITES)
+            raise ConfigError("eval_suites", f"no suite to evaluate; allowed: {', '.join(LIBERO_SUITES)} and their perturbations")
+        self._validate_eval_kit(suites)
         if self.eval_tasks is not None:
             _check_int("eval_tasks", self.eval_tasks, 1)
         _check_int("trials_per_task", self.trials_per_task, 1)
@@ -356,6 +380,29 @@ class BenchConfig:
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
 
+
+    def _validate_eval_kit(self, suites: tuple[str, ...]) -> None:
+        """Evaluation kit (issue 10): suites (any registered LIBERO/LIBERO-PRO suite whose files are
+        installed), instruction variants, held-out tasks."""
+        from vlamix.eval.plan import INSTRUCTION_VARIANTS, check_suites
+
+        try:
+            check_suites(tuple(suites))
+        except ValueError as err:
+            raise ConfigError("eval_suites", str(err)) from err
+        variants = self.eval_instruction
+        if not isinstance(variants, tuple) or not variants or len(set(variants)) != len(variants) or any(
+            v not in INSTRUCTION_VARIANTS for v in variants
+        ):
+            raise ConfigError("eval_instruction", f"got {variants!r}; allowed: a non-empty list of distinct values from {', '.join(INSTRUCTION_VARIANTS)}")
+        if self.heldout_tasks is not None:
+            if not isinstance(self.heldout_tasks, Mapping):
+                raise ConfigError("heldout_tasks", f"must be a mapping dataset -> list of task ids, got {self.heldout_tasks!r}")
+            for name, ids in self.heldout_tasks.items():
+                if name not in DATASET_TO_SUITE:
+                    raise ConfigError("heldout_tasks", f"unknown dataset '{name}'; allowed: {', '.join(DATASET_TO_SUITE)}")
+                if not isinstance(ids, tuple) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
+                    raise ConfigError("heldout_tasks", f"'{name}': must be a list of task ids (integers >= 0), got {ids!r}")
 
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Fields that only change evaluation; a change in them reuses the trained checkpoint.
 EVAL_FIELDS = frozenset(
-    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop"}
+    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop",
+     "eval_instruction"}
 )
 #: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
 RUNTIME_KEYS = frozenset({"runs_dir"})

@@ -312,6 +312,7 @@ def run_job(
         return JobResult(job=job, points=[PointResult(p, "planned", p.output_dir(job.job_dir)) for p in points], rank_files={})
 
     results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
+    _cross_point_metrics(results, metric_funcs)
     rows = [_rank_row(r) for r in results if r.ok]
     rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
     results_ranked = _in_rank_order(results, rank_files)
@@ -362,6 +363,25 @@ def _load_predictions(results: Sequence[PointResult]) -> list[dict[str, Any]]:
             if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
                 predictions.append(pred)
     return predictions
+
+
+def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[str, Callable]) -> None:
+    """Evaluation kit: ``tied_with_best`` over every finished point of the job (the metric file alone
+    sees only the points finished before it, :func:`vlamix.bench.metrics.tied_with_best`)."""
+    if "tied_with_best" not in metric_funcs:
+        return
+    from vlamix.eval.paired import compare_to_best
+
+    episodes = {}
+    for r in results:
+        pred = _read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
+        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list):
+            episodes[r.output_dir] = pred["episodes"]
+    points = compare_to_best(episodes)["points"]
+    for r in results:
+        if r.output_dir in points:
+            tied = points[r.output_dir]["tied_with_best"]
+            r.metrics["tied_with_best"] = math.nan if tied is None else bool(tied)
 
 
 def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
