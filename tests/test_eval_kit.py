@@ -304,3 +304,72 @@ def test_metric_files_are_registered_in_testenv():
                  "language_reliance", "worst_suite_success_rate", "tied_with_best"):
         assert names[name].endswith(f"testenv/vla_{name}.py")
         assert os.path.isfile(os.path.join(root, f"vla_{name}.py"))
+
+
+# ---------------------------------------------------------------------------- data: held-out tasks, fixed offline set
+@pytest.fixture(scope="module")
+def rlds_dir(tmp_path_factory):
+    from synthetic_rlds import synthetic_episode
+    from vlamix.data.rlds_writer import write_rlds
+
+    root = tmp_path_factory.mktemp("kit_rlds")
+    for name in (SPATIAL, OBJECT):
+        rng = np.random.default_rng(len(name))
+        short = name.split("_")[1]
+        episodes = [synthetic_episode(rng, 3, f"{short} task {i % 2}", f"/demos/{name}/{i}.hdf5") for i in range(6)]
+        for e in episodes:
+            e["wrist_image"] = e["image"][:, ::-1]
+        write_rlds(iter(episodes), root, name)
+    return str(root)
+
+
+def _data_cfg(rlds_dir, mixture, **kw):
+    values = dict(mixture=mixture, data_dir=rlds_dir, demos="none", batch_size=4, shuffle_buffer_size=8, seed=3,
+                  heldout_fraction=0.2, eval_suites=["libero_spatial", "libero_object"])
+    values.update(kw)
+    return BenchConfig.from_dict(values)
+
+
+def test_heldout_tasks_are_excluded_from_training(rlds_dir, monkeypatch):
+    from vlamix.data import mixture
+
+    # the synthetic instructions are not LIBERO's: map task id 1 of spatial to "spatial task 1"
+    monkeypatch.setattr(mixture, "heldout_task_instructions",
+                        lambda cfg, name: {"spatial task 1"} if (cfg.heldout_tasks or {}).get(name) else set())
+    seen = {}
+    for held in (None, {SPATIAL: [1]}):
+        loader = mixture.MixtureLoader(_data_cfg(rlds_dir, {SPATIAL: 1}, heldout_tasks=held))
+        seen[bool(held)] = set()
+        for _ in range(8):
+            seen[bool(held)] |= set(loader.next_batch()["instruction"])
+    assert seen[False] == {"spatial task 0", "spatial task 1"}
+    assert seen[True] == {"spatial task 0"}
+
+
+def test_offline_heldout_set_is_identical_for_1_0_and_0_1_points(rlds_dir):
+    from vlamix.data.mixture import MixtureLoader
+    from vlamix.eval.offline import fixed_heldout_config
+
+    index = [SPATIAL, OBJECT, "libero_goal_no_noops"]  # goal is not evaluated: not in the set
+    frames = {}
+    for label, mix in (("1:0", {SPATIAL: 1, OBJECT: 0}), ("0:1", {SPATIAL: 0, OBJECT: 1})):
+        cfg = fixed_heldout_config(_data_cfg(rlds_dir, mix), index)
+        assert dict(cfg.mixture) == {SPATIAL: 1, OBJECT: 1}
+        batches = list(MixtureLoader(cfg, split="heldout"))
+        frames[label] = (sum((b["instruction"] for b in batches), []), np.concatenate([b["action"] for b in batches]))
+    assert frames["1:0"][0] == frames["0:1"][0]
+    assert {t.split()[0] for t in frames["1:0"][0]} == {"spatial", "object"}
+    np.testing.assert_array_equal(frames["1:0"][1], frames["0:1"][1])
+    # the point's own held-out split (the old behaviour) would differ
+    own = sum((b["instruction"] for b in MixtureLoader(_data_cfg(rlds_dir, {SPATIAL: 1}), split="heldout")), [])
+    assert {t.split()[0] for t in own} == {"spatial"}
+
+
+def test_suites_command_lists_perturbations(capsys):
+    from vlamix.cli import main
+
+    assert main(["suites"]) == 0
+    lines = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| libero")}
+    assert "libero_goal_env" not in lines  # files missing: only with --all
+    cells = [c.strip() for c in lines["libero_goal_swap"].split("|")[1:-1]]
+    assert cells[:4] == ["libero_goal_swap", "libero_goal", "300", "10"] and cells[4].startswith("position")

@@ -6,6 +6,7 @@ Usage (from the repository root, or the Ianvs root when the example sits in ``ex
     vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4
     vlamix evaluate --checkpoint workspace/ckpt --suites libero_spatial --tasks 2 --trials 5
     vlamix versions
+    vlamix suites [--all]      # task suites usable in eval_suites, with base suite and perturbation
 
 ``vlamix run`` runs the same ``benchmarkingjob.yaml`` that ``ianvs -f`` runs: the same hyperparameter
 grid, and rank files with Ianvs's columns at ``<workspace>/<job name>/rank/all_rank.csv`` and
@@ -69,6 +70,21 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suites(args: argparse.Namespace) -> int:
+    """Evaluation kit: the task suites of the installed LIBERO registry that derive from a standard suite."""
+    from prettytable import PrettyTable
+
+    from vlamix.eval.plan import list_suites
+
+    table = PrettyTable(["suite", "base suite", "max steps", "tasks", "perturbation", "status"])
+    table.align = "l"
+    for e in list_suites(include_unavailable=args.all):
+        table.add_row([e["suite"], e["base_suite"], e["max_steps"], e["n_tasks"], e["perturbation"],
+                       "ok" if e["available"] else "files missing"])
+    print(table.get_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -97,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
     p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("suites", help="LIBERO / LIBERO-PRO task suites usable in eval_suites (base suite, step limit, perturbation)")
+    p.add_argument("--all", action="store_true", help="also list registered suites whose files are not installed")
+    p.set_defaults(func=_cmd_suites)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)

@@ -93,6 +93,9 @@ class VLADataSelect:
         if self.config.extra:
             logger.info("ignoring hyperparameters that are not vlamix fields: %s", sorted(self.config.extra))
         self.checkpoint: str | None = None
+        #: evaluation kit: dataset names of the job's train index (set by :meth:`train`), which
+        #: choose the fixed held-out set of the offline metrics (None = every LIBERO dataset).
+        self.train_index: list[str] | None = None
 
     # ------------------------------------------------------------------ Ianvs contract
     def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> str:
@@ -105,6 +108,10 @@ class VLADataSelect:
         from vlamix.train.finetune import finetune
 
         cfg = self.config
+        if train_data is not None:
+            from vlamix.bench.dataset import index_names
+
+            self.train_index = index_names(train_data)
         run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
         marker = os.path.join(run_dir, COMPLETE_MARKER)
         if os.path.isfile(marker):
@@ -161,14 +168,17 @@ class VLADataSelect:
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str}
         """
-        from vlamix.eval.offline import offline_metrics
-        from vlamix.eval.rollout import evaluate, plan_episodes
+        from vlamix.eval.breakdown import tag_rows
+        from vlamix.eval.offline import fixed_heldout_config, offline_metrics
+        from vlamix.eval.plan import plan_episodes
+        from vlamix.eval.rollout import evaluate
         from vlamix.eval.stats import summarize
+        from vlamix.sim.record import ensure_demo_datasets
 
         if self.checkpoint is None:
             raise RuntimeError("predict() called before train() or load()")
         cfg = self.config
-        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task)
+        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction)
         out_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
         rows = evaluate(
             self.checkpoint,
@@ -180,8 +190,11 @@ class VLADataSelect:
             max_steps=cfg.eval_max_steps,
             center_crop=cfg.center_crop,
         )
+        tag_rows(rows, specs, cfg)  # evaluation kit: instruction variant and seen/unseen split per episode
         summary = summarize(rows)
-        offline = offline_metrics(self.checkpoint, cfg)
+        offline_cfg = fixed_heldout_config(cfg, self.train_index)  # the same held-out frames for every point
+        ensure_demo_datasets(offline_cfg)
+        offline = offline_metrics(self.checkpoint, offline_cfg)
         result = {
             "summary": summary,
             "episodes": rows,
@@ -192,4 +205,12 @@ class VLADataSelect:
         }
         with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
             json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
+        saved = os.environ.get("RESULT_SAVED_URL")
+        if saved:  # evaluation kit: the episodes where the tied_with_best metric of later points finds them
+            from vlamix.bench.metrics import PEER_EPISODES_FILE
+
+            os.makedirs(saved, exist_ok=True)
+            with open(os.path.join(saved, PEER_EPISODES_FILE), "w") as fh:
+                json.dump({"label": cfg.mixture_label(), "episodes": rows}, fh, default=str)
+            result["result_saved_url"] = saved
         return result

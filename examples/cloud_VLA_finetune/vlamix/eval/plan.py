@@ -13,7 +13,9 @@ Layout of :mod:`vlamix.eval`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ INSTRUCTION_VARIANTS = ("original", "empty", "unwrapped", "empty_unwrapped")
 PERTURBATIONS = {
     "": "none (standard LIBERO suite)",
     "lan": "language: the instruction is paraphrased (LIBERO-PRO)",
-    "object": "object: manipulated objects replaced by look-alikes of other colour/texture (LIBERO-PRO)",
+    "object": "object: appearance of the manipulated objects changed (LIBERO-PRO)",
     "swap": "position: initial object positions swapped (LIBERO-PRO)",
     "task": "task: a new task in the same scene, new goal and instruction (LIBERO-PRO)",
     "env": "environment: table/scene replaced (LIBERO-PRO)",
@@ -100,8 +102,10 @@ def _registry() -> dict[str, Any]:
     return benchmark.get_benchmark_dict()
 
 
+@functools.lru_cache(maxsize=None)
 def suite_info(suite: str):
-    """LIBERO's benchmark object of a suite (no simulator is started).
+    """LIBERO's benchmark object of a suite (no simulator is started; cached per name; LIBERO's
+    "[info] task order" prints are silenced).
 
     Raises:
         ValueError: the suite is not in the installed LIBERO registry (or registers no task).
@@ -110,7 +114,8 @@ def suite_info(suite: str):
     if suite not in registry:
         raise ValueError(f"unknown LIBERO task suite {suite!r}; registered: {', '.join(sorted(registry))}")
     try:
-        return registry[suite]()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return registry[suite]()
     except IndexError as err:  # LIBERO builds the task list in the constructor; an empty one raises here
         raise SuiteUnavailableError(f"task suite {suite!r} is registered but has no task") from err
 
