@@ -50,7 +50,7 @@ def test_norm_stats_key_follows_the_base_suite():
 
 
 def test_non_derived_suite_is_rejected_with_the_standard_names():
-    with pytest.raises(ValueError, match="libero_mine.*libero_spatial, libero_object"):
+    with pytest.raises(ValueError, match="libero_mine.*allowed: libero_spatial, libero_object"):
         base_suite("libero_mine")
     assert perturbation("libero_goal_with_mug").startswith("distractor: adds mug")
     assert perturbation("libero_goal_swap").startswith("position")

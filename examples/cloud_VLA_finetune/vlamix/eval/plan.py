@@ -138,7 +138,7 @@ def base_suite(suite: str) -> str:
     if not matches:
         raise ValueError(
             f"unknown LIBERO task suite {suite!r}: it is neither a standard suite nor a perturbation of one "
-            f"(<suite>_<perturbation>); standard suites: {', '.join(LIBERO_SUITES)}"
+            f"(<suite>_<perturbation>); allowed: {', '.join(LIBERO_SUITES)} and their perturbation suites (`vlamix suites`)"
         )
     return max(matches, key=len)
 
