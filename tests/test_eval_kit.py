@@ -373,3 +373,49 @@ def test_suites_command_lists_perturbations(capsys):
     assert "libero_goal_env" not in lines  # files missing: only with --all
     cells = [c.strip() for c in lines["libero_goal_swap"].split("|")[1:-1]]
     assert cells[:4] == ["libero_goal_swap", "libero_goal", "300", "10"] and cells[4].startswith("position")
+
+
+# ---------------------------------------------------------------------------- report
+def _point(weights, sr_spatial, sr_object, sr_swap, sr_empty, tmp_path, n=10):
+    """A prediction dict of a spatial:object point with n episodes per suite (first k succeed)."""
+    rows = []
+    for suite, sr, variant in (("libero_spatial", sr_spatial, None), ("libero_object", sr_object, None),
+                               ("libero_spatial_swap", sr_swap, None), ("libero_spatial", sr_empty, "empty")):
+        for r in _rows([i < round(sr * n) for i in range(n)], suite=suite, tasks=2, variant=variant):
+            r["split"] = "seen"
+            rows.append(r)
+    log = tmp_path / f"log_{weights[0]}_{weights[1]}.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 3.0 - s * weights[0] / 10}) + "\n" for s in range(1, 4)))
+    mixture = {SPATIAL: weights[0], OBJECT: weights[1]}
+    return {"config": {"mixture": mixture, "strategy": "static"}, "episodes": rows, "summary": summarize(rows),
+            "offline": {"action_token_accuracy": 0.2 + weights[0] / 10, "action_l1": 0.1,
+                        "per_dataset": {SPATIAL: {"action_token_accuracy": 0.3, "action_l1": 0.1, "n_frames": 5},
+                                        OBJECT: {"action_token_accuracy": 0.1, "action_l1": 0.2, "n_frames": 5}}},
+            "train_log": str(log)}
+
+
+def test_report_has_every_section_and_readable_ratio_plot(tmp_path):
+    from vlamix.report import write_report
+
+    results = [_point((2, 1), 0.9, 0.3, 0.2, 0.8, tmp_path), _point((1, 1), 0.6, 0.6, 0.1, 0.6, tmp_path),
+               _point((1, 2), 0.2, 0.3, 0.0, 0.2, tmp_path)]
+    path = write_report(results, str(tmp_path / "report"))
+    text = open(path).read()
+    for heading in ("## Success rate versus mixture ratio", "## Significance (paired, same episodes)",
+                    "## Generalisation and robustness", "### Robustness (base suite versus each perturbation, same tasks)",
+                    "### Instruction ablation", "## Offline metrics per dataset", "## Training loss", "## Failure videos",
+                    "## Package versions", "## What the data supports", "## Per-task success rate"):
+        assert heading in text, heading
+    data = json.load(open(tmp_path / "report" / "sr_vs_ratio.json"))
+    assert set(data["series"]) == {"libero_spatial", "libero_object", "libero_spatial_swap"}  # one line per suite
+    spatial = data["series"]["libero_spatial"]
+    assert [p["x"] for p in spatial] == pytest.approx([1 / 3, 1 / 2, 2 / 3])
+    assert [p["success_rate"] for p in spatial] == pytest.approx([0.2, 0.6, 0.9])  # the empty variant is not plotted
+    assert all(p["ci_low"] <= p["success_rate"] <= p["ci_high"] and p["n"] == 10 for p in spatial)
+    assert len(json.load(open(tmp_path / "report" / "loss.json"))) == 3
+    # 2:1 succeeds on every episode 1:2 does and on 15 more -> 1:2 differs significantly from the best
+    assert "| static" not in text  # labels come from the mixture
+    sig = text.split("## Significance")[1].split("##")[0]
+    row = next(line for line in sig.splitlines() if line.startswith("| spatial:object=1:2"))
+    assert row.split("|")[10].strip() == "False"
+    assert "Significantly below it" in text and "spatial:object=1:2" in text.split("## What the data supports")[1]

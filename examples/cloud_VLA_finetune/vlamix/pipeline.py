@@ -96,6 +96,8 @@ class VLADataSelect:
         #: evaluation kit: dataset names of the job's train index (set by :meth:`train`), which
         #: choose the fixed held-out set of the offline metrics (None = every LIBERO dataset).
         self.train_index: list[str] | None = None
+        #: evaluation kit: the run's train_log.jsonl (set by :meth:`train`), for the report's loss curves.
+        self.train_log: str | None = None
 
     # ------------------------------------------------------------------ Ianvs contract
     def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> str:
@@ -104,6 +106,7 @@ class VLADataSelect:
         ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
+        from vlamix.mixing.dynamic import find_train_log
         from vlamix.sim.record import ensure_demo_datasets
         from vlamix.train.finetune import finetune
 
@@ -120,6 +123,7 @@ class VLADataSelect:
             if os.path.isdir(done):
                 logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
                 self.checkpoint = done
+                self.train_log = find_train_log(done)
                 return done
         ensure_demo_datasets(cfg)
         resume = latest_resumable_checkpoint(run_dir)
@@ -129,6 +133,7 @@ class VLADataSelect:
         with open(marker, "w") as fh:
             fh.write(os.path.relpath(out, run_dir) + "\n")
         self.checkpoint = out
+        self.train_log = find_train_log(out)
         return out
 
     def save(self, model_path: str) -> str:
@@ -202,6 +207,7 @@ class VLADataSelect:
             "mixing": mixing_result(self.checkpoint, cfg),
             "config": cfg.to_dict(),
             "checkpoint": self.checkpoint,
+            "train_log": self.train_log,
         }
         with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
             json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
