@@ -419,3 +419,55 @@ def test_report_has_every_section_and_readable_ratio_plot(tmp_path):
     row = next(line for line in sig.splitlines() if line.startswith("| spatial:object=1:2"))
     assert row.split("|")[10].strip() == "False"
     assert "Significantly below it" in text and "spatial:object=1:2" in text.split("## What the data supports")[1]
+
+
+# ---------------------------------------------------------------------------- expert reference row
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "cloud_VLA_finetune", "singletask_learning_bench")
+
+
+def _default_job_points():
+    from vlamix.bench.job import expand_grid
+    from vlamix.bench.spec import load_job
+
+    cwd = os.getcwd()
+    os.chdir(os.path.join(EXAMPLE, "..", "..", ".."))
+    try:
+        return expand_grid(load_job(os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench", "benchmarkingjob.yaml")))
+    finally:
+        os.chdir(cwd)
+
+
+def test_expert_reference_plans_the_same_episodes_as_the_vla_points():
+    from vlamix.eval.expert_eval import check_hyperparameters
+
+    points = _default_job_points()
+    expert = [p for p in points if p.basemodel.name == "ScriptedExpertReference"]
+    vla = [p for p in points if p.basemodel.name == "VLADataSelect"]
+    assert len(expert) == 1 and len(vla) == 3
+    s = check_hyperparameters(dict(expert[0].basemodel.hyperparameters))
+    cfg = BenchConfig.from_dict(dict(vla[0].basemodel.hyperparameters))
+    assert plan_episodes(s["eval_suites"], s["eval_tasks"], s["trials_per_task"], s["eval_instruction"]) == plan_episodes(
+        cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction)
+    with pytest.raises(ConfigError) as err:
+        check_hyperparameters({"mixture": {SPATIAL: 1}})
+    assert err.value.field == "mixture"
+    with pytest.raises(ConfigError) as err:
+        check_hyperparameters({"eval_suites": ["libero_spatial_env"]})
+    assert err.value.field == "eval_suites"
+
+
+@pytest.mark.libero
+def test_expert_reference_row_succeeds_on_the_default_episodes(monkeypatch, tmp_path):
+    from vlamix.bench import metrics
+    from vlamix.eval.expert_eval import ExpertReference
+
+    monkeypatch.setenv("RESULT_SAVED_URL", str(tmp_path / "job" / "scripted_expert" / "p" / "output" / "inference"))
+    pred = ExpertReference(eval_suites=["libero_spatial", "libero_object"], eval_tasks=2, eval_workers=2).predict()
+    rows = pred["episodes"]
+    assert [(r["suite"], r["task_id"], r["episode_index"]) for r in rows] == [
+        ("libero_spatial", 0, 0), ("libero_spatial", 1, 0), ("libero_object", 0, 0), ("libero_object", 1, 0)]
+    assert all(r["error"] is None for r in rows)
+    assert metrics.success_rate(None, pred) > 0.8
+    assert all(r["steps"] < r["max_steps"] for r in rows if r["success"])
+    assert pred["reference"] is True and math.isnan(metrics.tied_with_best(None, pred))
+    assert math.isnan(metrics.seen_success_rate(None, pred)) and math.isnan(metrics.action_l1(None, pred))

@@ -6,6 +6,7 @@ Usage (from the repository root, or the Ianvs root when the example sits in ``ex
     vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4
     vlamix evaluate --checkpoint workspace/ckpt --suites libero_spatial --tasks 2 --trials 5
     vlamix versions
+    vlamix report -f .../benchmarkingjob.yaml   # report.md + plots of a job's finished points
     vlamix suites [--all]      # task suites usable in eval_suites, with base suite and perturbation
 
 ``vlamix run`` runs the same ``benchmarkingjob.yaml`` that ``ianvs -f`` runs: the same hyperparameter
@@ -85,6 +86,14 @@ def _cmd_suites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Evaluation kit: the report of a job from its finished points."""
+    from vlamix.report_kit import report_for_job
+
+    print(report_for_job(args.file, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -117,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suites", help="LIBERO / LIBERO-PRO task suites usable in eval_suites (base suite, step limit, perturbation)")
     p.add_argument("--all", action="store_true", help="also list registered suites whose files are not installed")
     p.set_defaults(func=_cmd_suites)
+
+    p = sub.add_parser("report", help="write report.md and plots of a job from its finished points (vlamix run or Ianvs)")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--out", default=None, help="output folder (default: <workspace>/<job name>/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)

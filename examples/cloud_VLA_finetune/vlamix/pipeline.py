@@ -216,7 +216,7 @@ class VLADataSelect:
             from vlamix.bench.metrics import PEER_EPISODES_FILE
 
             os.makedirs(saved, exist_ok=True)
-            with open(os.path.join(saved, PEER_EPISODES_FILE), "w") as fh:
-                json.dump({"label": cfg.mixture_label(), "episodes": rows}, fh, default=str)
             result["result_saved_url"] = saved
+            with open(os.path.join(saved, PEER_EPISODES_FILE), "w") as fh:
+                json.dump(result, fh, default=str)
         return result

@@ -185,7 +185,8 @@ def _plot_losses(curves: dict[str, list[list[float]]], out_dir: str) -> None:
 def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, dict[str, str]]:
     from vlamix.eval.paired import compare_to_best, letter_groups
 
-    points = {label: res["episodes"] for label, res in zip(labels, results) if isinstance(res.get("episodes"), list)}
+    points = {label: res["episodes"] for label, res in zip(labels, results)
+              if isinstance(res.get("episodes"), list) and not res.get("reference")}  # reference rows are not compared
     if len(points) < 2:
         return [], None, {}
     cmp = compare_to_best(points)
@@ -323,3 +324,43 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     lines += _versions(results)
     lines += _supports(cmp, results, labels)
     return lines
+
+
+def job_predictions(job_dir: str) -> list[dict[str, Any]]:
+    """Prediction dicts of the finished points under ``job_dir`` (``<job dir>/<algorithm>/<point>/``):
+    ``prediction.json`` (written by ``vlamix run``) or, under Ianvs, the pipeline's
+    ``output/inference/vlamix_prediction.json``; points without either are skipped. Sorted by path."""
+    import glob
+
+    from vlamix.bench.metrics import PEER_EPISODES_FILE
+
+    out = []
+    for point in sorted(glob.glob(os.path.join(job_dir, "*", "*"))):
+        for path in (os.path.join(point, "prediction.json"), os.path.join(point, "output", "inference", PEER_EPISODES_FILE)):
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as fh:
+                    pred = json.load(fh)
+                if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
+                    out.append(pred)
+                    break
+    return out
+
+
+def report_for_job(job_file: str, out_dir: str | None = None) -> str:
+    """Write the report of a ``benchmarkingjob.yaml`` from whatever points have finished (one command:
+    ``vlamix report -f benchmarkingjob.yaml``); returns the ``report.md`` path.
+
+    Args:
+        job_file: the job; its workspace is resolved relative to the current directory as when it ran.
+        out_dir: default ``<workspace>/<job name>/report``.
+    Raises:
+        FileNotFoundError: no finished point under the job's folder.
+    """
+    from vlamix.bench.spec import load_job
+    from vlamix.report import write_report
+
+    job = load_job(job_file)
+    predictions = job_predictions(job.job_dir)
+    if not predictions:
+        raise FileNotFoundError(f"no finished point (prediction.json or output/inference/vlamix_prediction.json) under {job.job_dir}")
+    return write_report(predictions, out_dir or os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture")

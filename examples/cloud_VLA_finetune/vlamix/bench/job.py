@@ -71,6 +71,9 @@ POINT_FILE = "point.json"
 RESULT_FILE = "result.json"
 PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.txt"
+#: Basemodel registry names whose hyperparameters are not BenchConfig fields (evaluation kit): the
+#: scripted-expert reference row, validated by :func:`vlamix.eval.expert_eval.check_hyperparameters`.
+REFERENCE_BASEMODELS = frozenset({"ScriptedExpertReference"})
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -149,7 +152,8 @@ def expand_grid(job: JobSpec) -> list[GridPoint]:
 
 
 def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> list[BenchConfig]:
-    """Validate every point's basemodel hyperparameters as a :class:`BenchConfig`.
+    """Validate every point's basemodel hyperparameters as a :class:`BenchConfig` (reference rows,
+    :data:`REFERENCE_BASEMODELS`, with their own check; they are not in the returned list).
 
     The pipeline's runtime keys (:data:`vlamix.pipeline.RUNTIME_KEYS`, e.g. ``runs_dir``) are not
     config fields and are left out of the check.
@@ -167,6 +171,11 @@ def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> 
     for point in points:
         try:
             values = {k: v for k, v in point.basemodel.hyperparameters.items() if k not in RUNTIME_KEYS}
+            if point.basemodel.name in REFERENCE_BASEMODELS:  # evaluation kit: the scripted-expert reference row
+                from vlamix.eval.expert_eval import check_hyperparameters
+
+                check_hyperparameters(values)
+                continue
             configs.append(BenchConfig.from_dict(values, allow_extra=allow_extra))
         except ConfigError as err:
             raise ConfigError(err.field, f"{str(err).split(': ', 1)[-1]} (in {point.describe()})") from err
@@ -375,12 +384,12 @@ def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[s
     episodes = {}
     for r in results:
         pred = _read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
-        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list):
+        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list) and not pred.get("reference"):
             episodes[r.output_dir] = pred["episodes"]
     points = compare_to_best(episodes)["points"]
     for r in results:
-        if r.output_dir in points:
-            tied = points[r.output_dir]["tied_with_best"]
+        if r.ok:  # reference rows (not compared) stay empty
+            tied = points[r.output_dir]["tied_with_best"] if r.output_dir in points else None
             r.metrics["tied_with_best"] = math.nan if tied is None else bool(tied)
 
 

@@ -171,9 +171,10 @@ def worst_suite_success_rate(y_true: Any, y_pred: Any) -> float:
     return float(_breakdown(y_pred)["worst_suite_success_rate"])
 
 
-#: File beside each point's inference output (``RESULT_SAVED_URL``) with its episode rows, so that a
-#: metric computed for one point can find the points of the same job (written by the pipeline).
-PEER_EPISODES_FILE = "episodes_for_peers.json"
+#: File in each point's inference output folder (``RESULT_SAVED_URL``) holding its prediction dict
+#: (episode rows included), so that a metric computed for one point, and ``vlamix report``, can find
+#: the points of the same job under Ianvs too (written by the pipeline).
+PEER_EPISODES_FILE = "vlamix_prediction.json"
 
 
 def peer_episodes(y_pred: Any) -> dict[str, list]:
@@ -190,6 +191,8 @@ def peer_episodes(y_pred: Any) -> dict[str, list]:
     pred = _prediction(y_pred)
     own = pred.get("episodes") or []
     out: dict[str, list] = {"this": own}
+    if pred.get("reference"):  # a reference row (scripted expert) is not compared
+        return out
     url = pred.get("result_saved_url")
     if not url:
         return out
@@ -200,11 +203,12 @@ def peer_episodes(y_pred: Any) -> dict[str, list]:
             continue
         try:
             with open(path, encoding="utf-8") as fh:
-                rows = json.load(fh).get("episodes")
+                peer = json.load(fh)
+            rows = peer.get("episodes")
         except (OSError, ValueError, AttributeError) as err:
             logger.warning("skipping unreadable peer episodes %s: %s", path, err)
             continue
-        if isinstance(rows, list):
+        if isinstance(rows, list) and not peer.get("reference"):
             out[path] = rows
     return out
 
@@ -216,9 +220,12 @@ def tied_with_best(y_true: Any, y_pred: Any) -> Any:
     Metrics are computed point by point, so here "the best" is the best of the points of the same
     job that have finished so far (:func:`peer_episodes`); ``vlamix run`` recomputes this column over
     all points of the job before it writes the rank files. NaN when the point shares no episode with
-    the best.
+    the best, and for reference rows (``prediction["reference"]``, the scripted expert), which are
+    left out of the comparisons.
     """
     from vlamix.eval.paired import compare_to_best
 
+    if _prediction(y_pred).get("reference"):
+        return math.nan  # the reference row (scripted expert) is not a candidate
     tied = compare_to_best(peer_episodes(y_pred))["points"]["this"]["tied_with_best"]
     return math.nan if tied is None else bool(tied)
