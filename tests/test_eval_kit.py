@@ -471,3 +471,26 @@ def test_expert_reference_row_succeeds_on_the_default_episodes(monkeypatch, tmp_
     assert all(r["steps"] < r["max_steps"] for r in rows if r["success"])
     assert pred["reference"] is True and math.isnan(metrics.tied_with_best(None, pred))
     assert math.isnan(metrics.seen_success_rate(None, pred)) and math.isnan(metrics.action_l1(None, pred))
+
+
+def test_openvla7b_comparison_evaluates_standard_and_libero_pro_suites_with_ablations():
+    from vlamix.bench.job import expand_grid
+    from vlamix.bench.spec import load_job
+
+    cwd = os.getcwd()
+    os.chdir(os.path.join(EXAMPLE, "..", "..", ".."))
+    try:
+        points = expand_grid(load_job(os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench",
+                                                   "benchmarkingjob_compare_openvla7b.yaml")))
+    finally:
+        os.chdir(cwd)
+    for point in points:
+        hps = point.basemodel.hyperparameters
+        suites = hps["eval_suites"]
+        assert {"libero_spatial", "libero_object"} <= set(suites)
+        assert {f"libero_{b}_{k}" for b in ("spatial", "object") for k in ("lan", "object", "swap", "task")} <= set(suites)
+        assert hps["eval_instruction"] == list(INSTRUCTION_VARIANTS)
+        assert hps["eval_instruction_suites"] == ["libero_spatial", "libero_object"]
+    specs = plan_episodes(suites, 1, 1, hps["eval_instruction"], hps["eval_instruction_suites"])
+    assert len(specs) == len(suites) + 3 * 2  # every suite once with "original", the 3 ablations on the 2 standard suites
+    assert {s.suite for s in specs if s.instruction_variant == "empty"} == {"libero_spatial", "libero_object"}

@@ -112,6 +112,8 @@ class BenchConfig:
         heldout_tasks: ``{dataset: [task id, ...]}`` LIBERO task ids of the dataset's suite whose
             episodes are excluded from training (generalisation split); evaluated episodes of them
             are tagged ``unseen``.
+        eval_instruction_suites: the evaluation suites on which the variants other than "original"
+            run (None = every evaluation suite).
     """
 
     mixture: Mapping[str, float]
@@ -167,6 +169,7 @@ class BenchConfig:
     # Evaluation kit (issue 10): instruction ablations and held-out tasks.
     eval_instruction: tuple[str, ...] = ("original",)
     heldout_tasks: Mapping[str, tuple[int, ...]] | None = None
+    eval_instruction_suites: tuple[str, ...] | None = None
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -199,6 +202,8 @@ class BenchConfig:
         if isinstance(kwargs.get("eval_instruction"), (str, list)):
             value = kwargs["eval_instruction"]
             kwargs["eval_instruction"] = (value,) if isinstance(value, str) else tuple(value)
+        if isinstance(kwargs.get("eval_instruction_suites"), list):
+            kwargs["eval_instruction_suites"] = tuple(kwargs["eval_instruction_suites"])
         if isinstance(kwargs.get("heldout_tasks"), Mapping):
             kwargs["heldout_tasks"] = {
                 k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs["heldout_tasks"].items()
@@ -221,6 +226,7 @@ class BenchConfig:
             out[name] = None if out[name] is None else list(out[name])
         out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
         out["eval_instruction"] = list(self.eval_instruction)
+        out["eval_instruction_suites"] = None if self.eval_instruction_suites is None else list(self.eval_instruction_suites)
         out["heldout_tasks"] = None if self.heldout_tasks is None else {
             k: [int(t) for t in v] for k, v in self.heldout_tasks.items()
         }
@@ -395,6 +401,9 @@ class BenchConfig:
             v not in INSTRUCTION_VARIANTS for v in variants
         ):
             raise ConfigError("eval_instruction", f"got {variants!r}; allowed: a non-empty list of distinct values from {', '.join(INSTRUCTION_VARIANTS)}")
+        only = self.eval_instruction_suites
+        if only is not None and (not isinstance(only, tuple) or not only or not set(only) <= set(suites)):
+            raise ConfigError("eval_instruction_suites", f"got {only!r}; allowed: null or a non-empty list of evaluation suites ({', '.join(suites)})")
         if self.heldout_tasks is not None:
             if not isinstance(self.heldout_tasks, Mapping):
                 raise ConfigError("heldout_tasks", f"must be a mapping dataset -> list of task ids, got {self.heldout_tasks!r}")

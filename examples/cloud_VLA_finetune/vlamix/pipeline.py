@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 #: Fields that only change evaluation; a change in them reuses the trained checkpoint.
 EVAL_FIELDS = frozenset(
     {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop",
-     "eval_instruction"}
+     "eval_instruction", "eval_instruction_suites"}
 )
 #: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
 RUNTIME_KEYS = frozenset({"runs_dir"})
@@ -183,7 +183,8 @@ class VLADataSelect:
         if self.checkpoint is None:
             raise RuntimeError("predict() called before train() or load()")
         cfg = self.config
-        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction)
+        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction,
+                              cfg.eval_instruction_suites)
         out_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
         rows = evaluate(
             self.checkpoint,

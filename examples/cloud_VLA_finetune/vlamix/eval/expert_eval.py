@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_workers": 1,
     "eval_seed": 7,
     "eval_instruction": ("original",),
+    "eval_instruction_suites": None,
 }
 
 
@@ -66,9 +67,10 @@ def check_hyperparameters(values: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(unknown[0], f"not a scripted-expert hyperparameter; allowed: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **values}
-    for name in ("eval_suites", "eval_instruction"):
+    for name in ("eval_suites", "eval_instruction", "eval_instruction_suites"):
         value = out[name]
-        out[name] = (value,) if isinstance(value, str) else tuple(value)
+        if value is not None:
+            out[name] = (value,) if isinstance(value, str) else tuple(value)
     for name, minimum in (("trials_per_task", 1), ("num_steps_wait", 0), ("eval_workers", 1), ("eval_seed", 0)):
         if isinstance(out[name], bool) or not isinstance(out[name], int) or out[name] < minimum:
             raise ConfigError(name, f"must be an integer >= {minimum}, got {out[name]!r}")
@@ -76,9 +78,11 @@ def check_hyperparameters(values: Mapping[str, Any]) -> dict[str, Any]:
         if out[name] is not None and (isinstance(out[name], bool) or not isinstance(out[name], int) or out[name] < 1):
             raise ConfigError(name, f"must be null or an integer >= 1, got {out[name]!r}")
     try:
-        plan_episodes(out["eval_suites"], out["eval_tasks"], out["trials_per_task"], out["eval_instruction"])
+        plan_episodes(out["eval_suites"], out["eval_tasks"], out["trials_per_task"], out["eval_instruction"],
+                      out["eval_instruction_suites"])
     except ValueError as err:
-        field = "eval_instruction" if "instruction" in str(err) else "eval_suites"
+        field = ("eval_instruction_suites" if "variant_suites" in str(err)
+                 else "eval_instruction" if "instruction" in str(err) else "eval_suites")
         raise ConfigError(field, str(err)) from err
     return out
 
@@ -190,7 +194,8 @@ class ExpertReference:
         from vlamix.eval.stats import summarize
 
         s = self.settings
-        specs = plan_episodes(s["eval_suites"], s["eval_tasks"], s["trials_per_task"], s["eval_instruction"])
+        specs = plan_episodes(s["eval_suites"], s["eval_tasks"], s["trials_per_task"], s["eval_instruction"],
+                              s["eval_instruction_suites"])
         rows = run_expert_episodes(specs, seed=s["eval_seed"], num_steps_wait=s["num_steps_wait"],
                                    max_steps=s["eval_max_steps"], workers=s["eval_workers"])
         for row in rows:

@@ -260,6 +260,7 @@ def plan_episodes(
     tasks: int | Sequence[int] | None = None,
     trials_per_task: int = 1,
     instruction_variants: str | Sequence[str] = ("original",),
+    variant_suites: Sequence[str] | None = None,
 ) -> list[EpisodeSpec]:
     """List the episodes of an evaluation, validating every name and index before any env is built.
 
@@ -272,6 +273,8 @@ def plan_episodes(
             number of init states of the task (50 in the standard suites).
         instruction_variants: one or several of :data:`INSTRUCTION_VARIANTS`; each is a separate set
             of episodes on the same init states.
+        variant_suites: the suites on which the variants other than "original" run (None = all of
+            ``suites``); each must be one of ``suites``.
     Returns:
         EpisodeSpecs ordered by suite, instruction variant (as given), task id, episode index.
     Raises:
@@ -302,6 +305,8 @@ def plan_episodes(
     elif isinstance(tasks, bool) or (isinstance(tasks, int) and tasks < 1):
         raise ValueError(f"tasks must be None, an integer N >= 1 (first N tasks) or a list of task ids, got {tasks!r}")
     check_suites(tuple(suites))
+    if variant_suites is not None and (isinstance(variant_suites, str) or not set(variant_suites) <= set(suites)):
+        raise ValueError(f"variant_suites: got {variant_suites!r}; must be a list of suites among {suites}")
 
     specs: list[EpisodeSpec] = []
     for suite in suites:
@@ -327,6 +332,8 @@ def plan_episodes(
                 )
             per_task.append((task_id, task_instruction(suite, task_id, bench)))
         for variant in variants:
+            if variant != "original" and variant_suites is not None and suite not in variant_suites:
+                continue
             for task_id, instruction in per_task:
                 specs += [EpisodeSpec(suite, task_id, k, k, instruction, variant) for k in range(trials_per_task)]
     return specs
