@@ -494,3 +494,24 @@ def test_openvla7b_comparison_evaluates_standard_and_libero_pro_suites_with_abla
     specs = plan_episodes(suites, 1, 1, hps["eval_instruction"], hps["eval_instruction_suites"])
     assert len(specs) == len(suites) + 3 * 2  # every suite once with "original", the 3 ablations on the 2 standard suites
     assert {s.suite for s in specs if s.instruction_variant == "empty"} == {"libero_spatial", "libero_object"}
+
+
+def test_report_command_reads_points_of_vlamix_run_and_of_ianvs(tmp_path, monkeypatch):
+    from vlamix.bench.metrics import PEER_EPISODES_FILE
+    from vlamix.cli import main
+
+    monkeypatch.chdir(os.path.join(EXAMPLE, "..", "..", ".."))  # the repository root plays the Ianvs root
+    job = tmp_path / "job.yaml"
+    job.write_text(open(os.path.join(EXAMPLE, "benchmarkingjob.yaml")).read().replace(
+        'workspace: "./workspace"', f'workspace: "{tmp_path / "workspace"}"'))
+    job_dir = tmp_path / "workspace" / "vla_mixture_bench"
+    a = _point((2, 1), 0.9, 0.3, 0.2, 0.8, tmp_path)
+    b = _point((1, 2), 0.2, 0.3, 0.0, 0.2, tmp_path)
+    (job_dir / "vla_dataselect" / "p1").mkdir(parents=True)
+    (job_dir / "vla_dataselect" / "p1" / "prediction.json").write_text(json.dumps(a))  # vlamix run
+    ianvs = job_dir / "vla_dataselect" / "uuid-2" / "output" / "inference"
+    ianvs.mkdir(parents=True)
+    (ianvs / PEER_EPISODES_FILE).write_text(json.dumps(b))  # real Ianvs: only the pipeline's file
+    assert main(["report", "-f", str(job)]) == 0
+    text = (job_dir / "report" / "report.md").read_text()
+    assert "spatial:object=2:1" in text and "spatial:object=1:2" in text and "## What the data supports" in text
