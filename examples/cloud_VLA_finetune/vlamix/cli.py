@@ -38,10 +38,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vlamix.eval.rollout import evaluate, plan_episodes
+    from vlamix.eval.plan import plan_episodes
+    from vlamix.eval.rollout import evaluate
     from vlamix.eval.stats import summarize
 
-    specs = plan_episodes(args.suites, args.tasks, args.trials)
+    specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
     rows = evaluate(
         args.checkpoint,
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="LIBERO rollouts of a checkpoint (ours or an official OpenVLA folder)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites")
+    p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites (any of `vlamix suites`)")
     p.add_argument("--tasks", type=int, default=None, help="first N tasks of each suite (default: all)")
     p.add_argument("--trials", type=int, default=50, help="episodes per task (init states 0..N-1)")
     p.add_argument("--workers", type=int, default=1, help="parallel rollout processes")
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     p.add_argument("--center-crop", action="store_true", help="centre crop as OpenVLA's LIBERO eval (image-aug checkpoints)")
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
+    p.add_argument("--instruction", nargs="+", default=["original"],
+                   help="instruction variants: original, empty, unwrapped, empty_unwrapped (evaluation kit)")
     p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
     p.set_defaults(func=_cmd_evaluate)
 
