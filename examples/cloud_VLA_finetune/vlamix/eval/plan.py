@@ -1,7 +1,11 @@
 """The rollout plan: which LIBERO episodes an evaluation runs, validated before any env is built.
 
 An evaluation is a list of :class:`EpisodeSpec` (suite, task, trial index = init-state index,
-instruction), ordered by suite, task id, episode index. The plan decides what runs; the rollout
+instruction, instruction variant), ordered by suite, instruction variant, task id, episode index.
+Suites are any suite of the installed LIBERO registry that derives from a standard one, including
+the LIBERO-PRO perturbation suites (``libero_spatial_swap``, ...; ``vlamix suites`` lists them); step
+limits and the norm-stats key follow :func:`base_suite`. A suite that is registered but whose BDDL
+or init-state files are not installed fails in :func:`check_suites`, before any env is built. The plan decides what runs; the rollout
 runtime (:mod:`vlamix.eval.rollout`) decides only where and when, so results never depend on
 scheduling.
 
