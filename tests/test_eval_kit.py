@@ -403,7 +403,7 @@ def test_report_has_every_section_and_readable_ratio_plot(tmp_path):
     text = open(path).read()
     for heading in ("## Success rate versus mixture ratio", "## Significance (paired, same episodes)",
                     "## Generalisation and robustness", "### Robustness (base suite versus each perturbation, same tasks)",
-                    "### Instruction ablation", "## Offline metrics per dataset", "## Training loss", "## Failure videos",
+                    "### Instruction ablation", "### Per suite", "## Offline metrics per dataset", "## Training loss", "## Failure videos",
                     "## Package versions", "## What the data supports", "## Per-task success rate"):
         assert heading in text, heading
     data = json.load(open(tmp_path / "report" / "sr_vs_ratio.json"))

@@ -208,11 +208,17 @@ def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, di
 def _robustness(results, labels) -> list[str]:
     from vlamix.eval.breakdown import breakdown
 
-    rob, abl, split = [], [], []
+    from vlamix.eval.stats import wilson_interval
+
+    rob, abl, split, per_suite = [], [], [], []
     for label, res in zip(labels, results):
         if not isinstance(res.get("episodes"), list) or not res["episodes"]:
             continue
         b = breakdown(res["episodes"])
+        for c in b["per_condition"]:
+            low, high = wilson_interval(c["n_successes"], c["n"])
+            per_suite.append(f"| {label} | {c['suite']} | {c['instruction_variant']} | {_fmt(c['success_rate'])} | "
+                             f"[{_fmt(low)}, {_fmt(high)}] | {c['n']} |")
         for r in b["robustness"]:
             rob.append(f"| {label} | {_short(r['base_suite'])} | {_short(r['suite'])} | {r['perturbation']} | "
                        f"{_fmt(r['base_success_rate'])} (N={r['n_base']}) | {_fmt(r['perturbed_success_rate'])} (N={r['n_perturbed']}) | {_fmt(r['drop'])} |")
@@ -228,6 +234,8 @@ def _robustness(results, labels) -> list[str]:
              "or not); '-' = not measured by this job.", "",
              "| point | seen SR | unseen SR | perturbed SR | robustness drop | language reliance | worst suite SR | errors |",
              "|---|---|---|---|---|---|---|---|", *split, ""]
+    lines += ["### Per suite (episodes with an error left out)", "",
+              "| point | suite | instruction | SR | 95% CI | N |", "|---|---|---|---|---|---|", *per_suite, ""]
     lines += ["### Robustness (base suite versus each perturbation, same tasks)", ""]
     lines += (["| point | base | perturbed suite | perturbation | base SR | perturbed SR | drop |", "|---|---|---|---|---|---|---|", *rob]
               if rob else ["No perturbation suite was evaluated (add e.g. `libero_spatial_swap` to `eval_suites`; `vlamix suites` lists them)."])
