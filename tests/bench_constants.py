@@ -16,4 +16,12 @@ METRICS = [
     "steps_dropped_out_of_range",
     "steps_dropped_near_zero_motion",
     "steps_dropped_dataset_list",
+    # evaluation kit
+    "seen_success_rate",
+    "unseen_success_rate",
+    "perturbed_success_rate",
+    "robustness_drop",
+    "language_reliance",
+    "worst_suite_success_rate",
+    "tied_with_best",
 ]

@@ -185,6 +185,11 @@ def test_two_point_grid_writes_ianvs_rank_files_sorted_by_success_rate(ianvs_roo
     assert float(best["action_token_accuracy"]) == pytest.approx(2 / 3)
     assert float(best["action_l1"]) == pytest.approx(1 / 3)
     assert worst["action_token_accuracy"] == "" and worst["action_l1"] == ""  # not computed -> empty cell
+    # evaluation kit: 3/4 vs 1/4 on the same 4 episodes is not a significant difference (exact
+    # McNemar p = 0.5), so both points tie with the best; columns the job does not measure are empty
+    assert [r["tied_with_best"] for r in table] == ["True", "True"]
+    for name in ("seen_success_rate", "unseen_success_rate", "perturbed_success_rate", "robustness_drop", "language_reliance"):
+        assert best[name] == "" and worst[name] == "", name
     for r in table:
         assert r["algorithm"] == "fake_algo"
         assert r["paradigm"] == "singletasklearning"

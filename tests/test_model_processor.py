@@ -188,3 +188,37 @@ def test_resize_strategies_match_official_torchvision_pipeline(strategy):
     reference = TVF.normalize(TVF.to_tensor(pil), [0.5] * 3, [0.5] * 3)
     ours = VLAProcessor(None, image_resize_strategy=strategy).image_transform(image)[0, 3:]
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------- instruction variants (evaluation kit)
+def test_instruction_variants_build_the_expected_token_ids(processor):
+    from vlamix.eval.plan import INSTRUCTION_VARIANTS
+    from vlamix.model import processor as proc
+
+    assert proc.INSTRUCTION_VARIANTS == INSTRUCTION_VARIANTS
+    p = processor
+    tok = p.tokenizer
+    text = "Pick up the Black Bowl"
+    expected_text = {
+        "original": "In: What action should the robot take to pick up the black bowl?\nOut:",
+        "empty": "In: What action should the robot take to ?\nOut:",
+        "unwrapped": "pick up the black bowl",
+        "empty_unwrapped": "",
+    }
+    for variant, want in expected_text.items():
+        assert p.prompt(text, variant) == want
+        assert p.prompt_ids(text, variant) == list(tok(want, add_special_tokens=True).input_ids) + p.action_prefix_ids
+    bos = tok.bos_token_id
+    assert p.prompt_ids(text, "empty_unwrapped") == [bos] + p.action_prefix_ids
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    out = p.inference_inputs(images, [text] * 4, variants=list(INSTRUCTION_VARIANTS))
+    for i, variant in enumerate(INSTRUCTION_VARIANTS):
+        ids = out["input_ids"][i][out["attention_mask"][i].bool()].tolist()
+        assert ids == p.prompt_ids(text, variant)
+    assert len({tuple(p.prompt_ids(text, v)) for v in INSTRUCTION_VARIANTS}) == 4
+    default = p.inference_inputs(images[:1], [text])
+    assert default["input_ids"][0].tolist() == p.prompt_ids(text)
+    with pytest.raises(ValueError, match="one per instruction"):
+        p.inference_inputs(images[:2], [text] * 2, variants=["empty"])
+    with pytest.raises(ValueError, match="allowed: original"):
+        p.prompt(text, "none")

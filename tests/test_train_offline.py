@@ -71,6 +71,12 @@ def test_offline_metrics_teacher_forced_accuracy_and_unnormalised_l1(lora_checkp
     assert result["action_token_accuracy"] == pytest.approx(27 / 28)
     # OBJECT's gripper is un-normalised with half-range (3 - (-1)) / 2 = 2 (SPATIAL's would keep it as is).
     assert result["action_l1"] == pytest.approx(2.0 * abs(float(other) - greedy) / 28, rel=1e-5)
+    # per dataset (evaluation kit): SPATIAL (frames 0, 2) exact, OBJECT (frames 1, 3) holds the wrong token
+    per = result["per_dataset"]
+    assert per[SPATIAL]["n_frames"] == per[OBJECT]["n_frames"] == 2
+    assert per[SPATIAL]["action_token_accuracy"] == 1.0 and per[SPATIAL]["action_l1"] == pytest.approx(0.0, abs=1e-6)
+    assert per[OBJECT]["action_token_accuracy"] == pytest.approx(13 / 14)
+    assert per[OBJECT]["action_l1"] == pytest.approx(2.0 * abs(float(other) - greedy) / 14, rel=1e-5)
 
     first = offline_metrics(lora_checkpoint, cfg, loader=batches, dataset_names=[SPATIAL, OBJECT],
                             dataset_statistics=STATS, device="cpu", max_frames=2)  # fmt: skip

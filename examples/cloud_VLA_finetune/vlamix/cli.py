@@ -7,6 +7,8 @@ Usage (from the repository root, or the Ianvs root when the example sits in ``ex
     vlamix record-demos --suites libero_spatial libero_object --tasks 2 --episodes 4
     vlamix evaluate --checkpoint workspace/ckpt --suites libero_spatial --tasks 2 --trials 5
     vlamix versions
+    vlamix report -f .../benchmarkingjob.yaml   # report.md + plots of a job's finished points
+    vlamix suites [--all]      # task suites usable in eval_suites, with base suite and perturbation
 
 ``vlamix run`` runs the same ``benchmarkingjob.yaml`` that ``ianvs -f`` runs: the same hyperparameter
 grid, and rank files with Ianvs's columns at ``<workspace>/<job name>/rank/all_rank.csv`` and
@@ -45,15 +47,16 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vlamix.config import ConfigError
+    from vlamix.eval.plan import plan_episodes
     from vlamix.eval.policy import resolve_device
-    from vlamix.eval.rollout import evaluate, plan_episodes
+    from vlamix.eval.rollout import evaluate
     from vlamix.eval.stats import summarize
 
     try:
         resolve_device(args.device)
     except ValueError as err:
         raise ConfigError("eval_device", f"--device: {err}") from err
-    specs = plan_episodes(args.suites, args.tasks, args.trials)
+    specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
     rows = evaluate(
         args.checkpoint,
@@ -105,6 +108,29 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suites(args: argparse.Namespace) -> int:
+    """Evaluation kit: the task suites of the installed LIBERO registry that derive from a standard suite."""
+    from prettytable import PrettyTable
+
+    from vlamix.eval.plan import list_suites
+
+    table = PrettyTable(["suite", "base suite", "max steps", "tasks", "perturbation", "status"])
+    table.align = "l"
+    for e in list_suites(include_unavailable=args.all):
+        table.add_row([e["suite"], e["base_suite"], e["max_steps"], e["n_tasks"], e["perturbation"],
+                       "ok" if e["available"] else "files missing"])
+    print(table.get_string())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Evaluation kit: the report of a job from its finished points."""
+    from vlamix.report_kit import report_for_job
+
+    print(report_for_job(args.file, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -127,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="LIBERO rollouts of a checkpoint (ours or an official OpenVLA folder)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites")
+    p.add_argument("--suites", nargs="+", default=["libero_spatial"], help="LIBERO task suites (any of `vlamix suites`)")
     p.add_argument("--tasks", type=int, default=None, help="first N tasks of each suite (default: all)")
     p.add_argument("--trials", type=int, default=50, help="episodes per task (init states 0..N-1)")
     p.add_argument("--workers", type=int, default=1, help="env-worker processes (the policy runs once, in this process)")
@@ -136,9 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     p.add_argument("--center-crop", action="store_true", help="centre crop as OpenVLA's LIBERO eval (image-aug checkpoints)")
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
+    p.add_argument("--instruction", nargs="+", default=["original"],
+                   help="instruction variants: original, empty, unwrapped, empty_unwrapped (evaluation kit)")
     p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
     _add_rollout_runtime_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("suites", help="LIBERO / LIBERO-PRO task suites usable in eval_suites (base suite, step limit, perturbation)")
+    p.add_argument("--all", action="store_true", help="also list registered suites whose files are not installed")
+    p.set_defaults(func=_cmd_suites)
+
+    p = sub.add_parser("report", help="write report.md and plots of a job from its finished points (vlamix run or Ianvs)")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--out", default=None, help="output folder (default: <workspace>/<job name>/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)

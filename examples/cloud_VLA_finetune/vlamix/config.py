@@ -120,6 +120,15 @@ class BenchConfig:
         eval_max_error_fraction: a point whose share of error episodes exceeds this is flagged.
         eval_videos: "none", "failures" or "all": MP4s of the policy camera next to the episode rows;
             eval_videos_per_task: at most this many per task.
+    Evaluation kit (robustness, generalisation; :mod:`vlamix.eval.plan`)
+        eval_instruction: instruction ablations, each a separate set of episodes on the same init
+            states: "original", "empty" (template around an empty instruction), "unwrapped" (raw
+            instruction, no template), "empty_unwrapped" (:data:`vlamix.eval.plan.INSTRUCTION_VARIANTS`).
+        heldout_tasks: ``{dataset: [task id, ...]}`` LIBERO task ids of the dataset's suite whose
+            episodes are excluded from training (generalisation split); evaluated episodes of them
+            are tagged ``unseen``.
+        eval_instruction_suites: the evaluation suites on which the variants other than "original"
+            run (None = every evaluation suite).
     """
 
     mixture: Mapping[str, float]
@@ -181,6 +190,10 @@ class BenchConfig:
     eval_max_error_fraction: float = 0.1
     eval_videos: str = "none"
     eval_videos_per_task: int = 2
+    # Evaluation kit (issue 10): instruction ablations and held-out tasks.
+    eval_instruction: tuple[str, ...] = ("original",)
+    heldout_tasks: Mapping[str, tuple[int, ...]] | None = None
+    eval_instruction_suites: tuple[str, ...] | None = None
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -209,6 +222,16 @@ class BenchConfig:
         for name in ("eval_suites", "curriculum", "dataset_whitelist", "dataset_blacklist"):
             if isinstance(kwargs.get(name), (list, tuple)):
                 kwargs[name] = tuple(kwargs[name])
+        # Evaluation kit: a single instruction variant may be given as a string; task lists as tuples.
+        if isinstance(kwargs.get("eval_instruction"), (str, list)):
+            value = kwargs["eval_instruction"]
+            kwargs["eval_instruction"] = (value,) if isinstance(value, str) else tuple(value)
+        if isinstance(kwargs.get("eval_instruction_suites"), list):
+            kwargs["eval_instruction_suites"] = tuple(kwargs["eval_instruction_suites"])
+        if isinstance(kwargs.get("heldout_tasks"), Mapping):
+            kwargs["heldout_tasks"] = {
+                k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs["heldout_tasks"].items()
+            }
         cfg = cls(**kwargs, extra={k: values[k] for k in unknown})
         cfg.validate()
         return cfg
@@ -226,6 +249,11 @@ class BenchConfig:
         for name in ("dataset_whitelist", "dataset_blacklist"):
             out[name] = None if out[name] is None else list(out[name])
         out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
+        out["eval_instruction"] = list(self.eval_instruction)
+        out["eval_instruction_suites"] = None if self.eval_instruction_suites is None else list(self.eval_instruction_suites)
+        out["heldout_tasks"] = None if self.heldout_tasks is None else {
+            k: [int(t) for t in v] for k, v in self.heldout_tasks.items()
+        }
         out["curriculum"] = None if self.curriculum is None else [
             {"step": int(p["step"]), "weights": dict(p["weights"])} for p in self.curriculum
         ]
@@ -250,6 +278,8 @@ class BenchConfig:
             out["mixture"] = {name: 1 for name in self.mixture_weights()}
         if self.resolved_mixing_level() != "skill":
             out["skill_map"] = None
+        if out.get("heldout_tasks") is None:  # evaluation kit: runs without held-out tasks keep their keys
+            out.pop("heldout_tasks", None)
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -368,9 +398,8 @@ class BenchConfig:
         _check_int("seed", self.seed, 0)
         suites = self.resolved_eval_suites()
         if not suites:
-            raise ConfigError("eval_suites", f"no suite to evaluate; allowed: {', '.join(LIBERO_SUITES)}")
-        for suite in suites:
-            _check_choice("eval_suites", suite, LIBERO_SUITES)
+            raise ConfigError("eval_suites", f"no suite to evaluate; allowed: {', '.join(LIBERO_SUITES)} and their perturbations")
+        self._validate_eval_kit(suites)
         if self.eval_tasks is not None:
             _check_int("eval_tasks", self.eval_tasks, 1)
         _check_int("trials_per_task", self.trials_per_task, 1)
@@ -396,6 +425,32 @@ class BenchConfig:
         _check_choice("eval_videos", self.eval_videos, EVAL_VIDEOS)
         _check_int("eval_videos_per_task", self.eval_videos_per_task, 0)
 
+
+    def _validate_eval_kit(self, suites: tuple[str, ...]) -> None:
+        """Evaluation kit (issue 10): suites (any registered LIBERO/LIBERO-PRO suite whose files are
+        installed), instruction variants, held-out tasks."""
+        from vlamix.eval.plan import INSTRUCTION_VARIANTS, check_suites
+
+        try:
+            check_suites(tuple(suites))
+        except ValueError as err:
+            raise ConfigError("eval_suites", str(err)) from err
+        variants = self.eval_instruction
+        if not isinstance(variants, tuple) or not variants or len(set(variants)) != len(variants) or any(
+            v not in INSTRUCTION_VARIANTS for v in variants
+        ):
+            raise ConfigError("eval_instruction", f"got {variants!r}; allowed: a non-empty list of distinct values from {', '.join(INSTRUCTION_VARIANTS)}")
+        only = self.eval_instruction_suites
+        if only is not None and (not isinstance(only, tuple) or not only or not set(only) <= set(suites)):
+            raise ConfigError("eval_instruction_suites", f"got {only!r}; allowed: null or a non-empty list of evaluation suites ({', '.join(suites)})")
+        if self.heldout_tasks is not None:
+            if not isinstance(self.heldout_tasks, Mapping):
+                raise ConfigError("heldout_tasks", f"must be a mapping dataset -> list of task ids, got {self.heldout_tasks!r}")
+            for name, ids in self.heldout_tasks.items():
+                if name not in DATASET_TO_SUITE:
+                    raise ConfigError("heldout_tasks", f"unknown dataset '{name}'; allowed: {', '.join(DATASET_TO_SUITE)}")
+                if not isinstance(ids, tuple) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
+                    raise ConfigError("heldout_tasks", f"'{name}': must be a list of task ids (integers >= 0), got {ids!r}")
 
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Fields that only change evaluation; a change in them reuses the trained checkpoint.
 EVAL_FIELDS = frozenset(
-    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop"}
+    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop",
+     "eval_instruction", "eval_instruction_suites"}
     # rollout runtime (vlamix.eval.server)
     | {"eval_device", "eval_dtype", "envs_per_worker", "eval_episode_timeout_s", "eval_max_attempts",
        "eval_max_error_fraction", "eval_videos", "eval_videos_per_task"}
@@ -136,6 +137,11 @@ class VLADataSelect:
         # folders holding a copy of it (save()); rollouts of those are kept under the run
         self.run_dir: str | None = None
         self._run_copies: set[str] = set()
+        #: evaluation kit: dataset names of the job's train index (set by :meth:`train`), which
+        #: choose the fixed held-out set of the offline metrics (None = every LIBERO dataset).
+        self.train_index: list[str] | None = None
+        #: evaluation kit: the run's train_log.jsonl (set by :meth:`train`), for the report's loss curves.
+        self.train_log: str | None = None
 
     # ------------------------------------------------------------------ Ianvs contract
     def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> str:
@@ -148,6 +154,10 @@ class VLADataSelect:
         from vlamix.train.finetune import finetune
 
         cfg = self.config
+        if train_data is not None:
+            from vlamix.bench.dataset import index_names
+
+            self.train_index = index_names(train_data)
         run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
         marker = os.path.join(run_dir, COMPLETE_MARKER)
         if os.path.isfile(marker):
@@ -168,7 +178,10 @@ class VLADataSelect:
         return out
 
     def _set_trained(self, checkpoint: str, run_dir: str) -> None:
+        from vlamix.mixing.dynamic import find_train_log
+
         self.checkpoint, self.run_dir = checkpoint, run_dir
+        self.train_log = find_train_log(checkpoint)
         self._run_copies = {os.path.abspath(checkpoint)}
 
     def save(self, model_path: str) -> str:
@@ -216,14 +229,18 @@ class VLADataSelect:
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str}
         """
-        from vlamix.eval.offline import offline_metrics
-        from vlamix.eval.rollout import evaluate, plan_episodes
+        from vlamix.eval.breakdown import tag_rows
+        from vlamix.eval.offline import fixed_heldout_config, offline_metrics
+        from vlamix.eval.plan import plan_episodes
+        from vlamix.eval.rollout import evaluate
         from vlamix.eval.stats import summarize
+        from vlamix.sim.record import ensure_demo_datasets
 
         if self.checkpoint is None:
             raise RuntimeError("predict() called before train() or load()")
         cfg = self.config
-        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task)
+        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction,
+                              cfg.eval_instruction_suites)
         point_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
         out_jsonl = episodes_path(self.run_dir, cfg) if self.run_dir is not None else point_jsonl
         logger.info("rolling out %d episode(s) of %s (finished ones in %s are reused)", len(specs), cfg.mixture_label(), out_jsonl)
@@ -241,9 +258,12 @@ class VLADataSelect:
         os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
         if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
             shutil.copyfile(out_jsonl, point_jsonl)
+        tag_rows(rows, specs, cfg)  # evaluation kit: instruction variant and seen/unseen split per episode
         summary = summarize(rows)
         flag_errors(summary, cfg.eval_max_error_fraction)
-        offline = offline_metrics(self.checkpoint, cfg)
+        offline_cfg = fixed_heldout_config(cfg, self.train_index)  # the same held-out frames for every point
+        ensure_demo_datasets(offline_cfg)
+        offline = offline_metrics(self.checkpoint, offline_cfg)
         result = {
             "summary": summary,
             "episodes": rows,
@@ -251,7 +271,16 @@ class VLADataSelect:
             "mixing": mixing_result(self.checkpoint, cfg),
             "config": cfg.to_dict(),
             "checkpoint": self.checkpoint,
+            "train_log": self.train_log,
         }
         with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
             json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
+        saved = os.environ.get("RESULT_SAVED_URL")
+        if saved:  # evaluation kit: the episodes where the tied_with_best metric of later points finds them
+            from vlamix.bench.metrics import PEER_EPISODES_FILE
+
+            os.makedirs(saved, exist_ok=True)
+            result["result_saved_url"] = saved
+            with open(os.path.join(saved, PEER_EPISODES_FILE), "w") as fh:
+                json.dump(result, fh, default=str)
         return result

@@ -6,7 +6,10 @@ returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
 - ``report.md``: leaderboard (success rate with its Wilson 95% interval and N, worst task, offline
   metrics), per-task success rates, and the simulator versions;
 - ``success_rate.png``: success rate and 95% interval per mixture;
-- ``per_task.png``: per-task success rate heat map (mixtures x tasks);
+- ``per_task.png``: per-task success rate heat map (mixtures x tasks, with N per cell);
+- the evaluation-kit sections of :mod:`vlamix.report_kit` (SR versus ratio, significance letters,
+  robustness and instruction-ablation tables, offline metrics per dataset, loss curves, failure
+  videos, package versions, "what the data supports");
 - ``mixing_weights.png``: the mixture-weight trajectory of every point (one panel per point), and
   in ``report.md`` the initial / final / time-averaged weights, realised proportions and the
   action-filter counts per dataset.
@@ -143,7 +146,8 @@ def write_report(
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if not np.isnan(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    n = results[i].get("summary", {}).get("per_task", {}).get(tasks[j], {}).get("n")
+                    ax.text(j, i, f"{data[i, j]:.2f}" + (f"\nN={n}" if n else ""), ha="center", va="center", fontsize=6,
                             color="white" if data[i, j] < 0.5 else "black")
         fig.colorbar(im, ax=ax, label="success rate")
         fig.tight_layout()
@@ -161,6 +165,9 @@ def write_report(
     from vlamix.eval.video import report_lines  # rollout errors and episode videos
 
     lines += report_lines(results, out_dir)
+    from vlamix.report_kit import kit_sections  # evaluation kit: SR vs ratio, significance, robustness, ...
+
+    lines += kit_sections(results, out_dir)
     versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
     if versions:
         lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]

@@ -73,6 +73,9 @@ POINT_FILE = "point.json"
 RESULT_FILE = "result.json"
 PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.txt"
+#: Basemodel registry names whose hyperparameters are not BenchConfig fields (evaluation kit): the
+#: scripted-expert reference row, validated by :func:`vlamix.eval.expert_eval.check_hyperparameters`.
+REFERENCE_BASEMODELS = frozenset({"ScriptedExpertReference"})
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -151,7 +154,8 @@ def expand_grid(job: JobSpec) -> list[GridPoint]:
 
 
 def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> list[BenchConfig]:
-    """Validate every point's basemodel hyperparameters as a :class:`BenchConfig`.
+    """Validate every point's basemodel hyperparameters as a :class:`BenchConfig` (reference rows,
+    :data:`REFERENCE_BASEMODELS`, with their own check; they are not in the returned list).
 
     The pipeline's runtime keys (:data:`vlamix.pipeline.RUNTIME_KEYS`, e.g. ``runs_dir``) are not
     config fields and are left out of the check.
@@ -169,6 +173,11 @@ def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> 
     for point in points:
         try:
             values = {k: v for k, v in point.basemodel.hyperparameters.items() if k not in RUNTIME_KEYS}
+            if point.basemodel.name in REFERENCE_BASEMODELS:  # evaluation kit: the scripted-expert reference row
+                from vlamix.eval.expert_eval import check_hyperparameters
+
+                check_hyperparameters(values)
+                continue
             configs.append(BenchConfig.from_dict(values, allow_extra=allow_extra))
         except ConfigError as err:
             raise ConfigError(err.field, f"{str(err).split(': ', 1)[-1]} (in {point.describe()})") from err
@@ -396,6 +405,7 @@ def run_job(
         return JobResult(job=job, points=[PointResult(p, "planned", p.output_dir(job.job_dir)) for p in points], rank_files={})
 
     results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
+    _cross_point_metrics(results, metric_funcs)
     rows = [_rank_row(r) for r in results if r.ok]
     rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
     results_ranked = _in_rank_order(results, rank_files)
@@ -446,6 +456,25 @@ def _load_predictions(results: Sequence[PointResult]) -> list[dict[str, Any]]:
             if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
                 predictions.append(pred)
     return predictions
+
+
+def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[str, Callable]) -> None:
+    """Evaluation kit: ``tied_with_best`` over every finished point of the job (the metric file alone
+    sees only the points finished before it, :func:`vlamix.bench.metrics.tied_with_best`)."""
+    if "tied_with_best" not in metric_funcs:
+        return
+    from vlamix.eval.paired import compare_to_best
+
+    episodes = {}
+    for r in results:
+        pred = _read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
+        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list) and not pred.get("reference"):
+            episodes[r.output_dir] = pred["episodes"]
+    points = compare_to_best(episodes)["points"]
+    for r in results:
+        if r.ok:  # reference rows (not compared) stay empty
+            tied = points[r.output_dir]["tied_with_best"] if r.output_dir in points else None
+            r.metrics["tied_with_best"] = math.nan if tied is None else bool(tied)
 
 
 def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:

@@ -149,3 +149,105 @@ def steps_dropped_near_zero_motion(y_true: Any, y_pred: Any) -> float:
 def steps_dropped_dataset_list(y_true: Any, y_pred: Any) -> float:
     """Training steps of datasets removed by ``dataset_whitelist`` / ``dataset_blacklist``."""
     return _filter_total(y_pred, "dataset_list")
+
+
+# ------------------------------------------------------------------ evaluation kit (issue 10)
+# Robustness / generalisation columns (vlamix.eval.breakdown): NaN when the point did not measure
+# them (no episode of that condition), never 0.
+def _breakdown(y_pred: Any) -> Mapping[str, Any]:
+    from vlamix.eval.breakdown import breakdown
+
+    episodes = _prediction(y_pred).get("episodes")
+    if not isinstance(episodes, list):
+        raise ValueError("prediction has no 'episodes' list")
+    return breakdown(episodes)
+
+
+def seen_success_rate(y_true: Any, y_pred: Any) -> float:
+    """Success rate on tasks the point trained on (standard suites, original instruction); NaN if none."""
+    return float(_breakdown(y_pred)["seen_success_rate"])
+
+
+def unseen_success_rate(y_true: Any, y_pred: Any) -> float:
+    """Success rate on tasks the point did not train on (weight 0 or ``heldout_tasks``); NaN if none."""
+    return float(_breakdown(y_pred)["unseen_success_rate"])
+
+
+def perturbed_success_rate(y_true: Any, y_pred: Any) -> float:
+    """Success rate over the perturbation suites (LIBERO-PRO), original instruction; NaN if none."""
+    return float(_breakdown(y_pred)["perturbed_success_rate"])
+
+
+def robustness_drop(y_true: Any, y_pred: Any) -> float:
+    """Base-suite minus perturbation-suite success rate on the same task ids; NaN if none."""
+    return float(_breakdown(y_pred)["robustness_drop"])
+
+
+def language_reliance(y_true: Any, y_pred: Any) -> float:
+    """Success rate with the original minus with the empty instruction, same episodes; NaN if none."""
+    return float(_breakdown(y_pred)["language_reliance"])
+
+
+def worst_suite_success_rate(y_true: Any, y_pred: Any) -> float:
+    """Lowest per-suite success rate (original instruction)."""
+    return float(_breakdown(y_pred)["worst_suite_success_rate"])
+
+
+#: File in each point's inference output folder (``RESULT_SAVED_URL``) holding its prediction dict
+#: (episode rows included), so that a metric computed for one point, and ``vlamix report``, can find
+#: the points of the same job under Ianvs too (written by the pipeline).
+PEER_EPISODES_FILE = "vlamix_prediction.json"
+
+
+def peer_episodes(y_pred: Any) -> dict[str, list]:
+    """Episode rows of the points of the same job that have finished, this point's included.
+
+    The point's ``result_saved_url`` is ``<job dir>/<algorithm>/<point>/output/inference/`` (Ianvs's
+    layout, and vlamix.bench's); peers are the :data:`PEER_EPISODES_FILE` files under the same job
+    dir. Returns ``{label: rows}`` with this point first (label "this").
+    """
+    import glob
+    import json
+    import os
+
+    pred = _prediction(y_pred)
+    own = pred.get("episodes") or []
+    out: dict[str, list] = {"this": own}
+    if pred.get("reference"):  # a reference row (scripted expert) is not compared
+        return out
+    url = pred.get("result_saved_url")
+    if not url:
+        return out
+    here = os.path.normpath(os.path.join(url, PEER_EPISODES_FILE))
+    job_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(url)))))
+    for path in sorted(glob.glob(os.path.join(job_dir, "*", "*", "output", "inference", PEER_EPISODES_FILE))):
+        if os.path.normpath(path) == here:
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                peer = json.load(fh)
+            rows = peer.get("episodes")
+        except (OSError, ValueError, AttributeError) as err:
+            logger.warning("skipping unreadable peer episodes %s: %s", path, err)
+            continue
+        if isinstance(rows, list) and not peer.get("reference"):
+            out[path] = rows
+    return out
+
+
+def tied_with_best(y_true: Any, y_pred: Any) -> Any:
+    """True when this point is not significantly worse than the best point (exact McNemar on the
+    shared episodes, Holm-corrected over the comparisons, alpha 0.05; :func:`vlamix.eval.paired.compare_to_best`).
+
+    Metrics are computed point by point, so here "the best" is the best of the points of the same
+    job that have finished so far (:func:`peer_episodes`); ``vlamix run`` recomputes this column over
+    all points of the job before it writes the rank files. NaN when the point shares no episode with
+    the best, and for reference rows (``prediction["reference"]``, the scripted expert), which are
+    left out of the comparisons.
+    """
+    from vlamix.eval.paired import compare_to_best
+
+    if _prediction(y_pred).get("reference"):
+        return math.nan  # the reference row (scripted expert) is not a candidate
+    tied = compare_to_best(peer_episodes(y_pred))["points"]["this"]["tied_with_best"]
+    return math.nan if tied is None else bool(tied)

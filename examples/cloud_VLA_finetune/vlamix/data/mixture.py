@@ -354,6 +354,7 @@ class MixtureLoader:
         per_dataset: dict[str, tuple[list[str], list[int]]] = {}
         for split_, table in opened:
             keep, frames, counts = _filter_training_steps(self.action_filter, split_, table)
+            keep, frames = _exclude_heldout_tasks(cfg, split_, table, keep, frames)  # evaluation kit
             self.filter_counts[split_.name] = counts
             if keep is not None:
                 self._keep[split_.index] = keep
@@ -601,6 +602,49 @@ def _filter_training_steps(
     keep, counts = action_filter.masks(table.actions[: int(offsets[-1])], lengths)
     frames = [int(keep[offsets[e] : offsets[e + 1]].sum()) for e in range(split.train_episodes)]
     return (None if keep.all() else (keep, offsets.astype(np.int64))), frames, counts
+
+
+def heldout_task_instructions(cfg: BenchConfig, name: str) -> set[str]:
+    """Lower-cased LIBERO instructions of the ``heldout_tasks`` of dataset ``name`` (task ids of its
+    suite, resolved in the installed LIBERO registry); empty when none are held out.
+
+    Raises:
+        ConfigError: a task id outside the suite (field ``heldout_tasks``).
+    """
+    ids = tuple((cfg.heldout_tasks or {}).get(name, ()))
+    if not ids:
+        return set()
+    from vlamix.constants import DATASET_TO_SUITE
+    from vlamix.eval.plan import suite_info
+
+    bench = suite_info(DATASET_TO_SUITE[name])
+    bad = [t for t in ids if not 0 <= t < bench.n_tasks]
+    if bad:
+        raise ConfigError("heldout_tasks", f"'{name}': task ids {bad} outside [0, {bench.n_tasks}) of {DATASET_TO_SUITE[name]}")
+    return {bench.get_task(t).language.lower() for t in ids}
+
+
+def _exclude_heldout_tasks(
+    cfg: BenchConfig, split: DatasetSplit, table: DatasetStats, keep: tuple[np.ndarray, np.ndarray] | None, frames: list[int]
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[int]]:
+    """Drop every training step of the episodes whose instruction is a held-out task
+    (``heldout_tasks``, generalisation split): their keep mask becomes False and their kept frames 0.
+    The held-out split (offline metrics) is not changed."""
+    tasks = heldout_task_instructions(cfg, split.name)
+    if not tasks:
+        return keep, frames
+    episodes = [e for e, text in enumerate(table.instructions[: split.train_episodes]) if str(text).lower() in tasks]
+    if not episodes:
+        logger.warning("%s: no training episode of the held-out tasks %s", split.name, sorted(tasks))
+        return keep, frames
+    offsets = table.episode_offsets[: split.train_episodes + 1].astype(np.int64)
+    mask = keep[0].copy() if keep is not None else np.ones(int(offsets[-1]), dtype=bool)
+    frames = list(frames)
+    for e in episodes:
+        mask[offsets[e] : offsets[e + 1]] = False
+        frames[e] = 0
+    logger.info("%s: %d training episodes of held-out tasks excluded", split.name, len(episodes))
+    return (mask, offsets), frames
 
 
 def _removed_counts(cfg: BenchConfig, name: str, cache_dir: str | None) -> dict[str, int]:

@@ -11,11 +11,17 @@ metrics) and predicts each of the 7 action tokens by argmax.
   where a_pred = un-normalise(bin centre of the predicted token) and a_true = un-normalise(the
   frame's normalised ground-truth action), both with the statistics of the frame's own dataset.
 
+Fixed held-out set (:func:`fixed_heldout_config`): every point of a job is scored on the same
+frames, the held-out episodes of every dataset of the job's train index whose suite the job
+evaluates, whatever the point's own mixture (a 1:0 and a 0:1 point both see spatial and object
+frames). Results are pooled (the rank columns) and per dataset (``per_dataset``, the report).
+
 Usage::
 
-    from vlamix.eval.offline import offline_metrics
-    offline_metrics("workspace/runs/p0/step_000040", cfg)
-    # {"action_token_accuracy": 0.41, "action_l1": 0.0123, "n_frames": 1830}
+    from vlamix.eval.offline import fixed_heldout_config, offline_metrics
+    offline_metrics("workspace/runs/p0/step_000040", fixed_heldout_config(cfg))
+    # {"action_token_accuracy": 0.41, "action_l1": 0.0123, "n_frames": 1830,
+    #  "datasets": ["libero_spatial_no_noops", ...], "per_dataset": {"libero_spatial_no_noops": {...}, ...}}
 
 Imports TensorFlow (through the RLDS loader) unless a ``loader`` is passed.
 """
@@ -34,6 +40,38 @@ from vlamix.constants import ACTION_DIM
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def fixed_heldout_datasets(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> list[str]:
+    """Datasets of the fixed held-out set: those of ``train_index`` (the job's train index; None =
+    every known LIBERO dataset) whose task suite is the base suite of one of ``cfg``'s evaluation
+    suites; with ``demos: none`` only those on disk under ``data_dir`` (real data is not recorded).
+    The result depends on the job (index, evaluation suites, data), not on the point's mixture.
+
+    Raises:
+        ValueError: no dataset qualifies.
+    """
+    import os
+
+    from vlamix.constants import DATASET_TO_SUITE
+    from vlamix.eval.plan import base_suite
+
+    suites = {base_suite(s) for s in cfg.resolved_eval_suites()}
+    names = [n for n in (train_index if train_index is not None else DATASET_TO_SUITE) if DATASET_TO_SUITE.get(n) in suites]
+    if cfg.demos == "none":
+        names = [n for n in names if os.path.isdir(cfg.dataset_path(n))]
+    if not names:
+        raise ValueError(f"no dataset of the train index {list(train_index or DATASET_TO_SUITE)} for the evaluation suites {sorted(suites)}")
+    return list(dict.fromkeys(names))
+
+
+def fixed_heldout_config(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> BenchConfig:
+    """``cfg`` with the mixture replaced by the fixed held-out datasets (:func:`fixed_heldout_datasets`),
+    weight 1 each, static strategy, no dataset white/blacklist: its ``MixtureLoader(..., "heldout")``
+    yields the same frames for every point of the job."""
+    names = fixed_heldout_datasets(cfg, train_index)
+    return cfg.replace(mixture={n: 1 for n in names}, strategy="static", mixing_level=None, curriculum=None,
+                       dataset_whitelist=None, dataset_blacklist=None, balance_by_size=False)
 
 
 @torch.no_grad()
@@ -64,8 +102,9 @@ def offline_metrics(
         device: default CUDA when available. batch_size: held-out batch size (default
             ``cfg.batch_size``). max_frames: stop after this many frames (None: all).
     Returns:
-        ``{"action_token_accuracy": float in [0, 1], "action_l1": float >= 0, "n_frames": int}``;
-        both metrics are NaN when there is no held-out frame.
+        ``{"action_token_accuracy": float in [0, 1], "action_l1": float >= 0, "n_frames": int,
+        "datasets": [name, ...], "per_dataset": {name: {"action_token_accuracy", "action_l1", "n_frames"}}}``
+        (pooled over frames, and per dataset of the loader); metrics are NaN without held-out frames.
     Raises:
         ValueError: the loader has no dataset names / statistics, or a batch's actions are not [B, 7].
         KeyError: a dataset of the loader has no statistics.
@@ -92,6 +131,7 @@ def offline_metrics(
     tokenizer = processor.action_tokenizer
     correct = tokens = frames = 0
     abs_err_sum = 0.0
+    per = {n: {"correct": 0, "tokens": 0, "abs_err": 0.0, "frames": 0} for n in names}
     for batch in loader:
         actions = np.asarray(batch["action"], dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
@@ -118,15 +158,30 @@ def offline_metrics(
             s = stats[names[int(d)]]
             pred = unnormalize_actions(pred_norm[rows], s)
             true = unnormalize_actions(actions[rows].astype(np.float64), s)
-            abs_err_sum += float(np.abs(pred - true).sum())
+            err = float(np.abs(pred - true).sum())
+            abs_err_sum += err
+            acc = per[names[int(d)]]
+            acc["correct"] += int((pred_ids[rows] == gold_ids[rows]).sum())
+            acc["tokens"] += int(gold_ids[rows].size)
+            acc["abs_err"] += err
+            acc["frames"] += int(rows.sum())
         frames += len(actions)
+    per_dataset = {
+        n: {"action_token_accuracy": a["correct"] / a["tokens"] if a["tokens"] else float("nan"),
+            "action_l1": a["abs_err"] / (a["frames"] * ACTION_DIM) if a["frames"] else float("nan"),
+            "n_frames": a["frames"]}
+        for n, a in per.items()
+    }
     if frames == 0:
         logger.warning("no held-out frames (heldout_fraction = %s); offline metrics are NaN", cfg.heldout_fraction)
-        return {"action_token_accuracy": float("nan"), "action_l1": float("nan"), "n_frames": 0}
+        return {"action_token_accuracy": float("nan"), "action_l1": float("nan"), "n_frames": 0,
+                "datasets": names, "per_dataset": per_dataset}
     result = {
         "action_token_accuracy": correct / tokens,
         "action_l1": abs_err_sum / (frames * ACTION_DIM),
         "n_frames": frames,
+        "datasets": names,
+        "per_dataset": per_dataset,
     }
     logger.info("offline metrics of %s: %s", checkpoint_dir, result)
     return result

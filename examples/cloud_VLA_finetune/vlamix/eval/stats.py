@@ -85,7 +85,8 @@ def task_name(suite: str, task_id: int) -> str:
 
 
 def _dedupe(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Keep the last row per (suite, task_id, episode_index); rows without an episode index are all kept."""
+    """Keep the last row per (suite, task_id, episode_index, instruction_variant); rows without an
+    episode index are all kept."""
     out: dict[Any, Mapping[str, Any]] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -95,7 +96,9 @@ def _dedupe(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
                 raise ValueError(f"episode row {i} has no '{key}' field (fields: {', '.join(map(str, row))})")
         _success(i, row["success"])
         idx = row.get("episode_index")
-        key = (row["suite"], int(row["task_id"]), int(idx)) if idx is not None else ("#row", i)
+        # an instruction variant other than "original" (evaluation kit) is a different episode
+        variant = row.get("instruction_variant") or "original"
+        key = (row["suite"], int(row["task_id"]), int(idx), variant) if idx is not None else ("#row", i)
         if key in out:
             logger.warning("episode %s appears more than once; the last row counts", key)
             del out[key]  # re-insert so the order follows the last occurrence

@@ -37,6 +37,9 @@ from vlamix.model.configuration import VLAConfig
 
 logger = logging.getLogger(__name__)
 
+#: Instruction ablations of :meth:`VLAProcessor.prompt` (same tuple as :data:`vlamix.eval.plan.INSTRUCTION_VARIANTS`).
+INSTRUCTION_VARIANTS = ("original", "empty", "unwrapped", "empty_unwrapped")
+
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 #: SentencePiece word-boundary token; its id (29871 in Llama-2) is the "empty token" placed before the actions.
 SENTENCEPIECE_SPACE = "\u2581"
@@ -260,9 +263,21 @@ class VLAProcessor:
 
     # ------------------------------------------------------------------ text
     @staticmethod
-    def prompt(instruction: str) -> str:
-        """OpenVLA's prompt (``PurePromptBuilder``, eval ``get_vla_action``); the instruction is lower-cased."""
-        return PROMPT_TEMPLATE.format(instruction=instruction.lower())
+    def prompt(instruction: str, variant: str = "original") -> str:
+        """OpenVLA's prompt (``PurePromptBuilder``, eval ``get_vla_action``); the instruction is lower-cased.
+
+        ``variant`` (instruction ablations, :data:`INSTRUCTION_VARIANTS`): "original" = the template
+        around the instruction; "empty" = the template around an empty instruction
+        (``"In: What action should the robot take to ?\\nOut:"``); "unwrapped" = the lower-cased
+        instruction alone; "empty_unwrapped" = the empty string (the sequence is then BOS + action prefix).
+
+        Raises:
+            ValueError: unknown variant.
+        """
+        if variant not in INSTRUCTION_VARIANTS:
+            raise ValueError(f"instruction variant: got {variant!r}; allowed: {', '.join(INSTRUCTION_VARIANTS)}")
+        text = "" if variant.startswith("empty") else instruction.lower()
+        return text if variant.endswith("unwrapped") else PROMPT_TEMPLATE.format(instruction=text)
 
     @property
     def pad_token_id(self) -> int:
@@ -280,10 +295,11 @@ class VLAProcessor:
             return []
         return [int(tid)]
 
-    def prompt_ids(self, instruction: str) -> list[int]:
-        """BOS + prompt + action prefix: the ids every training and inference sequence starts with."""
+    def prompt_ids(self, instruction: str, variant: str = "original") -> list[int]:
+        """BOS + prompt + action prefix: the ids every training and inference sequence starts with
+        (``variant``: see :meth:`prompt`)."""
         tok = self._require_tokenizer()
-        ids = list(tok(self.prompt(instruction), add_special_tokens=True).input_ids)
+        ids = list(tok(self.prompt(instruction, variant), add_special_tokens=True).input_ids)
         return ids + self.action_prefix_ids
 
     def training_batch(
@@ -335,19 +351,28 @@ class VLAProcessor:
             "labels": labels,
         }
 
-    def inference_inputs(self, images: Any, instructions: Sequence[str]) -> dict[str, torch.Tensor]:
+    def inference_inputs(
+        self, images: Any, instructions: Sequence[str], variants: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Inputs of ``predict_action`` / ``predict_action_ids``: prompt ids + action prefix, LEFT-padded.
 
+        Args:
+            images: uint8 [B, H, W, 3] RGB. instructions: B strings.
+            variants: B instruction variants (:meth:`prompt`), None = all "original".
         Returns:
             dict(pixel_values float32 [B, 6, 224, 224], input_ids int64 [B, L], attention_mask int64 [B, L]).
         Raises:
-            ValueError: batch sizes differ. RuntimeError: no tokenizer.
+            ValueError: batch sizes differ, or an unknown variant. RuntimeError: no tokenizer.
         """
         self._require_tokenizer()
         pixel_values = self.image_transform(images)
         if len(instructions) != pixel_values.shape[0]:
             raise ValueError(f"batch sizes differ: {pixel_values.shape[0]} images, {len(instructions)} instructions")
-        seqs = [self.prompt_ids(instruction) for instruction in instructions]
+        if variants is None:
+            variants = ["original"] * len(instructions)
+        elif isinstance(variants, str) or len(variants) != len(instructions):
+            raise ValueError(f"variants: need one per instruction ({len(instructions)}), got {variants!r}")
+        seqs = [self.prompt_ids(instruction, variant) for instruction, variant in zip(instructions, variants)]
         input_ids, attention_mask = _pad(seqs, self.pad_token_id, side="left")
         return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
 

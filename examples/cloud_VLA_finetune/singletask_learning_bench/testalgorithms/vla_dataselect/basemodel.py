@@ -42,6 +42,7 @@ except ImportError:  # run by vlamix.bench.job on a machine without Sedna
 
 from vlamix.bench import ianvs
 from vlamix.bench.dataset import index_names, require_listed
+from vlamix.eval.plan import base_suite
 from vlamix.pipeline import VLADataSelect as _Pipeline, train_key
 
 # a "vlamix" logger: Ianvs shows it through ianvs.ensure_log_handler (this file's own module name is "basemodel")
@@ -103,9 +104,11 @@ class VLADataSelect:
         """Roll out in LIBERO and compute offline metrics; return the prediction dict.
 
         Raises:
-            ValueError: an evaluation suite is not listed in the testenv test index.
+            ValueError: an evaluation suite (for a perturbation suite, its base suite) is not listed in
+                the testenv test index.
         """
-        require_listed(self.config.resolved_eval_suites(), index_names(data), "the testenv test index (task suites)")
+        suites = dict.fromkeys(base_suite(s) for s in self.config.resolved_eval_suites())  # perturbation suites: their base
+        require_listed(suites, index_names(data), "the testenv test index (task suites)")
         logger.info("grid point %s: predict (LIBERO rollouts + offline metrics)", self._label)
         prediction = self._pipeline.predict(data, **kwargs)
         summary = prediction["summary"]
