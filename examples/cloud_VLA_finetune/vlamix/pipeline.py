@@ -28,6 +28,7 @@ import shutil
 from typing import Any
 
 from vlamix.config import BenchConfig
+from vlamix.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,22 @@ def latest_resumable_checkpoint(run_dir: str) -> str | None:
         if d.startswith("step_") and os.path.isfile(os.path.join(run_dir, d, "training_state.pt"))
     )
     return os.path.join(run_dir, steps[-1]) if steps else None
+
+
+def finished_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint that ``run_dir``'s :data:`COMPLETE_MARKER` names, or None when the run is not
+    finished: no marker, an empty or unreadable one, or one naming anything but a ``step_*``
+    checkpoint folder with a training state (the marker is written atomically after the checkpoint)."""
+    try:
+        with open(os.path.join(run_dir, COMPLETE_MARKER), encoding="utf-8") as fh:
+            name = fh.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    done = os.path.join(run_dir, name)
+    if not name.startswith("step_") or os.sep in name or not os.path.isfile(os.path.join(done, "training_state.pt")):
+        logger.warning("ignoring %s in %s: it names %r, not a finished checkpoint", COMPLETE_MARKER, run_dir, name)
+        return None
+    return done
 
 
 def train_key(cfg: BenchConfig) -> str:
@@ -106,20 +123,17 @@ class VLADataSelect:
         cfg = self.config
         run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
         marker = os.path.join(run_dir, COMPLETE_MARKER)
-        if os.path.isfile(marker):
-            with open(marker) as fh:
-                done = os.path.join(run_dir, fh.read().strip())
-            if os.path.isdir(done):
-                logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
-                self.checkpoint = done
-                return done
+        done = finished_checkpoint(run_dir)
+        if done is not None:
+            logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
+            self.checkpoint = done
+            return done
         ensure_demo_datasets(cfg)
         resume = latest_resumable_checkpoint(run_dir)
         logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
                     f" (resuming from {resume})" if resume else "")
         out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
-        with open(marker, "w") as fh:
-            fh.write(os.path.relpath(out, run_dir) + "\n")
+        atomic_write_text(marker, os.path.relpath(out, run_dir) + "\n")
         self.checkpoint = out
         return out
 
@@ -189,6 +203,5 @@ class VLADataSelect:
             "config": cfg.to_dict(),
             "checkpoint": self.checkpoint,
         }
-        with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
-            json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
+        atomic_write_json(os.path.join(self.checkpoint, "eval", "result.json"), {k: v for k, v in result.items() if k != "episodes"}, default=str)
         return result

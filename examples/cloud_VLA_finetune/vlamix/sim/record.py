@@ -274,15 +274,15 @@ def render_episode(env, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
 
 def save_episode(path: str, episode: dict[str, Any]) -> None:
     """Write one episode (arrays + ``language_instruction`` / ``file_path`` str) as compressed .npz, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    from vlamix.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
             **{k: episode[k] for k in EPISODE_ARRAY_KEYS},
             language_instruction=np.array(episode["language_instruction"]),
             file_path=np.array(episode["file_path"]),
         )
-    os.replace(tmp, path)
 
 
 def load_episode(path: str) -> dict[str, Any]:
@@ -469,10 +469,9 @@ def _dataset_ready(path: str) -> bool:
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    from vlamix.io import atomic_write_json
+
+    atomic_write_json(path, payload, sort_keys=True)
 
 
 def record_datasets(
