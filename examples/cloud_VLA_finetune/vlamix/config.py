@@ -558,10 +558,14 @@ def _check_model_folder(path: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _suite_sizes(suite: str, task_id: int) -> tuple[int, int]:
     """(tasks in ``suite``, init states of its task ``task_id``) from LIBERO's registry (cached)."""
+    import contextlib
+    import io
+
     from vlamix.eval.plan import suite_info
 
-    bench = suite_info(suite)
-    return int(bench.n_tasks), len(bench.get_task_init_states(task_id))
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] Applying task order ..."
+        bench = suite_info(suite)
+        return int(bench.n_tasks), len(bench.get_task_init_states(task_id))
 
 
 def _short(name: str) -> str:

@@ -30,6 +30,7 @@ import tempfile
 from typing import Any, Iterable, Iterator, Mapping
 
 from vlamix.data.rlds_spec import VERSION, features, to_rlds_example, validate_episode
+from vlamix.io import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def write_rlds(
         built = os.path.join(tmp, name, VERSION)
         if not os.path.isfile(os.path.join(built, "dataset_info.json")):
             raise RuntimeError(f"tensorflow-datasets did not produce {built}/dataset_info.json")
+        fault_point("rlds:built")  # tests: a kill here must leave no dataset that reads as finished
         if os.path.exists(target):  # overwrite: move the old version aside first, then swap
             os.rename(target, os.path.join(tmp, "replaced"))
         os.rename(built, target)
