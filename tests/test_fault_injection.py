@@ -163,7 +163,7 @@ from synthetic_rlds import synthetic_episode
 from vlamix.data.rlds_writer import write_rlds
 rng = np.random.default_rng(0)
 episodes = [synthetic_episode(rng, 4 + i, "pick up the bowl", f"ep{i}") for i in range(3)]
-path = write_rlds(episodes, sys.argv[1], "libero_spatial_no_noops", overwrite=True)
+path = write_rlds(episodes, sys.argv[1], "libero_spatial_no_noops", overwrite=True, extra_json={"recording.json": {"episodes": 3}})
 from vlamix.data.reader import open_rlds
 print(sorted(int(n) for n in open_rlds(path).episode_lengths()))
 """
@@ -178,6 +178,7 @@ def test_recording_killed_before_the_dataset_rename_is_not_a_dataset(tmp_path):
     assert [n for n in os.listdir(tmp_path / "libero_spatial_no_noops") if n != "1.0.0"]  # only the hidden staging folder
     out = _ok(_run(RECORD, str(tmp_path))).stdout.split("\n")
     assert _dataset_ready(str(target))
+    assert json.loads((target / "recording.json").read_text()) == {"episodes": 3}  # in place with the dataset, never after
     assert "[4, 5, 6]" in out  # every episode, read back from the dataset the rerun wrote
 
 

@@ -468,12 +468,6 @@ def _dataset_ready(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "dataset_info.json"))
 
 
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    from vlamix.io import atomic_write_json
-
-    atomic_write_json(path, payload, sort_keys=True)
-
-
 def record_datasets(
     suites: Sequence[str],
     task_ids: Sequence[int],
@@ -530,8 +524,6 @@ def record_datasets(
         versions = simulator_versions()
         for suite, stats in all_stats.items():
             name = names[suite]
-            path = write_rlds(iter_staged_episodes(stats.files), data_dir, name, overwrite=replace[suite],
-                              description=f"{name}: scripted-expert LIBERO demonstrations (vlamix.sim.record)")
             record = {
                 "dataset": name,
                 "suite": suite,
@@ -545,7 +537,10 @@ def record_datasets(
                 "simulator_versions": versions,
                 "stats": {k: v for k, v in stats.to_dict().items() if k != "files"},
             }
-            _write_json_atomic(os.path.join(path, RECORDING_JSON), record)
+            # recording.json goes in before the dataset is renamed into place: a kill never leaves one without it
+            path = write_rlds(iter_staged_episodes(stats.files), data_dir, name, overwrite=replace[suite],
+                              description=f"{name}: scripted-expert LIBERO demonstrations (vlamix.sim.record)",
+                              extra_json={RECORDING_JSON: record})
             paths[name] = path
     finally:
         shutil.rmtree(staging, ignore_errors=True)
