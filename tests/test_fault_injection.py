@@ -155,6 +155,38 @@ def test_an_empty_marker_is_not_a_finished_run(tmp_path):
     assert finished_checkpoint(str(tmp_path)) == str(tmp_path / "step_000004")
 
 
+def test_a_crash_while_writing_new_shards_keeps_the_old_weights_loadable(tmp_path, monkeypatch):
+    # before: the old weights were deleted first; a crash left one new shard and no index (unloadable)
+    import torch
+
+    from vlamix.model import checkpoint
+
+    old_model, processor = checkpoint.build_tiny(seed=0)
+    checkpoint.save_vla(old_model, processor, str(tmp_path))  # one model.safetensors
+    new_model, _ = checkpoint.build_tiny(seed=1)
+    real, written = checkpoint.save_file, []
+
+    def disk_full_at_the_second_shard(tensors, path, metadata=None):
+        written.append(path)
+        if len(written) == 2:
+            raise OSError("No space left on device")
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full_at_the_second_shard)
+    with pytest.raises(OSError):
+        checkpoint.save_vla(new_model, processor, str(tmp_path), max_shard_bytes=8 * 1024**2)
+    name, weight = next((n, p) for n, p in old_model.named_parameters() if p.ndim == 2)
+    loaded, _ = checkpoint.load_vla(str(tmp_path))
+    torch.testing.assert_close(dict(loaded.named_parameters())[name], weight)  # still the old weights
+    assert not torch.equal(dict(new_model.named_parameters())[name], weight)
+
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    checkpoint.save_vla(new_model, processor, str(tmp_path), max_shard_bytes=8 * 1024**2)
+    assert checkpoint.WEIGHTS_NAME not in os.listdir(tmp_path)  # the old single file went after the new shards
+    loaded, _ = checkpoint.load_vla(str(tmp_path))
+    torch.testing.assert_close(dict(loaded.named_parameters())[name], dict(new_model.named_parameters())[name])
+
+
 # ----------------------------------------------------------------------------------- recording
 RECORD = """
 import sys

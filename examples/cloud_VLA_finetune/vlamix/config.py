@@ -538,7 +538,7 @@ def _check_yaml_pitfalls(cfg: "BenchConfig") -> None:
                 fix = _number_string_fix(weight)
                 if fix:
                     raise ConfigError("mixture", f"weight of '{name}': {fix}")
-        elif f.name != "data_dir" and f.name != "model" and str(f.type).split(" |")[0] in ("int", "float"):
+        elif str(f.type).split(" |")[0] in ("int", "float"):
             fix = _number_string_fix(value)
             if fix:
                 raise ConfigError(f.name, fix)
