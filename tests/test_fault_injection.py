@@ -11,6 +11,7 @@ rename), metrics and rank files (a grid point's ``result.json``, ``all_rank.csv`
 (a torn episode row; a SIGKILLed ``vlamix evaluate`` under LIBERO).
 """
 
+import copy
 import csv
 import json
 import os
@@ -163,7 +164,10 @@ def test_a_crash_while_writing_new_shards_keeps_the_old_weights_loadable(tmp_pat
 
     old_model, processor = checkpoint.build_tiny(seed=0)
     checkpoint.save_vla(old_model, processor, str(tmp_path))  # one model.safetensors
-    new_model, _ = checkpoint.build_tiny(seed=1)
+    new_model = copy.deepcopy(old_model)
+    with torch.no_grad():
+        for p in new_model.parameters():
+            p.add_(1.0)
     real, written = checkpoint.save_file, []
 
     def disk_full_at_the_second_shard(tensors, path, metadata=None):
@@ -271,3 +275,20 @@ def test_a_torn_episode_row_is_run_again_and_earlier_rows_are_kept(tmp_path):
     path.write_text(json.dumps(row) + "\n" + '{"suite": "libero_spatial", "task_id": 0, "episode_ind')  # killed mid-append
     assert read_rows(str(path)) == [row]  # the torn row is not an episode: the rerun runs episode 1 again
     assert read_jsonl(path) == [row]
+
+
+def test_a_grid_point_whose_episodes_all_errored_is_failed_not_zero_percent(tmp_path, monkeypatch):
+    # before: success_rate 0.0 written to result.json, a crash of the infrastructure ranked as a policy failure
+    import vlamix.eval.rollout as rollout
+    from vlamix.pipeline import VLADataSelect
+
+    def all_errored(checkpoint, specs, **kwargs):  # stand-in for the rollout runtime: every env worker crashed
+        return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": False,
+                 "steps": 0, "error": "EGL context lost"} for s in specs]
+
+    monkeypatch.setattr(rollout, "evaluate", all_errored)
+    algo = VLADataSelect(mixture={"libero_spatial_no_noops": 1}, eval_tasks=1, trials_per_task=2, runs_dir=str(tmp_path / "runs"))
+    algo.load(str(tmp_path))
+    with pytest.raises(RuntimeError, match="all 2 rollout episodes failed"):
+        algo.predict()
+    assert not (tmp_path / "eval" / "result.json").exists()

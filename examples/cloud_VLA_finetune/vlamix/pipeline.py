@@ -173,6 +173,8 @@ class VLADataSelect:
              "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str}
+        Raises:
+            RuntimeError: every episode ended with an error (the point is recorded as failed, not as 0%).
         """
         from vlamix.eval.offline import offline_metrics
         from vlamix.eval.rollout import evaluate, plan_episodes
@@ -193,6 +195,12 @@ class VLADataSelect:
             max_steps=cfg.eval_max_steps,
             center_crop=cfg.center_crop,
         )
+        errored = [r for r in rows if r.get("error")]
+        if rows and len(errored) == len(rows):  # an infrastructure failure, not a policy failure: score nothing
+            raise RuntimeError(
+                f"all {len(rows)} rollout episodes failed with an error (e.g. {errored[0]['error']!r}); no success rate is "
+                f"recorded for {self.checkpoint}. Fix the cause, then run again (evaluate(..., rerun_errors=True) or delete {out_jsonl})"
+            )
         summary = summarize(rows)
         offline = offline_metrics(self.checkpoint, cfg)
         result = {
