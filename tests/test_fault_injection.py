@@ -5,10 +5,11 @@ Every stage that writes something a later run trusts is killed with SIGKILL (no 
 subprocess) or, where the code has no hook, by the test itself. After each kill the test checks that
 nothing half-written reads as finished, then reruns and compares with an uninterrupted run.
 
-Stages: the atomic writer itself (file and folder), training (mid-step, mid-checkpoint, before the
-TRAINING_COMPLETE marker, a torn ``train_log.jsonl`` line), recording (the RLDS dataset before its
-rename), metrics and rank files (a grid point's ``result.json``, ``all_rank.csv``), rollout rows
-(a torn episode row; a SIGKILLed ``vlamix evaluate`` under LIBERO).
+Stages: the atomic writer itself (file and folder), training (mid-checkpoint after the step was
+logged, before the TRAINING_COMPLETE marker, a torn ``train_log.jsonl`` line), checkpoint weights
+(a crash between new shards), recording (the RLDS dataset before its rename), metrics and rank
+files (a grid point's ``result.json``, ``all_rank.csv``), rollout (a torn episode row; a point whose
+episodes all errored). The rollout runtime itself is not killed here (it needs LIBERO and minutes).
 """
 
 import copy

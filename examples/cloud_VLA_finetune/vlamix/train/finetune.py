@@ -417,7 +417,6 @@ class FineTuner:
                 if self.ctx.is_main:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
-                    fault_point("train:step")
                     if self.step % self.log_every == 0 or self.step == cfg.train_steps:
                         logger.info("step %d/%d loss %.4f acc %.3f l1 %.4f (%.2fs)", self.step, cfg.train_steps,
                                     loss, acc, l1, record["step_time_s"])
