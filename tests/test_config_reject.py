@@ -6,8 +6,6 @@ of the message (the value, the allowed values, the fix) and that nothing was sta
 folder, no training run folder.
 """
 
-import json
-import os
 
 import pytest
 
