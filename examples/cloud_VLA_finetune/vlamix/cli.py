@@ -26,10 +26,18 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class InputError(ValueError):
+    """A command-line value is invalid (exit status 2, one line on stderr, before any work)."""
+
+
+class RunFailed(RuntimeError):
+    """The command ran but produced no usable result (exit status 1)."""
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.job import main as run_main
 
-    return run_main(["-f", args.file])
+    return run_main(["-f", args.file] + (["--dry-run"] if args.dry_run else []))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -41,22 +49,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_record(args: argparse.Namespace) -> int:
     from vlamix.sim import record
+    from vlamix.sim.expert import SCRIPTED_SUITES, supported_tasks
 
+    task_ids = args.task_ids if args.task_ids is not None else list(range(args.tasks))
+    for suite in args.suites:  # before any simulator starts
+        supported = supported_tasks(suite)
+        if supported is not None and not set(task_ids) <= supported:
+            raise InputError(f"--suites: the scripted expert cannot record {suite} tasks {sorted(set(task_ids) - set(supported))}; "
+                             f"it records {', '.join(SCRIPTED_SUITES)}")
     return int(record.run(args) or 0)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vlamix.config import ConfigError
+    from vlamix.config import BUILTIN_MODELS, ConfigError
     from vlamix.eval.plan import plan_episodes
     from vlamix.eval.policy import resolve_device
     from vlamix.eval.rollout import evaluate
     from vlamix.eval.stats import summarize
 
+    if args.checkpoint not in BUILTIN_MODELS and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        raise InputError(f"--checkpoint: {args.checkpoint!r} is not a checkpoint folder (no config.json) nor one of {BUILTIN_MODELS}")
     try:
         resolve_device(args.device)
     except ValueError as err:
         raise ConfigError("eval_device", f"--device: {err}") from err
-    specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
+    try:
+        specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
     rows = evaluate(
         args.checkpoint,
@@ -72,6 +92,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     summary = summarize(rows)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
+    errored = [r for r in rows if r.get("error")]
+    if rows and len(errored) == len(rows):
+        raise RunFailed(f"all {len(rows)} episodes failed with an error (not a policy failure), e.g. {errored[0]['error']!r}; rows in {out}")
     return 0
 
 
@@ -138,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--dry-run", action="store_true", help="validate the job and every grid point, list the points; run nothing")
     p.set_defaults(func=_cmd_run)
 
     # vlamix check (running under Ianvs, issue 8)
@@ -188,13 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from vlamix.bench.spec import JobConfigError
     from vlamix.config import ConfigError
+    from vlamix.io import DuplicateKeyError
 
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"vlamix: {err}", file=sys.stderr)
+    except (ConfigError, JobConfigError, DuplicateKeyError, InputError, FileNotFoundError) as err:
+        print(f"vlamix: {err}", file=sys.stderr)  # bad input: nothing ran
         return 2
+    except (RunFailed, RuntimeError, OSError) as err:
+        print(f"vlamix: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ is the Ianvs root under ``ianvs -f`` and the repository root for ``vlamix run``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -366,7 +368,9 @@ class BenchConfig:
 
         Checks nothing on disk except that, with ``demos == "none"``, each dataset with non-zero
         weight exists under ``data_dir`` (and, for a path ``model``, that the folder exists).
+        Then the checks of :meth:`_validate_before_work` (suite sizes, expert support, model files).
         """
+        _check_yaml_pitfalls(self)
         _check_mixture(self.mixture)
         _check_bool("balance_by_size", self.balance_by_size)
         if not isinstance(self.data_dir, str) or not self.data_dir:
@@ -410,6 +414,7 @@ class BenchConfig:
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
         self._validate_rollout_runtime()
+        self._validate_before_work()
 
     def _validate_rollout_runtime(self) -> None:
         """Fields of the rollout runtime (device, dtype, env workers, faults, videos)."""
@@ -451,6 +456,63 @@ class BenchConfig:
                     raise ConfigError("heldout_tasks", f"unknown dataset '{name}'; allowed: {', '.join(DATASET_TO_SUITE)}")
                 if not isinstance(ids, tuple) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
                     raise ConfigError("heldout_tasks", f"'{name}': must be a list of task ids (integers >= 0), got {ids!r}")
+
+    # -- reliability (issue 11): values that used to pass here and fail only after recording or training
+    def _validate_before_work(self) -> None:
+        """Range and cross-field checks that need the suite sizes, the scripted expert's task list or
+        the model folder; every value that would fail later in recording, training or rollout fails here.
+
+        Suite sizes come from LIBERO's benchmark registry (:func:`vlamix.eval.plan.suite_info`, no
+        simulator); without LIBERO installed those two checks are left to :func:`plan_episodes`.
+        """
+        if not self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", f"must be a number in [0, 1) (1 drops every LoRA input), got {self.lora_dropout!r}")
+        for name in ("seed", "eval_seed"):
+            if getattr(self, name) >= 2**32:
+                raise ConfigError(name, f"must be an integer in [0, 2**32) (NumPy's seed range), got {getattr(self, name)!r}")
+        if self.curriculum is not None and self.strategy != "curriculum":
+            self._validate_curriculum()  # ignored by this strategy, but part of the train key: must be well formed
+        suites = self.resolved_eval_suites()
+        if len(set(suites)) != len(suites):
+            raise ConfigError("eval_suites", f"lists a suite twice: {list(suites)}; list each suite once")
+        if self.model not in BUILTIN_MODELS:
+            _check_model_folder(self.model)
+        if self.demos == "scripted":
+            self._validate_scripted_demos()
+        if importlib.util.find_spec("libero") is None:
+            return
+        for suite in suites:
+            n_tasks = _suite_sizes(suite, 0)[0]
+            if self.eval_tasks is not None and self.eval_tasks > n_tasks:
+                raise ConfigError("eval_tasks", f"{self.eval_tasks} tasks requested but suite '{suite}' has {n_tasks}; allowed: 1..{n_tasks} or null (all)")
+            for task_id in range(n_tasks if self.eval_tasks is None else self.eval_tasks):
+                n_init = _suite_sizes(suite, task_id)[1]
+                if self.trials_per_task > n_init:
+                    raise ConfigError(
+                        "trials_per_task", f"{self.trials_per_task} exceeds the {n_init} init states of {suite} task {task_id}; allowed: 1..{n_init}"
+                    )
+
+    def _validate_scripted_demos(self) -> None:
+        """Every dataset that ``demos: scripted`` would record must be one the expert can record."""
+        from vlamix.sim.expert import SCRIPTED_SUITES, supported_tasks
+
+        for name in self.selected_datasets():
+            if os.path.isfile(os.path.join(self.dataset_path(name), "dataset_info.json")):
+                continue  # present: nothing to record
+            suite = DATASET_TO_SUITE[name]
+            n_tasks = _suite_sizes(suite, 0)[0] if importlib.util.find_spec("libero") is not None else self.demo_tasks
+            if self.demo_tasks > n_tasks:
+                raise ConfigError("demo_tasks", f"{self.demo_tasks} tasks to record but suite '{suite}' has {n_tasks}; allowed: 1..{n_tasks}")
+            supported = supported_tasks(suite)
+            wanted = set(range(self.demo_tasks))
+            if supported is not None and not wanted <= supported:
+                can = [f"{s} ({'all tasks' if t is None else f'tasks {sorted(t)}'})" for s, t in SCRIPTED_SUITES.items()]
+                raise ConfigError(
+                    "demos",
+                    f"scripted: the scripted expert cannot record '{name}' (suite {suite}, tasks {sorted(wanted - set(supported))} "
+                    f"unsupported) and it is not in data_dir ({self.dataset_path(name)}); the expert records {', '.join(can)}. "
+                    f"Put the real dataset in data_dir, or drop it from the mixture",
+                )
 
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -531,6 +593,74 @@ class BenchConfig:
                 field_name,
                 f"removes every dataset of the mixture {list(self.mixture_weights())}; at least one must remain",
             )
+
+
+# -- reliability (issue 11): YAML pitfalls, model folder and suite sizes
+#: Fields that hold a list and are often written as a bare string in YAML.
+_LIST_FIELDS = ("eval_suites", "dataset_whitelist", "dataset_blacklist")
+#: Files of which a model folder needs at least one (tokenizer) besides ``config.json``.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _number_string_fix(value: Any) -> str | None:
+    """For a string YAML 1.1 did not read as a number (``"5e-4"``), the message with the fix; else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    text = value.strip()
+    mantissa, _, exponent = text.lower().partition("e")
+    if not exponent or not math.isfinite(number):
+        return None  # a quoted plain number: the field's own message applies
+    fixed = f"{mantissa}.0e{exponent}" if "." not in mantissa else text
+    return (
+        f"got the string {value!r}: YAML 1.1 (PyYAML) reads a number with an exponent but no '.' as text; "
+        f"write {fixed} or {number!r}"
+    )
+
+
+def _check_yaml_pitfalls(cfg: "BenchConfig") -> None:
+    """Numbers that YAML read as strings, and bare strings where a list is expected (before the other checks,
+    whose messages would not say why)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _LIST_FIELDS and isinstance(value, str):
+            raise ConfigError(f.name, f"got the string {value!r}, a list is expected; write [{value}] (a YAML list)")
+        if f.name == "mixture" and isinstance(value, Mapping):
+            for name, weight in value.items():
+                fix = _number_string_fix(weight)
+                if fix:
+                    raise ConfigError("mixture", f"weight of '{name}': {fix}")
+        elif str(f.type).split(" |")[0] in ("int", "float"):
+            fix = _number_string_fix(value)
+            if fix:
+                raise ConfigError(f.name, fix)
+
+
+def _check_model_folder(path: str) -> None:
+    """A ``model`` folder must hold ``config.json`` and tokenizer files (else training fails at the first batch)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError("model", f"folder '{path}' has no config.json; it must be an OpenVLA checkpoint folder (e.g. openvla/openvla-7b) or one of {BUILTIN_MODELS}")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
+        raise ConfigError(
+            "model", f"folder '{path}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); download the whole checkpoint "
+            f"(openvla/openvla-7b ships tokenizer.model and tokenizer_config.json)"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _suite_sizes(suite: str, task_id: int) -> tuple[int, int]:
+    """(tasks in ``suite``, init states of its task ``task_id``) from LIBERO's registry (cached)."""
+    import contextlib
+    import io
+
+    from vlamix.eval.plan import suite_info
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] Applying task order ..."
+        bench = suite_info(suite)
+        return int(bench.n_tasks), len(bench.get_task_init_states(task_id))
 
 
 def _short(name: str) -> str:

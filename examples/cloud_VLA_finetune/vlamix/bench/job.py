@@ -64,6 +64,7 @@ from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
 from vlamix.config import BenchConfig, ConfigError
+from vlamix.io import atomic_write_json, atomic_write_text
 from vlamix.pipeline import RUNTIME_KEYS
 
 logger = logging.getLogger(__name__)
@@ -520,8 +521,7 @@ def run_point(
         metrics = {name: _plain(func(test_data.y, prediction)) for name, func in metric_funcs.items()}
     except Exception as err:  # one failing point must not lose the others
         logger.exception("%s failed", point.describe())
-        with open(os.path.join(out_dir, ERROR_FILE), "w", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
+        atomic_write_text(os.path.join(out_dir, ERROR_FILE), traceback.format_exc())
         message = f"{type(err).__name__}: {err}"
         _write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
         return PointResult(point, "failed", out_dir, error=message)
@@ -640,10 +640,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json(path: str, payload: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, indent=1, default=_json_default)
 
 
 def _read_json(path: str) -> Any:

@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.constants import TRAIN_LOG_NAME
+from vlamix.io import atomic_dir, fault_point, filter_jsonl
 from vlamix.train.distributed import (
     DistContext,
     all_gather_objects,
@@ -395,6 +396,10 @@ class FineTuner:
         if self.step >= cfg.train_steps:
             logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, cfg.train_steps)
         bar = _progress_bar(cfg.train_steps, self.step, enabled=self.ctx.is_main)
+        if self.ctx.is_main:  # a resumed run logs each step once: drop rows past the checkpoint (and a torn last line)
+            dropped = filter_jsonl(log_path, lambda row: isinstance(row, dict) and int(row.get("step", 0)) <= self.step)
+            if dropped:
+                logger.info("%s: dropped %d rows after step %d (they are trained again)", log_path, dropped, self.step)
         try:
             while self.step < cfg.train_steps:
                 start = time.perf_counter()
@@ -506,26 +511,29 @@ class FineTuner:
         data_states = all_gather_objects(self.ctx, self.loader.state_dict() if hasattr(self.loader, "state_dict") else None)
         rng_states = all_gather_objects(self.ctx, capture_rng_state())
         if self.ctx.is_main:
-            base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
-            save_vla(self.model, self.processor, ckpt, norm_stats=self.norm_stats or None, base_model=base_model)
-            with open(os.path.join(ckpt, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump(self.cfg.to_dict(), f, indent=2)
-            save_training_state(
-                os.path.join(ckpt, TRAINING_STATE_FILE),
-                step=self.step,
-                optimizer=self.optimizer,
-                data_states=data_states,
-                rng_states=rng_states,
-                extra={"mixing": self.mixing.state_dict()} if self.mixing is not None else None,
-            )
-            if self.mixing is not None:
-                self._write_mixing_files(ckpt, final)
+            # written in a temporary folder renamed to step_<N> when complete: a kill never leaves a partial checkpoint
+            with atomic_dir(ckpt) as stage:
+                base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
+                save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model)
+                with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
+                    json.dump(self.cfg.to_dict(), f, indent=2)
+                fault_point("checkpoint:weights_written")
+                save_training_state(
+                    os.path.join(stage, TRAINING_STATE_FILE),
+                    step=self.step,
+                    optimizer=self.optimizer,
+                    data_states=data_states,
+                    rng_states=rng_states,
+                    extra={"mixing": self.mixing.state_dict()} if self.mixing is not None else None,
+                )
+                if self.mixing is not None:
+                    self._write_mixing_files(stage, final)
+                if final and self.save_merged:
+                    # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
+                    merged = merge_lora(self.model)
+                    save_vla(merged, self.processor, os.path.join(stage, MERGED_DIR), norm_stats=self.norm_stats or None)
+                    logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
             logger.info("saved checkpoint %s", ckpt)
-            if final and self.save_merged:
-                # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
-                merged = merge_lora(self.model)
-                save_vla(merged, self.processor, os.path.join(ckpt, MERGED_DIR), norm_stats=self.norm_stats or None)
-                logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
         barrier(self.ctx)
         return ckpt
 
@@ -625,9 +633,9 @@ def load_config_file(path: str, overrides: Mapping[str, Any] | None = None) -> B
     if path.endswith(".json"):
         values = json.loads(text)
     else:
-        import yaml
+        from vlamix.io import load_yaml
 
-        values = yaml.safe_load(text)
+        values = load_yaml(text, path)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of BenchConfig fields, got {type(values).__name__}")
     values.update(overrides or {})
@@ -638,9 +646,9 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    import yaml
+    from vlamix.io import load_yaml
 
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), load_yaml(raw, f"--set {key.strip()}")
 
 
 def main(argv: list[str] | None = None) -> int:
