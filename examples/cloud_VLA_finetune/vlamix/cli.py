@@ -26,7 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.job import main as run_main
 
-    return run_main(["-f", args.file])
+    argv = ["-f", args.file]
+    if args.backend != "local":  # vlamix.bench.ray_backend
+        argv += ["--backend", args.backend] + (["--address", args.address] if args.address else [])
+    return run_main(argv)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray Tune trial per grid point (resources: benchmarkingjob.ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray start --head prints it); default: a local Ray")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("record-demos", help="record scripted-expert demonstrations as RLDS")

@@ -20,12 +20,13 @@ are not run again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 from vlamix.config import BenchConfig
 
@@ -39,6 +40,17 @@ EVAL_FIELDS = frozenset(
 RUNTIME_KEYS = frozenset({"runs_dir"})
 DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
 COMPLETE_MARKER = "TRAINING_COMPLETE"
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Hold the file lock ``<path>.lock`` (``filelock.FileLock``; created with its parent folder),
+    so that processes sharing the file system (parallel Ray trials) never write ``path`` at once."""
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with FileLock(os.path.abspath(path) + ".lock"):
+        yield
 
 
 def latest_resumable_checkpoint(run_dir: str) -> str | None:
@@ -100,11 +112,15 @@ class VLADataSelect:
         ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
+        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(self.config))
+        with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
+            return self._train(run_dir)
+
+    def _train(self, run_dir: str) -> str:
         from vlamix.sim.record import ensure_demo_datasets
         from vlamix.train.finetune import finetune
 
         cfg = self.config
-        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
         marker = os.path.join(run_dir, COMPLETE_MARKER)
         if os.path.isfile(marker):
             with open(marker) as fh:
@@ -113,7 +129,8 @@ class VLADataSelect:
                 logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
                 self.checkpoint = done
                 return done
-        ensure_demo_datasets(cfg)
+        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
+            ensure_demo_datasets(cfg)
         resume = latest_resumable_checkpoint(run_dir)
         logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
                     f" (resuming from {resume})" if resume else "")
