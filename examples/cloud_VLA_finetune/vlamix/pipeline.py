@@ -53,6 +53,42 @@ def exclusive(path: str) -> Iterator[None]:
         yield
 
 
+def train_run(cfg: BenchConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
+    """Train (or reuse, or resume) the run of ``cfg`` at ``<runs_dir>/<train key>/``; returns its final checkpoint.
+
+    Records missing demonstration datasets first. Runs this one depends on (the DoReMi reference of
+    ``dro_reference: auto``, the proxy of ``doremi_transfer``; :mod:`vlamix.mixing.reference`) are
+    trained first the same way, so each is trained once per training key. Holds a file lock on the
+    run folder, so parallel trials (Ray) with the same key wait for one another.
+    """
+    from vlamix.mixing.reference import resolve_training_config, write_transfer_record
+    from vlamix.sim.record import ensure_demo_datasets
+    from vlamix.train.finetune import finetune
+
+    run_dir = os.path.join(os.path.abspath(runs_dir), train_key(cfg))
+    with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
+        marker = os.path.join(run_dir, COMPLETE_MARKER)
+        if os.path.isfile(marker):
+            with open(marker) as fh:
+                done = os.path.join(run_dir, fh.read().strip())
+            if os.path.isdir(done):
+                logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
+                return done
+        train_cfg, provenance = resolve_training_config(cfg, lambda dep: train_run(dep, runs_dir))
+        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
+            ensure_demo_datasets(train_cfg)
+        resume = latest_resumable_checkpoint(run_dir)
+        logger.info("fine-tuning on mixture %s -> %s%s", train_cfg.mixture_label(), run_dir,
+                    f" (resuming from {resume})" if resume else "")
+        out = finetune(train_cfg, run_dir, resume_from=resume,
+                       save_every=max(1, train_cfg.train_steps // 4) if train_cfg.train_steps else None)
+        if cfg.strategy == "doremi_transfer":
+            write_transfer_record(out, cfg, provenance)
+        with open(marker, "w") as fh:
+            fh.write(os.path.relpath(out, run_dir) + "\n")
+        return out
+
+
 def latest_resumable_checkpoint(run_dir: str) -> str | None:
     """The ``step_NNNNNN`` folder of ``run_dir`` with the highest step that holds a training state."""
     if not os.path.isdir(run_dir):
@@ -112,33 +148,8 @@ class VLADataSelect:
         ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
-        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(self.config))
-        with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
-            return self._train(run_dir)
-
-    def _train(self, run_dir: str) -> str:
-        from vlamix.sim.record import ensure_demo_datasets
-        from vlamix.train.finetune import finetune
-
-        cfg = self.config
-        marker = os.path.join(run_dir, COMPLETE_MARKER)
-        if os.path.isfile(marker):
-            with open(marker) as fh:
-                done = os.path.join(run_dir, fh.read().strip())
-            if os.path.isdir(done):
-                logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
-                self.checkpoint = done
-                return done
-        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
-            ensure_demo_datasets(cfg)
-        resume = latest_resumable_checkpoint(run_dir)
-        logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
-                    f" (resuming from {resume})" if resume else "")
-        out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
-        with open(marker, "w") as fh:
-            fh.write(os.path.relpath(out, run_dir) + "\n")
-        self.checkpoint = out
-        return out
+        self.checkpoint = train_run(self.config, self.runs_dir)
+        return self.checkpoint
 
     def save(self, model_path: str) -> str:
         """Copy the trained checkpoint folder to ``model_path`` (a folder); returns the folder.
