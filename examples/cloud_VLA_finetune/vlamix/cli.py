@@ -32,6 +32,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(argv)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Adaptive mixture search of a job (vlamix.search.job)."""
+    from vlamix.search.job import run_search
+
+    result, trace, comparison = run_search(args.file, backend=args.backend, address=args.address)
+    best = trace.best()
+    print(f"search: {len(trace.records)} trials; best {best.weights if best else None} -> {best.value if best else None}")
+    print(json.dumps(comparison, indent=1, default=str))
+    print(f"report: {result.rank_files.get('search_report')}")
+    return 1 if result.failed else 0
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    """Mixture regression on a job's finished points (vlamix.search.regression)."""
+    from vlamix.bench.spec import load_job
+    from vlamix.search.regression import suggest
+
+    job = load_job(args.file)
+    direction = args.direction
+    if direction is None:
+        from vlamix.search.job import _direction_from_rank
+
+        direction = _direction_from_rank(job, args.metric) or "maximize"
+    try:
+        out = suggest(job.job_dir, args.metric, direction=direction, datasets=args.datasets)
+    except ValueError as err:
+        print(f"vlamix suggest: {err}", file=sys.stderr)
+        return 2
+    best = out["best"]
+    print(f"{out['model']} on {out['n']} points, leave-one-out RMSE {out['loo_rmse']:.4g}")
+    print(f"predicted best mixture: {best['weights']} -> {args.metric} {best['predicted']:.4g} "
+          f"(95% prediction interval {best['low']:.4g} .. {best['high']:.4g})")
+    return 0
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
     from vlamix.sim import record
 
@@ -102,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
     p.add_argument("--out", default=None, help="episodes JSONL (default: <checkpoint>/eval/episodes.jsonl)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("search", help="adaptive mixture search (Optuna) of a job's 'search:' block; trials are rank rows")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: trials in parallel via Ray Tune's OptunaSearch")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("suggest", help="fit a metric on the mixture weights of a job's finished points; predict the best mixture")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--metric", default="success_rate", help="rank metric to model (default success_rate)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), default=None, help="default: from rank.sort_by")
+    p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: every dataset in the points' mixtures)")
+    p.set_defaults(func=_cmd_suggest)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)
