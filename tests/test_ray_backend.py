@@ -252,3 +252,26 @@ def test_trial_larger_than_the_cluster_fails_before_any_trial(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="GPUs per trial, but the Ray cluster has 0"):
         ray_backend.run_job_ray("fake_job.yaml", print_leaderboard=False)
     assert not calls(root)
+
+
+def test_search_on_ray_runs_optuna_trials_as_rank_rows_and_resumes(tmp_path, monkeypatch, local_ray):
+    from vlamix.search.job import run_search
+
+    root = make_root(tmp_path, ray_block={"cpus_per_trial": 1})
+    job = yaml.safe_load((root / "fake_job.yaml").read_text())
+    job["benchmarkingjob"]["search"] = {"datasets": ["libero_spatial_no_noops", "libero_object_no_noops"], "objective": "action_token_accuracy",
+                                        "direction": "maximize", "budget": 3, "sampler": "tpe", "seed": 0}
+    (root / "fake_job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    monkeypatch.chdir(root)
+    result, trace, _ = run_search("fake_job.yaml", backend="ray", print_leaderboard=False)
+
+    assert len(trace.records) == 3 and all(r.value is not None for r in trace.records)
+    for rec in trace.records:  # the objective Tune reported is the trial's own metric (accuracy = spatial weight)
+        assert rec.value == pytest.approx(rec.weights["libero_spatial_no_noops"], abs=1e-4)
+    rows = rank_rows(result.rank_files["all"])
+    assert sorted(r["url"].split(os.sep)[-1] for r in rows) == sorted(r.point_id for r in trace.records)
+    train_pids = {c["pid"] for c in calls(root) if c["call"] == "train"}
+    assert len(calls(root)) == 3 and os.getpid() not in train_pids
+
+    _, again, _ = run_search("fake_job.yaml", backend="ray", print_leaderboard=False)  # budget spent: nothing runs
+    assert len(again.records) == 3 and len(calls(root)) == 3

@@ -87,7 +87,7 @@ def run_search_ray(job_file, job, spec, template, previous: Sequence[TrialRecord
         params = {n: float(res.config[n]) for n in names}
         value = (res.metrics or {}).get("objective")
         value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-        finished.append((res.metrics or {}).get("timestamp", 0), params, value, (res.metrics or {}).get("point_id"))
+        finished.append(((res.metrics or {}).get("timestamp", 0), params, value, (res.metrics or {}).get("point_id")))
     for _, params, value, pid in sorted(finished, key=lambda t: t[0]):
         trace.records.append(TrialRecord(len(trace.records), params, weights_from_params(params, spec.datasets), value, pid))
     return trace
