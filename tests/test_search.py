@@ -125,7 +125,8 @@ def test_job_search_trials_are_rank_rows_and_compare_with_the_grid(tmp_path, mon
     saved = json.load(open(os.path.join("workspace", "fake_job", "search", "trace.json")))
     assert [t["point_id"] for t in saved["trials"]] == [r.point_id for r in trace.records]
     assert all(os.path.isfile(os.path.join("workspace", "fake_job", "fake_algo", t["point_id"], "result.json")) for t in saved["trials"])
-    assert "regret" in open(result.rank_files["search_report"]).read()
+    section = open(result.rank_files["search_report"]).read()
+    assert "regret" in section and "predicted best" in section
 
     # vlamix suggest on the 6 finished points: accuracy = spatial weight exactly, so the fit is exact
     from vlamix.search.regression import suggest

@@ -218,8 +218,13 @@ def run_search(
     grid_ids = {r.point.point_id for r in grid_done}
     all_results = grid_done + [r for pid, r in results.items() if pid not in grid_ids]
     job_result = finish_job(job, all_results, print_leaderboard=print_leaderboard)
-    report = write_search_report(trace, comparison, spec, os.path.join(job.job_dir, "report"))
+    report = write_search_report(trace, comparison, spec, os.path.join(job.job_dir, "report"), job_dir=job.job_dir)
     job_result.rank_files["search_report"] = report
+    main_report = job_result.rank_files.get("report")
+    if main_report and os.path.isfile(main_report):  # a pointer from the job's report to the search section
+        with open(main_report, "a", encoding="utf-8") as fh:
+            fh.write(f"\n## Mixture search\n\nSee [{os.path.basename(report)}]({os.path.relpath(report, os.path.dirname(main_report))}) "
+                     f"({len(trace.records)} {spec.sampler} trials of {spec.objective}).\n")
     return job_result, trace, comparison
 
 
@@ -242,8 +247,11 @@ def _read_trace(path: str, spec: SearchSpec) -> list[TrialRecord]:
     return [TrialRecord(t["number"], t["params"], t["weights"], t["value"], t.get("point_id")) for t in saved.get("trials", [])][: spec.budget]
 
 
-def write_search_report(trace: SearchTrace, comparison: Mapping[str, Any], spec: SearchSpec, report_dir: str) -> str:
-    """``<report_dir>/search.md`` (trace table, best, grid comparison) and ``search_trace.png``; returns the .md path."""
+def write_search_report(trace: SearchTrace, comparison: Mapping[str, Any], spec: SearchSpec, report_dir: str,
+                        job_dir: str | None = None) -> str:
+    """``<report_dir>/search.md`` (trace table, best, grid comparison, and the mixture regression of
+    :mod:`vlamix.search.regression` on the job's finished points when there are enough) and
+    ``search_trace.png``; returns the .md path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,6 +289,17 @@ def write_search_report(trace: SearchTrace, comparison: Mapping[str, Any], spec:
                      f"(point {comparison['grid_trials_to_best']} of {comparison['grid_points']}); regret of the search "
                      f"{comparison['regret']:+.4g} (> 0: the grid was better); trials the search needed to match the grid: "
                      f"{comparison['search_trials_to_match_grid']}.")
+    if job_dir is not None:
+        from vlamix.search.regression import suggest
+
+        try:
+            reg = suggest(job_dir, spec.objective, direction=spec.direction, datasets=spec.datasets)
+        except ValueError as err:
+            lines.append(f"\nMixture regression: not shown ({err}).")
+        else:
+            b = reg["best"]
+            lines.append(f"\nMixture regression ({reg['model']}, {reg['n']} points, leave-one-out RMSE {reg['loo_rmse']:.3g}): "
+                         f"predicted best {b['weights']} -> {b['predicted']:.4g} (95% prediction interval {b['low']:.4g} .. {b['high']:.4g}).")
     path = os.path.join(report_dir, "search.md")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
