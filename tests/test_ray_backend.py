@@ -275,3 +275,66 @@ def test_search_on_ray_runs_optuna_trials_as_rank_rows_and_resumes(tmp_path, mon
 
     _, again, _ = run_search("fake_job.yaml", backend="ray", print_leaderboard=False)  # budget spent: nothing runs
     assert len(again.records) == 3 and len(calls(root)) == 3
+
+
+# ------------------------------------------------------------------------------ the product path
+E2E_GRID = {  # the budgets of test_e2e_job.py
+    "mixture": [{"libero_spatial_no_noops": 1}],
+    "lora_rank": [4, 8],
+    "demo_tasks": [1],
+    "demo_episodes_per_task": [2],
+    "heldout_fraction": [0.5],
+    "train_steps": [2],
+    "batch_size": [2],
+    "eval_tasks": [1],
+    "trials_per_task": [1],
+    "eval_max_steps": [3],
+    "eval_workers": [1],
+}
+
+
+def _product_root(root, shared):
+    shutil.copytree(os.path.join(REPO, EXAMPLE_REL), root / EXAMPLE_REL)
+    algo_yaml = root / EXAMPLE_REL / "testalgorithms" / "vla_dataselect" / "vla_algorithm.yaml"
+    algo = yaml.safe_load(algo_yaml.read_text())
+    grid = dict(E2E_GRID, data_dir=[str(shared / "data")], runs_dir=[str(shared / "runs")])
+    algo["algorithm"]["modules"][0]["hyperparameters"] = [{k: {"values": v}} for k, v in grid.items()]
+    algo_yaml.write_text(yaml.safe_dump(algo, sort_keys=False))
+    job_yaml = root / EXAMPLE_REL / "benchmarkingjob.yaml"
+    job = yaml.safe_load(job_yaml.read_text())
+    job["benchmarkingjob"]["ray"] = {"cpus_per_trial": 1}  # both trials at once on the 2-CPU Ray
+    job_yaml.write_text(yaml.safe_dump(job, sort_keys=False))
+    return os.path.join(EXAMPLE_REL, "benchmarkingjob.yaml")
+
+
+@pytest.mark.libero
+def test_real_two_point_job_on_ray_matches_the_sequential_runner(tmp_path, monkeypatch, local_ray):
+    """Demos recorded once (two trials race for them under the lock), tiny model trained in the Ray
+    workers, LIBERO rollouts spawned inside the trials; then the sequential runner, reusing those
+    training runs, evaluates again in another root and must write the same rank values."""
+    shared = tmp_path / "shared"
+    job_file = _product_root(tmp_path / "ray", shared)
+    monkeypatch.chdir(tmp_path / "ray")
+    result = ray_backend.run_job_ray(job_file, print_leaderboard=False)
+    assert [p.status for p in result.points] == ["completed", "completed"], [p.error for p in result.points]
+    rec = json.loads((shared / "data/libero_spatial_no_noops/1.0.0/recording.json").read_text())
+    assert rec["stats"]["successes"] == 2
+    ray_rows = rank_rows(result.rank_files["all"])
+    assert {r["basemodel-lora_rank"] for r in ray_rows} == {"4", "8"}
+    for r in ray_rows:
+        assert r["num_episodes"] == "1" and float(r["success_rate"]) == 0.0
+        assert 0.0 <= float(r["action_token_accuracy"]) <= 1.0 and float(r["action_l1"]) > 0.0
+    for p in result.points:
+        (episode,) = json.load(open(os.path.join(p.output_dir, "prediction.json")))["episodes"]
+        assert (episode["suite"], episode["task_id"], episode["steps"], episode["success"]) == ("libero_spatial", 0, 3, False)
+    assert len(os.listdir(shared / "runs")) >= 2
+
+    job_file = _product_root(tmp_path / "seq", shared)
+    monkeypatch.chdir(tmp_path / "seq")
+    runs_before = sorted(os.listdir(shared / "runs"))
+    expected = bench_job.run_job(job_file, print_leaderboard=False)
+    assert sorted(os.listdir(shared / "runs")) == runs_before  # nothing trained again
+    seq_rows = rank_rows(expected.rank_files["all"])
+    for row in ray_rows + seq_rows:
+        row.pop("time")
+    assert ray_rows == seq_rows
