@@ -589,6 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = run_job_ray(args.job_file, address=args.address, allow_extra=args.allow_extra, recompute_metrics=args.recompute_metrics)
         else:
+            if args.backend == "ray":  # a dry run checks the ray: block too
+                from vlamix.bench.ray_backend import load_ray_settings
+
+                load_ray_settings(args.job_file)
             result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
     except (JobConfigError, ConfigError, FileNotFoundError, ModuleLoadError) as err:
         logger.error("%s", err)

@@ -15,7 +15,7 @@ This module is the decision rule over episode streams (:func:`race`); it is not 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 from vlamix.eval.stats import Z_95, wilson_interval
 
