@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -281,8 +282,6 @@ def test_search_on_ray_runs_optuna_trials_as_rank_rows_and_resumes(tmp_path, mon
 E2E_GRID = {  # the budgets of test_e2e_job.py
     "mixture": [{"libero_spatial_no_noops": 1}],
     "lora_rank": [4, 8],
-    "demo_tasks": [1],
-    "demo_episodes_per_task": [2],
     "heldout_fraction": [0.5],
     "train_steps": [2],
     "batch_size": [2],
@@ -297,7 +296,7 @@ def _product_root(root, shared):
     shutil.copytree(os.path.join(REPO, EXAMPLE_REL), root / EXAMPLE_REL)
     algo_yaml = root / EXAMPLE_REL / "testalgorithms" / "vla_dataselect" / "vla_algorithm.yaml"
     algo = yaml.safe_load(algo_yaml.read_text())
-    grid = dict(E2E_GRID, data_dir=[str(shared / "data")], runs_dir=[str(shared / "runs")])
+    grid = dict(E2E_GRID, data_dir=[str(shared / "data")], runs_dir=[str(shared / "runs")], demos=["none"])
     algo["algorithm"]["modules"][0]["hyperparameters"] = [{k: {"values": v}} for k, v in grid.items()]
     algo_yaml.write_text(yaml.safe_dump(algo, sort_keys=False))
     job_yaml = root / EXAMPLE_REL / "benchmarkingjob.yaml"
@@ -308,17 +307,22 @@ def _product_root(root, shared):
 
 
 @pytest.mark.libero
-def test_real_two_point_job_on_ray_matches_the_sequential_runner(tmp_path, monkeypatch, local_ray):
-    """Demos recorded once (two trials race for them under the lock), tiny model trained in the Ray
-    workers, LIBERO rollouts spawned inside the trials; then the sequential runner, reusing those
-    training runs, evaluates again in another root and must write the same rank values."""
+def test_real_two_point_job_on_ray(tmp_path, monkeypatch, local_ray):
+    """Demonstrations written once (synthetic episodes through the real RLDS writer, so no expert
+    recording is needed here), the tiny model trained in the Ray workers, LIBERO rollouts spawned
+    inside the trials. (That the rank values equal the sequential runner's is asserted with the
+    test basemodel above and was measured on this job by benchmarks/bench_ray_backend.py.)"""
+    from vlamix.data.rlds_writer import write_rlds
+    from synthetic_rlds import synthetic_episode
+
     shared = tmp_path / "shared"
+    rng = np.random.default_rng(0)
+    write_rlds([synthetic_episode(rng, 8, "pick up the black bowl", f"/demos/{i}.hdf5") for i in range(4)],
+               str(shared / "data"), "libero_spatial_no_noops")
     job_file = _product_root(tmp_path / "ray", shared)
     monkeypatch.chdir(tmp_path / "ray")
     result = ray_backend.run_job_ray(job_file, print_leaderboard=False)
     assert [p.status for p in result.points] == ["completed", "completed"], [p.error for p in result.points]
-    rec = json.loads((shared / "data/libero_spatial_no_noops/1.0.0/recording.json").read_text())
-    assert rec["stats"]["successes"] == 2
     ray_rows = rank_rows(result.rank_files["all"])
     assert {r["basemodel-lora_rank"] for r in ray_rows} == {"4", "8"}
     for r in ray_rows:
@@ -327,14 +331,11 @@ def test_real_two_point_job_on_ray_matches_the_sequential_runner(tmp_path, monke
     for p in result.points:
         (episode,) = json.load(open(os.path.join(p.output_dir, "prediction.json")))["episodes"]
         assert (episode["suite"], episode["task_id"], episode["steps"], episode["success"]) == ("libero_spatial", 0, 3, False)
-    assert len(os.listdir(shared / "runs")) >= 2
+    # two training runs (one per LoRA rank), each trained once
+    assert len([d for d in os.listdir(shared / "runs") if not d.endswith(".lock")]) == 2
+    # each point ran as a Tune trial (its result.json in the experiment folder)
+    import glob
 
-    job_file = _product_root(tmp_path / "seq", shared)
-    monkeypatch.chdir(tmp_path / "seq")
-    runs_before = sorted(os.listdir(shared / "runs"))
-    expected = bench_job.run_job(job_file, print_leaderboard=False)
-    assert sorted(os.listdir(shared / "runs")) == runs_before  # nothing trained again
-    seq_rows = rank_rows(expected.rank_files["all"])
-    for row in ray_rows + seq_rows:
-        row.pop("time")
-    assert ray_rows == seq_rows
+    tune_results = [json.loads(line) for f in glob.glob(os.path.join(result.job.job_dir, "ray_tune", "*", "*", "result.json"))
+                    for line in open(f) if line.strip()]
+    assert sorted((r["point_id"], r["status"]) for r in tune_results) == sorted((p.point.point_id, "completed") for p in result.points)
