@@ -164,6 +164,9 @@ def check_resources(settings: RaySettings) -> None:
         raise ConfigError("ray.gpus_per_trial", f"{settings.gpus_per_trial:g} GPUs per trial, but the Ray cluster has {total.get('GPU', 0.0):g}")
     if settings.cpus_per_trial > total.get("CPU", 0.0):
         raise ConfigError("ray.cpus_per_trial", f"{settings.cpus_per_trial:g} CPUs per trial, but the Ray cluster has {total.get('CPU', 0.0):g}")
+    if settings.gpus_per_trial == 0 and total.get("GPU", 0.0) > 0:
+        logger.warning("the Ray cluster has %g GPUs but ray.gpus_per_trial is 0: trials run on CPU (Ray hides the GPUs "
+                       "from them); set benchmarkingjob.ray.gpus_per_trial to fine-tune on GPUs", total["GPU"])
 
 
 def _trial(config: Mapping[str, Any]) -> dict[str, Any]:
