@@ -339,3 +339,31 @@ def test_real_two_point_job_on_ray(tmp_path, monkeypatch, local_ray):
     tune_results = [json.loads(line) for f in glob.glob(os.path.join(result.job.job_dir, "ray_tune", "*", "*", "result.json"))
                     for line in open(f) if line.strip()]
     assert sorted((r["point_id"], r["status"]) for r in tune_results) == sorted((p.point.point_id, "completed") for p in result.points)
+
+
+# ------------------------------------------------------------------------------ devices in a trial
+def test_trial_devices_cpu_trial_sees_no_gpu_and_gpu_trial_renders_on_its_first(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
+    ray_backend.prepare_trial_devices(0)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # what Ray sets for a trial given physical GPU 3
+    monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "3")
+    ray_backend.prepare_trial_devices(1)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "0"
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_robosuite_accepts_egl_device_0_under_narrowed_cuda_only_with_the_guard(guarded):
+    """A spawned rollout worker of a GPU trial (CUDA_VISIBLE_DEVICES=3, MUJOCO_EGL_DEVICE_ID=0):
+    robosuite's import-time check rejects it unless vlamix.sim (which installs the guard) comes first."""
+    code = ("import vlamix.sim; " if guarded else "") + "import robosuite.utils.binding_utils, os; print(os.environ['MUJOCO_EGL_DEVICE_ID'])"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="3", MUJOCO_EGL_DEVICE_ID="0", MUJOCO_GL="egl",
+               PYTHONPATH=os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if guarded:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == "0"  # restored after the import
+    else:
+        assert proc.returncode != 0 and "MUJOCO_EGL_DEVICE_ID needs to be set" in proc.stderr

@@ -33,7 +33,8 @@ Pitfalls handled inside a trial (:func:`_trial`):
 
 * Ray narrows ``CUDA_VISIBLE_DEVICES`` to the trial's GPUs; PyTorch then sees them as ``cuda:0..``.
   EGL renumbers them too, so ``MUJOCO_EGL_DEVICE_ID`` is set to 0 and robosuite's import-time check
-  is kept from rejecting it (:mod:`vlamix.sim.egl`).
+  is kept from rejecting it (:mod:`vlamix.sim.egl`). A trial with ``gpus_per_trial: 0`` gets an
+  empty ``CUDA_VISIBLE_DEVICES`` (Ray 2.60 no longer empties it), so it never takes a GPU unscheduled.
 * TensorFlow (RLDS loader) never takes a GPU (:func:`vlamix.data._tf.import_tf`).
 * Rollout and recording workers are ``spawn``-started processes of the trial (never fork: the
   trial has torch and possibly TF loaded); they inherit the trial's environment.
@@ -165,8 +166,23 @@ def check_resources(settings: RaySettings) -> None:
     if settings.cpus_per_trial > total.get("CPU", 0.0):
         raise ConfigError("ray.cpus_per_trial", f"{settings.cpus_per_trial:g} CPUs per trial, but the Ray cluster has {total.get('CPU', 0.0):g}")
     if settings.gpus_per_trial == 0 and total.get("GPU", 0.0) > 0:
-        logger.warning("the Ray cluster has %g GPUs but ray.gpus_per_trial is 0: trials run on CPU (Ray hides the GPUs "
-                       "from them); set benchmarkingjob.ray.gpus_per_trial to fine-tune on GPUs", total["GPU"])
+        logger.warning("the Ray cluster has %g GPUs but ray.gpus_per_trial is 0: trials run on CPU (their "
+                       "CUDA_VISIBLE_DEVICES is emptied); set benchmarkingjob.ray.gpus_per_trial to fine-tune on GPUs", total["GPU"])
+
+
+def prepare_trial_devices(gpus_per_trial: float) -> None:
+    """Device set-up at the start of a trial, before torch touches CUDA.
+
+    A trial that asked for no GPU gets ``CUDA_VISIBLE_DEVICES=""`` (Ray 2.60 leaves the variable
+    alone for zero-GPU trials, so every such trial would otherwise see, and use, every GPU of its
+    node unscheduled). A GPU trial renders on its first GPU
+    (:func:`vlamix.sim.egl.use_first_visible_egl_device`).
+    """
+    from vlamix.sim.egl import use_first_visible_egl_device
+
+    if gpus_per_trial == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    use_first_visible_egl_device()
 
 
 def _trial(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,10 +192,9 @@ def _trial(config: Mapping[str, Any]) -> dict[str, Any]:
     ``allow_extra``, ``recompute_metrics``. Returns ``{"status", "point_id", "error"}``; the metrics
     are in the point's ``result.json``, which the driver reads.
     """
-    from vlamix.sim.egl import use_first_visible_egl_device
-
     os.chdir(config["root"])  # Tune starts trials in their own folder; every URL is relative to the root
-    egl = use_first_visible_egl_device()
+    prepare_trial_devices(config["gpus_per_trial"])
+    egl = os.environ.get("MUJOCO_EGL_DEVICE_ID")
     logger.info("trial of point %s: CUDA_VISIBLE_DEVICES=%r MUJOCO_EGL_DEVICE_ID=%r OMP_NUM_THREADS=%r",
                 config["point_id"], os.environ.get("CUDA_VISIBLE_DEVICES"), egl, os.environ.get("OMP_NUM_THREADS"))
     job, points, classes, metric_funcs = prepare_job(config["job_file"], allow_extra=config["allow_extra"])
@@ -247,6 +262,7 @@ def _run_trials(job_file, job, pending, settings, address, allow_extra, num_cpus
             "job_file": job_file,
             "allow_extra": allow_extra,
             "recompute_metrics": False,
+            "gpus_per_trial": settings.gpus_per_trial,
         }
         tuner = tune.Tuner(
             trainable,

@@ -27,10 +27,10 @@ def _search_trial(config: Mapping[str, Any]) -> dict[str, Any]:
     """Body of one search trial (a Ray worker): weights from ``u*``, run the point, report the objective."""
     from vlamix.bench.job import prepare_job, run_point
     from vlamix.search.job import _objective_value, trial_point
-    from vlamix.sim.egl import use_first_visible_egl_device
+    from vlamix.bench.ray_backend import prepare_trial_devices
 
     os.chdir(config["root"])
-    use_first_visible_egl_device()
+    prepare_trial_devices(config["gpus_per_trial"])
     job, points, classes, metric_funcs = prepare_job(config["job_file"], allow_extra=config["allow_extra"])
     template = next(p for p in points if p.algorithm.name == config["algorithm"])
     weights = weights_from_params(config, config["datasets"])
@@ -68,7 +68,8 @@ def run_search_ray(job_file, job, spec, template, previous: Sequence[TrialRecord
         check_resources(settings)
         param_space = {n: tune.uniform(0.0, 1.0) for n in names}
         param_space.update(root=os.getcwd(), job_file=job_file, allow_extra=allow_extra, algorithm=spec.algorithm,
-                           datasets=list(spec.datasets), objective=spec.objective, budget=spec.budget)
+                           datasets=list(spec.datasets), objective=spec.objective, budget=spec.budget,
+                           gpus_per_trial=settings.gpus_per_trial)
         tuner = tune.Tuner(
             tune.with_resources(_search_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}),
             param_space=param_space,
