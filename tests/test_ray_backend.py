@@ -346,9 +346,14 @@ def test_trial_devices_cpu_trial_sees_no_gpu_and_gpu_trial_renders_on_its_first(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
     ray_backend.prepare_trial_devices(0)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "0"
+    # robosuite's EGL context parses an empty CUDA_VISIBLE_DEVICES as a device list unless the ID is set
+    code = "from robosuite.renderers.context import egl_context as e; print(bool(e.create_initialized_egl_device_display(-1)))"
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, MUJOCO_GL="egl"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "True", proc.stderr[-2000:]
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # what Ray sets for a trial given physical GPU 3
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # the guard it installs goes with the test
     monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "3")
     ray_backend.prepare_trial_devices(1)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "0"

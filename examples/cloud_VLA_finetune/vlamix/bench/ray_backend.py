@@ -175,14 +175,17 @@ def prepare_trial_devices(gpus_per_trial: float) -> None:
 
     A trial that asked for no GPU gets ``CUDA_VISIBLE_DEVICES=""`` (Ray 2.60 leaves the variable
     alone for zero-GPU trials, so every such trial would otherwise see, and use, every GPU of its
-    node unscheduled). A GPU trial renders on its first GPU
-    (:func:`vlamix.sim.egl.use_first_visible_egl_device`).
+    node unscheduled) and, unless set, ``MUJOCO_EGL_DEVICE_ID=0`` (robosuite's EGL context parses an
+    empty ``CUDA_VISIBLE_DEVICES`` as a device list and fails without it). A GPU trial renders on
+    its first GPU (:func:`vlamix.sim.egl.use_first_visible_egl_device`).
     """
     from vlamix.sim.egl import use_first_visible_egl_device
 
     if gpus_per_trial == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    use_first_visible_egl_device()
+        os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", "0")
+    else:
+        use_first_visible_egl_device()
 
 
 def _trial(config: Mapping[str, Any]) -> dict[str, Any]:
