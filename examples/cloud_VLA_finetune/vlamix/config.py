@@ -27,6 +27,8 @@ BUILTIN_MODELS = ("tiny",)
 DEMO_SOURCES = ("scripted", "none")
 #: ``dro_reference`` value that measures the reference losses with the initial model.
 DRO_REFERENCE_INITIAL = "initial"
+#: ``dro_reference`` value that trains a reference run on the initial weights first (vlamix.mixing.reference).
+DRO_REFERENCE_AUTO = "auto"
 #: Parameters that matter only for some strategies (the rest are reset to defaults in train keys).
 STRATEGY_PARAMS = {
     "static": ("balance_by_size",),
@@ -37,6 +39,9 @@ STRATEGY_PARAMS = {
                "dro_reference", "dro_reference_batches"),
     "exp3": ("balance_by_size", "mixing_level", "skill_map", "mixing_update_every", "exp3_smoothing"),
     "curriculum": ("mixing_level", "skill_map", "curriculum"),
+    # DoReMi step 3 (vlamix.mixing.reference): a DoReMi run's time-averaged weights as a static mixture
+    "doremi_transfer": ("balance_by_size", "mixing_update_every", "dro_eta", "dro_smoothing", "dro_reference",
+                        "dro_reference_batches"),
 }  # fmt: skip
 PRECISIONS = ("fp32", "bf16")
 #: Rollout runtime choices (eval_dtype, eval_videos).
@@ -73,7 +78,8 @@ class BenchConfig:
     Data-ratio strategy (:mod:`vlamix.mixing`)
         strategy: "static" (the mixture weights), "full_dataset" (natural proportions of the chosen
             datasets), "task_balanced" (equal per task or skill), "temperature" (n^(1/T)),
-            "doremi" (excess-loss group DRO), "exp3" (online data mixing), "curriculum" (schedule).
+            "doremi" (excess-loss group DRO), "exp3" (online data mixing), "curriculum" (schedule),
+            "doremi_transfer" (a DoReMi run's time-averaged weights, then a fresh static run on them).
         mixing_level: what weights are assigned to: "dataset", "task" (language instruction) or
             "skill" (verb of the instruction); None = "task" for task_balanced, else "dataset".
             static supports "dataset" only.
@@ -82,7 +88,9 @@ class BenchConfig:
         mixing_update_every: K, optimiser steps between weight updates (doremi, exp3).
         dro_eta: step size of the exponentiated-gradient update (> 0). dro_smoothing: c in [0, 1],
             mix of the initial weights kept in every update (each weight >= c * initial).
-        dro_reference: "initial" (the initial model's per-group loss) or a saved run folder whose
+        dro_reference: "initial" (the initial model's per-group loss), "auto" (a reference run trained
+            first on the initial weights with the same budget, shared by every point with the same
+            training key; :mod:`vlamix.mixing.reference`) or a saved run folder whose
             logged per-group loss is the reference. dro_reference_batches: batches per reference.
         exp3_smoothing: a in [0, 1), moving-average factor of EXP3's reward estimates.
         curriculum: ``[{step: 0, weights: {...}}, {step: N, weights: {...}}, ...]`` (group names ->
@@ -314,8 +322,11 @@ class BenchConfig:
         elif s == "temperature":
             label = f"temperature T={self.temperature:g}{by}"
         elif s == "doremi":
-            ref = self.dro_reference if self.dro_reference == DRO_REFERENCE_INITIAL else os.path.basename(os.path.normpath(self.dro_reference))
+            ref = self.dro_reference if self.dro_reference in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO) else os.path.basename(os.path.normpath(self.dro_reference))
             label = f"doremi eta={self.dro_eta:g} c={self.dro_smoothing:g} K={self.mixing_update_every} ref={ref}{by}"
+        elif s == "doremi_transfer":
+            ref = self.dro_reference if self.dro_reference in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO) else os.path.basename(os.path.normpath(self.dro_reference))
+            label = f"doremi_transfer eta={self.dro_eta:g} c={self.dro_smoothing:g} K={self.mixing_update_every} ref={ref}"
         elif s == "exp3":
             label = f"exp3 a={self.exp3_smoothing:g} K={self.mixing_update_every}{by}"
         else:
@@ -531,13 +542,17 @@ class BenchConfig:
         _check_positive("dro_eta", self.dro_eta)
         _check_range("dro_smoothing", self.dro_smoothing, 0.0, 1.0)
         _check_int("dro_reference_batches", self.dro_reference_batches, 1)
-        if self.strategy == "doremi" and self.dro_reference != DRO_REFERENCE_INITIAL:
+        uses_doremi = self.strategy in ("doremi", "doremi_transfer")
+        if uses_doremi and (self.dro_reference == DRO_REFERENCE_AUTO or self.strategy == "doremi_transfer"):
+            if self.resolved_mixing_level() != "dataset":  # the reference / final run is a static (dataset-level) mixture
+                raise ConfigError("mixing_level", f"dro_reference auto and doremi_transfer weight datasets; got {self.mixing_level!r}, allowed: dataset")
+        if uses_doremi and self.dro_reference not in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO):
             from vlamix.mixing.dynamic import find_train_log
 
             ref = self.dro_reference
             if not isinstance(ref, str) or find_train_log(ref) is None:
                 raise ConfigError(
-                    "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
+                    "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}', '{DRO_REFERENCE_AUTO}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
                 )
         if isinstance(self.exp3_smoothing, bool) or not isinstance(self.exp3_smoothing, (int, float)) or not 0 <= self.exp3_smoothing < 1:
             raise ConfigError("exp3_smoothing", f"must be a number in [0, 1), got {self.exp3_smoothing!r}")

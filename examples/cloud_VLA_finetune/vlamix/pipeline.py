@@ -22,12 +22,13 @@ restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 from vlamix.config import BenchConfig
 from vlamix.io import atomic_write_json, atomic_write_text
@@ -46,6 +47,50 @@ EVAL_FIELDS = frozenset(
 RUNTIME_KEYS = frozenset({"runs_dir"})
 DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
 COMPLETE_MARKER = "TRAINING_COMPLETE"
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Hold the file lock ``<path>.lock`` (``filelock.FileLock``; created with its parent folder),
+    so that processes sharing the file system (parallel Ray trials) never write ``path`` at once."""
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with FileLock(os.path.abspath(path) + ".lock"):
+        yield
+
+
+def train_run(cfg: BenchConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
+    """Train (or reuse, or resume) the run of ``cfg`` at ``<runs_dir>/<train key>/``; returns its final checkpoint.
+
+    Records missing demonstration datasets first. Runs this one depends on (the DoReMi reference of
+    ``dro_reference: auto``, the proxy of ``doremi_transfer``; :mod:`vlamix.mixing.reference`) are
+    trained first the same way, so each is trained once per training key. Holds a file lock on the
+    run folder, so parallel trials (Ray) with the same key wait for one another.
+    """
+    from vlamix.mixing.reference import resolve_training_config, write_transfer_record
+    from vlamix.sim.record import ensure_demo_datasets
+    from vlamix.train.finetune import finetune
+
+    run_dir = os.path.join(os.path.abspath(runs_dir), train_key(cfg))
+    with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
+        marker = os.path.join(run_dir, COMPLETE_MARKER)
+        done = finished_checkpoint(run_dir)
+        if done is not None:
+            logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
+            return done
+        train_cfg, provenance = resolve_training_config(cfg, lambda dep: train_run(dep, runs_dir))
+        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
+            ensure_demo_datasets(train_cfg)
+        resume = latest_resumable_checkpoint(run_dir)
+        logger.info("fine-tuning on mixture %s -> %s%s", train_cfg.mixture_label(), run_dir,
+                    f" (resuming from {resume})" if resume else "")
+        out = finetune(train_cfg, run_dir, resume_from=resume,
+                       save_every=max(1, train_cfg.train_steps // 4) if train_cfg.train_steps else None)
+        if cfg.strategy == "doremi_transfer":
+            write_transfer_record(out, cfg, provenance)
+        atomic_write_text(marker, os.path.relpath(out, run_dir) + "\n")
+        return out
 
 
 def latest_resumable_checkpoint(run_dir: str) -> str | None:
@@ -167,28 +212,12 @@ class VLADataSelect:
         ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
-        from vlamix.sim.record import ensure_demo_datasets
-        from vlamix.train.finetune import finetune
-
-        cfg = self.config
         if train_data is not None:
             from vlamix.bench.dataset import index_names
 
             self.train_index = index_names(train_data)
-        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
-        marker = os.path.join(run_dir, COMPLETE_MARKER)
-        done = finished_checkpoint(run_dir)
-        if done is not None:
-            logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
-            self._set_trained(done, run_dir)
-            return done
-        ensure_demo_datasets(cfg)
-        resume = latest_resumable_checkpoint(run_dir)
-        logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
-                    f" (resuming from {resume})" if resume else "")
-        out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
-        atomic_write_text(marker, os.path.relpath(out, run_dir) + "\n")
-        self._set_trained(out, run_dir)
+        out = train_run(self.config, self.runs_dir)
+        self._set_trained(out, os.path.join(os.path.abspath(self.runs_dir), train_key(self.config)))
         return out
 
     def _set_trained(self, checkpoint: str, run_dir: str) -> None:
