@@ -17,7 +17,7 @@ SWEEP = os.path.join(EXAMPLE, "benchmarkingjob_temperature_sweep.yaml")
 SWEEP_7B = os.path.join(EXAMPLE, "benchmarkingjob_temperature_sweep_openvla7b.yaml")
 EXPECTED = [(0.5, "none"), (1.0, "none"), (2.0, "none"), (5.0, "none"), (math.inf, "none"), (1.0, "inverse_frequency")]
 SAME = ("mixture", "model", "demos", "data_dir", "train_steps", "batch_size", "grad_accumulation_steps", "learning_rate",
-        "precision", "eval_suites", "eval_tasks", "trials_per_task", "strategy", "mixing_level")  # fmt: skip
+        "precision", "eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "strategy", "mixing_level")  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -151,7 +151,27 @@ def _grads(tuner):
     return {n: p.grad.clone() for n, p in tuner.model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
-def test_trainer_scales_a_rare_frames_gradient_and_accumulates_like_one_batch(tmp_path):
+JOINT = [0, 5, 6, 2]  # frames of both groups
+WEIGHTED = dict(strategy="full_dataset", loss_weighting="inverse_frequency")
+
+
+@pytest.fixture(scope="module")
+def joint_batch(tmp_path_factory):
+    """Metrics and LoRA gradients of one weighted batch of the 4 :data:`JOINT` frames."""
+    one = FineTuner(_cfg(batch_size=4, **WEIGHTED), str(tmp_path_factory.mktemp("one")),
+                    loader=OrderedGroupLoader(4, [JOINT]), device="cpu")  # fmt: skip
+    metrics = one.forward_backward()
+    return metrics, _grads(one)
+
+
+def _assert_same_grads(grads, ref):
+    assert grads.keys() == ref.keys() and ref
+    scale = max(float(g.abs().max()) for g in ref.values())
+    for name, g in ref.items():  # float32 sums in another order: tolerance relative to the largest gradient
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_trainer_scales_a_rare_frames_gradient_and_accumulates_like_one_batch(tmp_path, joint_batch):
     rare = [[5]]  # one frame of the rare group 1
     plain = FineTuner(_cfg(batch_size=1), str(tmp_path / "p"), loader=OrderedGroupLoader(1, rare), device="cpu")
     weighted = FineTuner(_cfg(batch_size=1, strategy="full_dataset", loss_weighting="inverse_frequency"),
@@ -170,18 +190,13 @@ def test_trainer_scales_a_rare_frames_gradient_and_accumulates_like_one_batch(tm
         torch.testing.assert_close(g_weighted[name], expected_w[1] * g, rtol=1e-4, atol=1e-6 * scale * expected_w[1])
 
     # two micro-batches of 2 frames == one batch of 4 frames, with weights (mixed groups per batch)
-    frames = [0, 5, 6, 2]
-    cfg = dict(strategy="full_dataset", loss_weighting="inverse_frequency")
-    one = FineTuner(_cfg(batch_size=4, **cfg), str(tmp_path / "a"), loader=OrderedGroupLoader(4, [frames]), device="cpu")
-    two = FineTuner(_cfg(batch_size=2, grad_accumulation_steps=2, **cfg), str(tmp_path / "b"),
-                    loader=OrderedGroupLoader(2, [frames[:2], frames[2:]]), device="cpu")  # fmt: skip
-    m_one, m_two = one.forward_backward(), two.forward_backward()
+    m_one, g_one = joint_batch
+    two = FineTuner(_cfg(batch_size=2, grad_accumulation_steps=2, **WEIGHTED), str(tmp_path / "b"),
+                    loader=OrderedGroupLoader(2, [JOINT[:2], JOINT[2:]]), device="cpu")  # fmt: skip
+    m_two = two.forward_backward()
     assert m_two["weighted_loss"] == pytest.approx(m_one["weighted_loss"], rel=1e-5)
     assert m_one["weighted_loss"] != pytest.approx(m_one["loss"], rel=1e-3)
-    g_one, g_two = _grads(one), _grads(two)
-    scale = max(float(g.abs().max()) for g in g_one.values())
-    for name, g in g_one.items():
-        torch.testing.assert_close(g_two[name], g, rtol=1e-4, atol=1e-5 * scale)
+    _assert_same_grads(_grads(two), g_one)
 
 
 def test_curriculum_renormalises_the_loss_weights_at_each_phase_and_saves_them(tmp_path):
@@ -230,3 +245,30 @@ def test_config_validates_labels_and_keys_the_loss_weighting():
     assert train_key(weighted) != train_key(base)
     assert weighted.training_signature()["loss_weighting"] == "inverse_frequency"
     assert train_key(weighted.replace(loss_weighting="inverse_sqrt_frequency")) != train_key(weighted)
+
+
+# ------------------------------------------------------------------------------ data parallel
+def _ddp_worker(rank, port, out_dir):
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
+    torch.set_num_threads(1)
+    # each rank trains on half of the joint batch
+    loader = OrderedGroupLoader(2, [JOINT[2 * rank: 2 * rank + 2]])
+    tuner = FineTuner(_cfg(batch_size=2, **WEIGHTED), out_dir, loader=loader, device="cpu")
+    tuner.forward_backward()  # DDP all-reduces (averages) the gradients
+    if rank == 0:
+        torch.save(_grads(tuner), os.path.join(out_dir, "ddp_grads.pt"))
+    from vlamix.train.distributed import cleanup
+
+    cleanup(tuner.ctx)
+
+
+def test_two_ranks_give_the_weighted_gradient_of_their_joint_batch(tmp_path, joint_batch):
+    import torch.multiprocessing as mp
+
+    from test_train_ddp import _free_port
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    _assert_same_grads(torch.load(tmp_path / "ddp_grads.pt", weights_only=True), joint_batch[1])
