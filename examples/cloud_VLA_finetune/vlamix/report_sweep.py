@@ -168,7 +168,7 @@ def write_sweep_plots(predictions: Sequence[dict[str, Any]], out_dir: str) -> li
         pos, log = _positions(series)
         families = list(dict.fromkeys(s["family"] for s in series))
         styles = ["-", "--", ":", "-."]
-        fig, (ax_sr, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=110)
+        fig, (ax_sr, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 5.2), dpi=110)
         colours = {}
         for s in series:
             xs = [_pos(x, pos) for x in s["x"]]
@@ -191,7 +191,7 @@ def write_sweep_plots(predictions: Sequence[dict[str, Any]], out_dir: str) -> li
             ax.set_xlabel(axis)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, loc="best")
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         ax_sr.set_ylim(-0.05, 1.05)
         ax_sr.set_title(f"success rate per task against {axis}", fontsize=9)
         ax_acc.set_title(f"offline accuracy against {axis}", fontsize=9)
