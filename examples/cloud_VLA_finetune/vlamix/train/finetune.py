@@ -370,7 +370,9 @@ class FineTuner:
 
         Returns:
             this rank's metrics averaged over the micro-batches: ``loss`` (mean cross-entropy on the
-            action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units).
+            action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units)
+            and, with ``loss_weighting``, ``weighted_loss`` (the loss that was back-propagated:
+            :func:`vlamix.train.loss_weighting.weighted_action_loss`).
             The per-group sums of the frames' losses and the frame counts are left in
             ``group_loss_sums`` / ``group_counts`` (float64 [G]).
         Raises:
@@ -430,7 +432,8 @@ class FineTuner:
         ``step_time_s`` (wall seconds of the step, data loading included), ``frames`` (seen so far,
         all ranks), ``group_loss`` (mean loss per group that drew frames, all ranks) and, on steps
         where a dynamic strategy changed them, ``mixture_weights`` and ``mixing_update_s`` (wall
-        seconds of the update). The weight trajectory goes to ``<out_dir>/mixing_weights.jsonl``.
+        seconds of the update); with ``loss_weighting``, ``weighted_loss`` (the optimised loss, mean
+        over micro-batches and ranks) every step and ``loss_weights`` on weight changes. The weight trajectory goes to ``<out_dir>/mixing_weights.jsonl``.
         """
         cfg = self.cfg
         if self.ctx.is_main:
