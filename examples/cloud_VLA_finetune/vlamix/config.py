@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES, TRAIN_LOG_NAME
+from vlamix.mixing.loss_weights import LOSS_WEIGHTINGS
 from vlamix.mixing.weights import DYNAMIC_STRATEGIES, MIXING_LEVELS, STRATEGIES, default_level
 
 #: Built-in model configurations (no download); anything else is a checkpoint folder path.
@@ -95,6 +96,11 @@ class BenchConfig:
         exp3_smoothing: a in [0, 1), moving-average factor of EXP3's reward estimates.
         curriculum: ``[{step: 0, weights: {...}}, {step: N, weights: {...}}, ...]`` (group names ->
             weights; steps strictly increasing from 0).
+    Per-group loss weighting (:mod:`vlamix.mixing.loss_weights`; with any strategy)
+        loss_weighting: "none", "inverse_frequency" (w_g ~ 1/n_g) or "inverse_sqrt_frequency"
+            (w_g ~ 1/sqrt(n_g)) over the mixing level's groups (n_g = kept training frames), each
+            frame's action-token loss times w_g, normalised so that sum_g p_g w_g = 1 under the
+            current sampling weights p (renormalised at every weight change of a dynamic strategy).
     Action filtering (:mod:`vlamix.data.filters`; training steps only)
         filter_nonfinite: drop steps with a NaN/Inf action value.
         filter_action_limit: drop steps with any |raw action value| above this; None = off.
@@ -160,6 +166,9 @@ class BenchConfig:
     dro_reference_batches: int = 4
     exp3_smoothing: float = 0.9
     curriculum: tuple[Mapping[str, Any], ...] | None = None
+
+    # per-group loss weighting (issue 14; vlamix.mixing.loss_weights)
+    loss_weighting: str = "none"
 
     filter_nonfinite: bool = True
     filter_action_limit: float | None = None
@@ -288,6 +297,8 @@ class BenchConfig:
             out["mixture"] = {name: 1 for name in self.mixture_weights()}
         if self.resolved_mixing_level() != "skill":
             out["skill_map"] = None
+        elif self.loss_weighting != "none":  # the loss weights' skill groups depend on it
+            out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
         if out.get("heldout_tasks") is None:  # evaluation kit: runs without held-out tasks keep their keys
             out.pop("heldout_tasks", None)
         return out
@@ -335,6 +346,8 @@ class BenchConfig:
                 for p in self.curriculum or ()
             )
             label = f"curriculum {phases}{by}"
+        if self.loss_weighting != "none":  # per-group loss weighting (issue 14)
+            label += f" + loss {self.loss_weighting}" + ("" if by or s == "task_balanced" else f" by {level}")
         filters = []
         if self.filter_min_motion > 0:
             filters.append(f"motion<{self.filter_min_motion:g} w{self.filter_motion_window}")
@@ -391,6 +404,7 @@ class BenchConfig:
         _check_int("demo_tasks", self.demo_tasks, 1)
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
         self._validate_strategy()
+        _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         self._validate_filters()
         if self.demos == "none":
             for name in self.selected_datasets():

@@ -6,7 +6,8 @@ Files (in the run folder, copied into every checkpoint)::
                            weights {group: float}, group_loss, signal
     mixing_weights.png     the weights over optimiser steps (step plot, one line per group)
     mixing_summary.json    strategy label, groups, initial / final / time-averaged weights, realised
-                           proportions, sources, filter counts, skill table (checkpoints only)
+                           proportions, sources, filter counts, skill table, loss_weighting with
+                           initial_loss_weights / loss_weights (None for "none") (checkpoints only)
 """
 
 from __future__ import annotations
