@@ -262,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-episodes-per-env", type=int, default=2, help="synthetic episodes per env (GPU part)")
     parser.add_argument("--env-ms", type=float, default=20.0, help="CPU milliseconds per synthetic env step (GPU part)")
     args = parser.parse_args(argv)
+    # LIBERO prints to stdout, in this process and in the workers: send fd 1 to stderr while running,
+    # so that stdout carries only the JSON object
+    json_out = os.fdopen(os.dup(1), "w")
+    sys.stdout.flush()
+    os.dup2(2, 1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     if (args.model == "openvla-7b-random") == (args.device == "cpu"):
         parser.error("use --model tiny|tiny-synthetic --device cpu, or --model openvla-7b-random --device cuda")
@@ -271,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_cpu(args)
     else:
         result = run_gpu(args)
-    print(json.dumps(result))
+    json_out.write(json.dumps(result) + "\n")
+    json_out.flush()
     return 0
 
 

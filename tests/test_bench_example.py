@@ -104,6 +104,8 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
     for name in (SPATIAL, OBJECT):
         os.makedirs(tmp_path / "data" / name / "1.0.0")
     os.makedirs(tmp_path / "model")
+    for name in ("config.json", "tokenizer_config.json"):  # a checkpoint folder needs its config and tokenizer
+        (tmp_path / "model" / name).write_text("{}")
     moved = [
         p.__class__(
             algorithm=p.algorithm,

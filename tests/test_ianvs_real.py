@@ -90,7 +90,7 @@ def run_cmd(cmd, cwd, log_path):
     """Run ``cmd`` in ``cwd`` with stdout+stderr to ``log_path``; return (exit status, wall s, log text)."""
     start = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=900)
+        proc = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
     wall = time.time() - start
     with open(log_path) as fh:
         return proc.returncode, wall, fh.read()

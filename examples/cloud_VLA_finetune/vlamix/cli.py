@@ -26,10 +26,21 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class InputError(ValueError):
+    """A command-line value is invalid (exit status 2, one line on stderr, before any work)."""
+
+
+class RunFailed(RuntimeError):
+    """The command ran but produced no usable result (exit status 1)."""
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.job import main as run_main
 
-    return run_main(["-f", args.file])
+    argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else [])
+    if args.backend != "local":  # vlamix.bench.ray_backend
+        argv += ["--backend", args.backend] + (["--address", args.address] if args.address else [])
+    return run_main(argv)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -39,24 +50,71 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return check_main(args.file)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Adaptive mixture search of a job (vlamix.search.job)."""
+    from vlamix.search.job import run_search
+
+    result, trace, comparison = run_search(args.file, backend=args.backend, address=args.address)
+    best = trace.best()
+    print(f"search: {len(trace.records)} trials; best {best.weights if best else None} -> {best.value if best else None}")
+    print(json.dumps(comparison, indent=1, default=str))
+    print(f"report: {result.rank_files.get('search_report')}")
+    return 1 if result.failed else 0
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    """Mixture regression on a job's finished points (vlamix.search.regression)."""
+    from vlamix.bench.spec import load_job
+    from vlamix.search.regression import suggest
+
+    job = load_job(args.file)
+    direction = args.direction
+    if direction is None:
+        from vlamix.search.job import _direction_from_rank
+
+        direction = _direction_from_rank(job, args.metric) or "maximize"
+    try:
+        out = suggest(job.job_dir, args.metric, direction=direction, datasets=args.datasets)
+    except ValueError as err:
+        print(f"vlamix suggest: {err}", file=sys.stderr)
+        return 2
+    best = out["best"]
+    print(f"{out['model']} on {out['n']} points, leave-one-out RMSE {out['loo_rmse']:.4g}")
+    print(f"predicted best mixture: {best['weights']} -> {args.metric} {best['predicted']:.4g} "
+          f"(95% prediction interval {best['low']:.4g} .. {best['high']:.4g})")
+    return 0
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
     from vlamix.sim import record
+    from vlamix.sim.expert import SCRIPTED_SUITES, supported_tasks
 
+    task_ids = args.task_ids if args.task_ids is not None else list(range(args.tasks))
+    for suite in args.suites:  # before any simulator starts
+        supported = supported_tasks(suite)
+        if supported is not None and not set(task_ids) <= supported:
+            raise InputError(f"--suites: the scripted expert cannot record {suite} tasks {sorted(set(task_ids) - set(supported))}; "
+                             f"it records {', '.join(SCRIPTED_SUITES)}")
     return int(record.run(args) or 0)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vlamix.config import ConfigError
+    from vlamix.config import BUILTIN_MODELS, ConfigError
     from vlamix.eval.plan import plan_episodes
     from vlamix.eval.policy import resolve_device
     from vlamix.eval.rollout import evaluate
     from vlamix.eval.stats import summarize
 
+    if args.checkpoint not in BUILTIN_MODELS and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        raise InputError(f"--checkpoint: {args.checkpoint!r} is not a checkpoint folder (no config.json) nor one of {BUILTIN_MODELS}")
     try:
         resolve_device(args.device)
     except ValueError as err:
         raise ConfigError("eval_device", f"--device: {err}") from err
-    specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
+    try:
+        specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
     rows = evaluate(
         args.checkpoint,
@@ -72,6 +130,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     summary = summarize(rows)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
+    errored = [r for r in rows if r.get("error")]
+    if rows and len(errored) == len(rows):
+        raise RunFailed(f"all {len(rows)} episodes failed with an error (not a policy failure), e.g. {errored[0]['error']!r}; rows in {out}")
     return 0
 
 
@@ -138,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--dry-run", action="store_true", help="validate the job and every grid point, list the points; run nothing")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray Tune trial per grid point (resources: benchmarkingjob.ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray start --head prints it); default: a local Ray")
     p.set_defaults(func=_cmd_run)
 
     # vlamix check (running under Ianvs, issue 8)
@@ -176,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
     p.add_argument("--out", default=None, help="output folder (default: <workspace>/<job name>/report)")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("search", help="adaptive mixture search (Optuna) of a job's 'search:' block; trials are rank rows")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: trials in parallel via Ray Tune's OptunaSearch")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("suggest", help="fit a metric on the mixture weights of a job's finished points; predict the best mixture")
+    p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")
+    p.add_argument("--metric", default="success_rate", help="rank metric to model (default success_rate)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), default=None, help="default: from rank.sort_by")
+    p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: every dataset in the points' mixtures)")
+    p.set_defaults(func=_cmd_suggest)
 
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)
@@ -188,13 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from vlamix.bench.spec import JobConfigError
     from vlamix.config import ConfigError
+    from vlamix.io import DuplicateKeyError
 
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"vlamix: {err}", file=sys.stderr)
+    except (ConfigError, JobConfigError, DuplicateKeyError, InputError, FileNotFoundError) as err:
+        print(f"vlamix: {err}", file=sys.stderr)  # bad input: nothing ran
         return 2
+    except (RunFailed, RuntimeError, OSError) as err:
+        print(f"vlamix: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

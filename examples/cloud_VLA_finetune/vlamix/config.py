@@ -12,12 +12,15 @@ is the Ianvs root under ``ianvs -f`` and the repository root for ``vlamix run``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES, TRAIN_LOG_NAME
+from vlamix.mixing.loss_weights import LOSS_WEIGHTINGS
 from vlamix.mixing.weights import DYNAMIC_STRATEGIES, MIXING_LEVELS, STRATEGIES, default_level
 
 #: Built-in model configurations (no download); anything else is a checkpoint folder path.
@@ -25,6 +28,8 @@ BUILTIN_MODELS = ("tiny",)
 DEMO_SOURCES = ("scripted", "none")
 #: ``dro_reference`` value that measures the reference losses with the initial model.
 DRO_REFERENCE_INITIAL = "initial"
+#: ``dro_reference`` value that trains a reference run on the initial weights first (vlamix.mixing.reference).
+DRO_REFERENCE_AUTO = "auto"
 #: Parameters that matter only for some strategies (the rest are reset to defaults in train keys).
 STRATEGY_PARAMS = {
     "static": ("balance_by_size",),
@@ -35,6 +40,9 @@ STRATEGY_PARAMS = {
                "dro_reference", "dro_reference_batches"),
     "exp3": ("balance_by_size", "mixing_level", "skill_map", "mixing_update_every", "exp3_smoothing"),
     "curriculum": ("mixing_level", "skill_map", "curriculum"),
+    # DoReMi step 3 (vlamix.mixing.reference): a DoReMi run's time-averaged weights as a static mixture
+    "doremi_transfer": ("balance_by_size", "mixing_update_every", "dro_eta", "dro_smoothing", "dro_reference",
+                        "dro_reference_batches"),
 }  # fmt: skip
 PRECISIONS = ("fp32", "bf16")
 #: Rollout runtime choices (eval_dtype, eval_videos).
@@ -71,7 +79,8 @@ class BenchConfig:
     Data-ratio strategy (:mod:`vlamix.mixing`)
         strategy: "static" (the mixture weights), "full_dataset" (natural proportions of the chosen
             datasets), "task_balanced" (equal per task or skill), "temperature" (n^(1/T)),
-            "doremi" (excess-loss group DRO), "exp3" (online data mixing), "curriculum" (schedule).
+            "doremi" (excess-loss group DRO), "exp3" (online data mixing), "curriculum" (schedule),
+            "doremi_transfer" (a DoReMi run's time-averaged weights, then a fresh static run on them).
         mixing_level: what weights are assigned to: "dataset", "task" (language instruction) or
             "skill" (verb of the instruction); None = "task" for task_balanced, else "dataset".
             static supports "dataset" only.
@@ -80,11 +89,18 @@ class BenchConfig:
         mixing_update_every: K, optimiser steps between weight updates (doremi, exp3).
         dro_eta: step size of the exponentiated-gradient update (> 0). dro_smoothing: c in [0, 1],
             mix of the initial weights kept in every update (each weight >= c * initial).
-        dro_reference: "initial" (the initial model's per-group loss) or a saved run folder whose
+        dro_reference: "initial" (the initial model's per-group loss), "auto" (a reference run trained
+            first on the initial weights with the same budget, shared by every point with the same
+            training key; :mod:`vlamix.mixing.reference`) or a saved run folder whose
             logged per-group loss is the reference. dro_reference_batches: batches per reference.
         exp3_smoothing: a in [0, 1), moving-average factor of EXP3's reward estimates.
         curriculum: ``[{step: 0, weights: {...}}, {step: N, weights: {...}}, ...]`` (group names ->
             weights; steps strictly increasing from 0).
+    Per-group loss weighting (:mod:`vlamix.mixing.loss_weights`; with any strategy)
+        loss_weighting: "none", "inverse_frequency" (w_g ~ 1/n_g) or "inverse_sqrt_frequency"
+            (w_g ~ 1/sqrt(n_g)) over the mixing level's groups (n_g = kept training frames), each
+            frame's action-token loss times w_g, normalised so that sum_g p_g w_g = 1 under the
+            current sampling weights p (renormalised at every weight change of a dynamic strategy).
     Action filtering (:mod:`vlamix.data.filters`; training steps only)
         filter_nonfinite: drop steps with a NaN/Inf action value.
         filter_action_limit: drop steps with any |raw action value| above this; None = off.
@@ -150,6 +166,9 @@ class BenchConfig:
     dro_reference_batches: int = 4
     exp3_smoothing: float = 0.9
     curriculum: tuple[Mapping[str, Any], ...] | None = None
+
+    # per-group loss weighting (issue 14; vlamix.mixing.loss_weights)
+    loss_weighting: str = "none"
 
     filter_nonfinite: bool = True
     filter_action_limit: float | None = None
@@ -278,6 +297,8 @@ class BenchConfig:
             out["mixture"] = {name: 1 for name in self.mixture_weights()}
         if self.resolved_mixing_level() != "skill":
             out["skill_map"] = None
+        elif self.loss_weighting != "none":  # the loss weights' skill groups depend on it
+            out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
         if out.get("heldout_tasks") is None:  # evaluation kit: runs without held-out tasks keep their keys
             out.pop("heldout_tasks", None)
         return out
@@ -312,8 +333,11 @@ class BenchConfig:
         elif s == "temperature":
             label = f"temperature T={self.temperature:g}{by}"
         elif s == "doremi":
-            ref = self.dro_reference if self.dro_reference == DRO_REFERENCE_INITIAL else os.path.basename(os.path.normpath(self.dro_reference))
+            ref = self.dro_reference if self.dro_reference in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO) else os.path.basename(os.path.normpath(self.dro_reference))
             label = f"doremi eta={self.dro_eta:g} c={self.dro_smoothing:g} K={self.mixing_update_every} ref={ref}{by}"
+        elif s == "doremi_transfer":
+            ref = self.dro_reference if self.dro_reference in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO) else os.path.basename(os.path.normpath(self.dro_reference))
+            label = f"doremi_transfer eta={self.dro_eta:g} c={self.dro_smoothing:g} K={self.mixing_update_every} ref={ref}"
         elif s == "exp3":
             label = f"exp3 a={self.exp3_smoothing:g} K={self.mixing_update_every}{by}"
         else:
@@ -322,6 +346,8 @@ class BenchConfig:
                 for p in self.curriculum or ()
             )
             label = f"curriculum {phases}{by}"
+        if self.loss_weighting != "none":  # per-group loss weighting (issue 14)
+            label += f" + loss {self.loss_weighting}" + ("" if by or s == "task_balanced" else f" by {level}")
         filters = []
         if self.filter_min_motion > 0:
             filters.append(f"motion<{self.filter_min_motion:g} w{self.filter_motion_window}")
@@ -366,7 +392,9 @@ class BenchConfig:
 
         Checks nothing on disk except that, with ``demos == "none"``, each dataset with non-zero
         weight exists under ``data_dir`` (and, for a path ``model``, that the folder exists).
+        Then the checks of :meth:`_validate_before_work` (suite sizes, expert support, model files).
         """
+        _check_yaml_pitfalls(self)
         _check_mixture(self.mixture)
         _check_bool("balance_by_size", self.balance_by_size)
         if not isinstance(self.data_dir, str) or not self.data_dir:
@@ -376,6 +404,7 @@ class BenchConfig:
         _check_int("demo_tasks", self.demo_tasks, 1)
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
         self._validate_strategy()
+        _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         self._validate_filters()
         if self.demos == "none":
             for name in self.selected_datasets():
@@ -410,6 +439,7 @@ class BenchConfig:
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
         self._validate_rollout_runtime()
+        self._validate_before_work()
 
     def _validate_rollout_runtime(self) -> None:
         """Fields of the rollout runtime (device, dtype, env workers, faults, videos)."""
@@ -452,6 +482,63 @@ class BenchConfig:
                 if not isinstance(ids, tuple) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
                     raise ConfigError("heldout_tasks", f"'{name}': must be a list of task ids (integers >= 0), got {ids!r}")
 
+    # -- reliability (issue 11): values that used to pass here and fail only after recording or training
+    def _validate_before_work(self) -> None:
+        """Range and cross-field checks that need the suite sizes, the scripted expert's task list or
+        the model folder; every value that would fail later in recording, training or rollout fails here.
+
+        Suite sizes come from LIBERO's benchmark registry (:func:`vlamix.eval.plan.suite_info`, no
+        simulator); without LIBERO installed those two checks are left to :func:`plan_episodes`.
+        """
+        if not self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", f"must be a number in [0, 1) (1 drops every LoRA input), got {self.lora_dropout!r}")
+        for name in ("seed", "eval_seed"):
+            if getattr(self, name) >= 2**32:
+                raise ConfigError(name, f"must be an integer in [0, 2**32) (NumPy's seed range), got {getattr(self, name)!r}")
+        if self.curriculum is not None and self.strategy != "curriculum":
+            self._validate_curriculum()  # ignored by this strategy, but part of the train key: must be well formed
+        suites = self.resolved_eval_suites()
+        if len(set(suites)) != len(suites):
+            raise ConfigError("eval_suites", f"lists a suite twice: {list(suites)}; list each suite once")
+        if self.model not in BUILTIN_MODELS:
+            _check_model_folder(self.model)
+        if self.demos == "scripted":
+            self._validate_scripted_demos()
+        if importlib.util.find_spec("libero") is None:
+            return
+        for suite in suites:
+            n_tasks = _suite_sizes(suite, 0)[0]
+            if self.eval_tasks is not None and self.eval_tasks > n_tasks:
+                raise ConfigError("eval_tasks", f"{self.eval_tasks} tasks requested but suite '{suite}' has {n_tasks}; allowed: 1..{n_tasks} or null (all)")
+            for task_id in range(n_tasks if self.eval_tasks is None else self.eval_tasks):
+                n_init = _suite_sizes(suite, task_id)[1]
+                if self.trials_per_task > n_init:
+                    raise ConfigError(
+                        "trials_per_task", f"{self.trials_per_task} exceeds the {n_init} init states of {suite} task {task_id}; allowed: 1..{n_init}"
+                    )
+
+    def _validate_scripted_demos(self) -> None:
+        """Every dataset that ``demos: scripted`` would record must be one the expert can record."""
+        from vlamix.sim.expert import SCRIPTED_SUITES, supported_tasks
+
+        for name in self.selected_datasets():
+            if os.path.isfile(os.path.join(self.dataset_path(name), "dataset_info.json")):
+                continue  # present: nothing to record
+            suite = DATASET_TO_SUITE[name]
+            n_tasks = _suite_sizes(suite, 0)[0] if importlib.util.find_spec("libero") is not None else self.demo_tasks
+            if self.demo_tasks > n_tasks:
+                raise ConfigError("demo_tasks", f"{self.demo_tasks} tasks to record but suite '{suite}' has {n_tasks}; allowed: 1..{n_tasks}")
+            supported = supported_tasks(suite)
+            wanted = set(range(self.demo_tasks))
+            if supported is not None and not wanted <= supported:
+                can = [f"{s} ({'all tasks' if t is None else f'tasks {sorted(t)}'})" for s, t in SCRIPTED_SUITES.items()]
+                raise ConfigError(
+                    "demos",
+                    f"scripted: the scripted expert cannot record '{name}' (suite {suite}, tasks {sorted(wanted - set(supported))} "
+                    f"unsupported) and it is not in data_dir ({self.dataset_path(name)}); the expert records {', '.join(can)}. "
+                    f"Put the real dataset in data_dir, or drop it from the mixture",
+                )
+
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
         if self.mixing_level is not None:
@@ -469,13 +556,17 @@ class BenchConfig:
         _check_positive("dro_eta", self.dro_eta)
         _check_range("dro_smoothing", self.dro_smoothing, 0.0, 1.0)
         _check_int("dro_reference_batches", self.dro_reference_batches, 1)
-        if self.strategy == "doremi" and self.dro_reference != DRO_REFERENCE_INITIAL:
+        uses_doremi = self.strategy in ("doremi", "doremi_transfer")
+        if uses_doremi and (self.dro_reference == DRO_REFERENCE_AUTO or self.strategy == "doremi_transfer"):
+            if self.resolved_mixing_level() != "dataset":  # the reference / final run is a static (dataset-level) mixture
+                raise ConfigError("mixing_level", f"dro_reference auto and doremi_transfer weight datasets; got {self.mixing_level!r}, allowed: dataset")
+        if uses_doremi and self.dro_reference not in (DRO_REFERENCE_INITIAL, DRO_REFERENCE_AUTO):
             from vlamix.mixing.dynamic import find_train_log
 
             ref = self.dro_reference
             if not isinstance(ref, str) or find_train_log(ref) is None:
                 raise ConfigError(
-                    "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
+                    "dro_reference", f"must be '{DRO_REFERENCE_INITIAL}', '{DRO_REFERENCE_AUTO}' or a run folder (or its step_* checkpoint) with {TRAIN_LOG_NAME}, got {ref!r}"
                 )
         if isinstance(self.exp3_smoothing, bool) or not isinstance(self.exp3_smoothing, (int, float)) or not 0 <= self.exp3_smoothing < 1:
             raise ConfigError("exp3_smoothing", f"must be a number in [0, 1), got {self.exp3_smoothing!r}")
@@ -531,6 +622,74 @@ class BenchConfig:
                 field_name,
                 f"removes every dataset of the mixture {list(self.mixture_weights())}; at least one must remain",
             )
+
+
+# -- reliability (issue 11): YAML pitfalls, model folder and suite sizes
+#: Fields that hold a list and are often written as a bare string in YAML.
+_LIST_FIELDS = ("eval_suites", "dataset_whitelist", "dataset_blacklist")
+#: Files of which a model folder needs at least one (tokenizer) besides ``config.json``.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _number_string_fix(value: Any) -> str | None:
+    """For a string YAML 1.1 did not read as a number (``"5e-4"``), the message with the fix; else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    text = value.strip()
+    mantissa, _, exponent = text.lower().partition("e")
+    if not exponent or not math.isfinite(number):
+        return None  # a quoted plain number: the field's own message applies
+    fixed = f"{mantissa}.0e{exponent}" if "." not in mantissa else text
+    return (
+        f"got the string {value!r}: YAML 1.1 (PyYAML) reads a number with an exponent but no '.' as text; "
+        f"write {fixed} or {number!r}"
+    )
+
+
+def _check_yaml_pitfalls(cfg: "BenchConfig") -> None:
+    """Numbers that YAML read as strings, and bare strings where a list is expected (before the other checks,
+    whose messages would not say why)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _LIST_FIELDS and isinstance(value, str):
+            raise ConfigError(f.name, f"got the string {value!r}, a list is expected; write [{value}] (a YAML list)")
+        if f.name == "mixture" and isinstance(value, Mapping):
+            for name, weight in value.items():
+                fix = _number_string_fix(weight)
+                if fix:
+                    raise ConfigError("mixture", f"weight of '{name}': {fix}")
+        elif str(f.type).split(" |")[0] in ("int", "float"):
+            fix = _number_string_fix(value)
+            if fix:
+                raise ConfigError(f.name, fix)
+
+
+def _check_model_folder(path: str) -> None:
+    """A ``model`` folder must hold ``config.json`` and tokenizer files (else training fails at the first batch)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError("model", f"folder '{path}' has no config.json; it must be an OpenVLA checkpoint folder (e.g. openvla/openvla-7b) or one of {BUILTIN_MODELS}")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
+        raise ConfigError(
+            "model", f"folder '{path}' has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); download the whole checkpoint "
+            f"(openvla/openvla-7b ships tokenizer.model and tokenizer_config.json)"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _suite_sizes(suite: str, task_id: int) -> tuple[int, int]:
+    """(tasks in ``suite``, init states of its task ``task_id``) from LIBERO's registry (cached)."""
+    import contextlib
+    import io
+
+    from vlamix.eval.plan import suite_info
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints "[info] Applying task order ..."
+        bench = suite_info(suite)
+        return int(bench.n_tasks), len(bench.get_task_init_states(task_id))
 
 
 def _short(name: str) -> str:

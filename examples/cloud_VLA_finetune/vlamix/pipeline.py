@@ -22,14 +22,16 @@ restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 from vlamix.config import BenchConfig
+from vlamix.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,50 @@ DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
 COMPLETE_MARKER = "TRAINING_COMPLETE"
 
 
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Hold the file lock ``<path>.lock`` (``filelock.FileLock``; created with its parent folder),
+    so that processes sharing the file system (parallel Ray trials) never write ``path`` at once."""
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with FileLock(os.path.abspath(path) + ".lock"):
+        yield
+
+
+def train_run(cfg: BenchConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
+    """Train (or reuse, or resume) the run of ``cfg`` at ``<runs_dir>/<train key>/``; returns its final checkpoint.
+
+    Records missing demonstration datasets first. Runs this one depends on (the DoReMi reference of
+    ``dro_reference: auto``, the proxy of ``doremi_transfer``; :mod:`vlamix.mixing.reference`) are
+    trained first the same way, so each is trained once per training key. Holds a file lock on the
+    run folder, so parallel trials (Ray) with the same key wait for one another.
+    """
+    from vlamix.mixing.reference import resolve_training_config, write_transfer_record
+    from vlamix.sim.record import ensure_demo_datasets
+    from vlamix.train.finetune import finetune
+
+    run_dir = os.path.join(os.path.abspath(runs_dir), train_key(cfg))
+    with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
+        marker = os.path.join(run_dir, COMPLETE_MARKER)
+        done = finished_checkpoint(run_dir)
+        if done is not None:
+            logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
+            return done
+        train_cfg, provenance = resolve_training_config(cfg, lambda dep: train_run(dep, runs_dir))
+        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
+            ensure_demo_datasets(train_cfg)
+        resume = latest_resumable_checkpoint(run_dir)
+        logger.info("fine-tuning on mixture %s -> %s%s", train_cfg.mixture_label(), run_dir,
+                    f" (resuming from {resume})" if resume else "")
+        out = finetune(train_cfg, run_dir, resume_from=resume,
+                       save_every=max(1, train_cfg.train_steps // 4) if train_cfg.train_steps else None)
+        if cfg.strategy == "doremi_transfer":
+            write_transfer_record(out, cfg, provenance)
+        atomic_write_text(marker, os.path.relpath(out, run_dir) + "\n")
+        return out
+
+
 def latest_resumable_checkpoint(run_dir: str) -> str | None:
     """The ``step_NNNNNN`` folder of ``run_dir`` with the highest step that holds a training state."""
     if not os.path.isdir(run_dir):
@@ -56,6 +102,22 @@ def latest_resumable_checkpoint(run_dir: str) -> str | None:
         if d.startswith("step_") and os.path.isfile(os.path.join(run_dir, d, "training_state.pt"))
     )
     return os.path.join(run_dir, steps[-1]) if steps else None
+
+
+def finished_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint that ``run_dir``'s :data:`COMPLETE_MARKER` names, or None when the run is not
+    finished: no marker, an empty or unreadable one, or one naming anything but a ``step_*``
+    checkpoint folder with a training state (the marker is written atomically after the checkpoint)."""
+    try:
+        with open(os.path.join(run_dir, COMPLETE_MARKER), encoding="utf-8") as fh:
+            name = fh.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    done = os.path.join(run_dir, name)
+    if not name.startswith("step_") or os.sep in name or not os.path.isfile(os.path.join(done, "training_state.pt")):
+        logger.warning("ignoring %s in %s: it names %r, not a finished checkpoint", COMPLETE_MARKER, run_dir, name)
+        return None
+    return done
 
 
 def train_key(cfg: BenchConfig) -> str:
@@ -150,31 +212,12 @@ class VLADataSelect:
         ``train_data`` (Ianvs's index of datasets) is not needed: the datasets and their weights come
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
-        from vlamix.sim.record import ensure_demo_datasets
-        from vlamix.train.finetune import finetune
-
-        cfg = self.config
         if train_data is not None:
             from vlamix.bench.dataset import index_names
 
             self.train_index = index_names(train_data)
-        run_dir = os.path.join(os.path.abspath(self.runs_dir), train_key(cfg))
-        marker = os.path.join(run_dir, COMPLETE_MARKER)
-        if os.path.isfile(marker):
-            with open(marker) as fh:
-                done = os.path.join(run_dir, fh.read().strip())
-            if os.path.isdir(done):
-                logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
-                self._set_trained(done, run_dir)
-                return done
-        ensure_demo_datasets(cfg)
-        resume = latest_resumable_checkpoint(run_dir)
-        logger.info("fine-tuning on mixture %s -> %s%s", cfg.mixture_label(), run_dir,
-                    f" (resuming from {resume})" if resume else "")
-        out = finetune(cfg, run_dir, resume_from=resume, save_every=max(1, cfg.train_steps // 4) if cfg.train_steps else None)
-        with open(marker, "w") as fh:
-            fh.write(os.path.relpath(out, run_dir) + "\n")
-        self._set_trained(out, run_dir)
+        out = train_run(self.config, self.runs_dir)
+        self._set_trained(out, os.path.join(os.path.abspath(self.runs_dir), train_key(self.config)))
         return out
 
     def _set_trained(self, checkpoint: str, run_dir: str) -> None:
@@ -228,6 +271,8 @@ class VLADataSelect:
              "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str}
+        Raises:
+            RuntimeError: every episode ended with an error (the point is recorded as failed, not as 0%).
         """
         from vlamix.eval.breakdown import tag_rows
         from vlamix.eval.offline import fixed_heldout_config, offline_metrics
@@ -258,6 +303,12 @@ class VLADataSelect:
         os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
         if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
             shutil.copyfile(out_jsonl, point_jsonl)
+        errored = [r for r in rows if r.get("error")]
+        if rows and len(errored) == len(rows):  # an infrastructure failure, not a policy failure: score nothing
+            raise RuntimeError(
+                f"all {len(rows)} rollout episodes failed with an error (e.g. {errored[0]['error']!r}); no success rate is "
+                f"recorded for {self.checkpoint}. Fix the cause, then run again (evaluate(..., rerun_errors=True) or delete {out_jsonl})"
+            )
         tag_rows(rows, specs, cfg)  # evaluation kit: instruction variant and seen/unseen split per episode
         summary = summarize(rows)
         flag_errors(summary, cfg.eval_max_error_fraction)
@@ -273,14 +324,11 @@ class VLADataSelect:
             "checkpoint": self.checkpoint,
             "train_log": self.train_log,
         }
-        with open(os.path.join(self.checkpoint, "eval", "result.json"), "w") as fh:
-            json.dump({k: v for k, v in result.items() if k != "episodes"}, fh, indent=2, default=str)
+        atomic_write_json(os.path.join(self.checkpoint, "eval", "result.json"), {k: v for k, v in result.items() if k != "episodes"}, default=str)
         saved = os.environ.get("RESULT_SAVED_URL")
         if saved:  # evaluation kit: the episodes where the tied_with_best metric of later points finds them
             from vlamix.bench.metrics import PEER_EPISODES_FILE
 
-            os.makedirs(saved, exist_ok=True)
             result["result_saved_url"] = saved
-            with open(os.path.join(saved, PEER_EPISODES_FILE), "w") as fh:
-                json.dump(result, fh, default=str)
+            atomic_write_json(os.path.join(saved, PEER_EPISODES_FILE), result, default=str)
         return result

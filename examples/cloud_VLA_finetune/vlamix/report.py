@@ -168,6 +168,9 @@ def write_report(
     from vlamix.report_kit import kit_sections  # evaluation kit: SR vs ratio, significance, robustness, ...
 
     lines += kit_sections(results, out_dir)
+    from vlamix.report_sweep import sweep_section  # sweeps over a numeric hyperparameter (issue 14)
+
+    lines += sweep_section(results, out_dir)
     versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
     if versions:
         lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
@@ -196,13 +199,13 @@ def _strategy_section(results: Sequence[dict[str, Any]], out_dir: str) -> list[s
     if not points:
         return []
     lines = ["## Data-ratio strategies", "",
-             "| strategy | level | initial weights | final weights | time-averaged weights | realised proportions |",
-             "|---|---|---|---|---|---|"]
+             "| strategy | level | initial weights | final weights | time-averaged weights | realised proportions | loss weights |",
+             "|---|---|---|---|---|---|---|"]
     for label, mixing in points:
         lines.append(
             f"| {label} | {mixing.get('mixing_level', '-')} | {_weights_text(mixing.get('initial_weights'))} | "
             f"{_weights_text(mixing.get('final_weights'))} | {_weights_text(mixing.get('time_averaged_weights'))} | "
-            f"{_weights_text(mixing.get('realised_proportions'))} |"
+            f"{_weights_text(mixing.get('realised_proportions'))} | {_weights_text(mixing.get('loss_weights'))} |"
         )
     lines += ["", "### Action filtering (training steps)", "",
               "| strategy | dataset | total | kept | nonfinite | out_of_range | near_zero_motion | dataset_list |",

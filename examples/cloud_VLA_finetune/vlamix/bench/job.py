@@ -64,6 +64,7 @@ from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
 from vlamix.config import BenchConfig, ConfigError
+from vlamix.io import atomic_write_json, atomic_write_text
 from vlamix.pipeline import RUNTIME_KEYS
 
 logger = logging.getLogger(__name__)
@@ -398,14 +399,44 @@ def run_job(
         JobConfigError, ConfigError: before any point runs, for any malformed file or invalid value.
         FileNotFoundError, ModuleLoadError: before any point runs, for a module or metric file.
     """
-    checked = check_job(job_file, allow_extra=allow_extra)
-    job, points, classes, metric_funcs = checked.job, checked.points, checked.classes, checked.metric_funcs
-    logger.info("job '%s': %d grid point(s), output in %s", job.name, len(points), job.job_dir)
+    job, points, classes, metric_funcs = prepare_job(job_file, allow_extra=allow_extra)
     if dry_run:
         return JobResult(job=job, points=[PointResult(p, "planned", p.output_dir(job.job_dir)) for p in points], rank_files={})
 
     results = [run_point(point, job, classes, metric_funcs, recompute_metrics=recompute_metrics) for point in points]
-    _cross_point_metrics(results, metric_funcs)
+    return finish_job(job, results, print_leaderboard=print_leaderboard, metric_funcs=metric_funcs)
+
+
+def prepare_job(job_file: str, *, allow_extra: bool = False) -> tuple[JobSpec, list[GridPoint], dict[tuple[str, str], Any], dict[str, Callable]]:
+    """Check (:func:`check_job`), expand and resolve a job: ``(job, points, classes, metric_funcs)``.
+
+    Shared by :func:`run_job` and the other backends (:mod:`vlamix.bench.ray_backend`, :mod:`vlamix.search.job`).
+
+    Raises:
+        JobConfigError, ConfigError, FileNotFoundError, ModuleLoadError: see :func:`run_job`.
+    """
+    checked = check_job(job_file, allow_extra=allow_extra)
+    job, points, classes, metric_funcs = checked.job, checked.points, checked.classes, checked.metric_funcs
+    logger.info("job '%s': %d grid point(s), output in %s", job.name, len(points), job.job_dir)
+    return job, points, classes, metric_funcs
+
+
+
+def finish_job(
+    job: JobSpec,
+    results: Sequence[PointResult],
+    *,
+    print_leaderboard: bool = True,
+    metric_funcs: Mapping[str, Callable] | None = None,
+) -> JobResult:
+    """Write the rank files and the report of the finished points, log failures, print the leaderboard.
+
+    ``results`` in grid order (one per point); shared by every backend so that their outputs agree.
+    ``metric_funcs`` (from :func:`prepare_job`) enables the cross-point metrics (``tied_with_best``
+    over every finished point of the job).
+    """
+    results = list(results)
+    _cross_point_metrics(results, metric_funcs or {})
     rows = [_rank_row(r) for r in results if r.ok]
     rank_files = write_rank_files(rows, job.rank, job.job_dir, job.testenv.metric_names)
     results_ranked = _in_rank_order(results, rank_files)
@@ -520,8 +551,7 @@ def run_point(
         metrics = {name: _plain(func(test_data.y, prediction)) for name, func in metric_funcs.items()}
     except Exception as err:  # one failing point must not lose the others
         logger.exception("%s failed", point.describe())
-        with open(os.path.join(out_dir, ERROR_FILE), "w", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
+        atomic_write_text(os.path.join(out_dir, ERROR_FILE), traceback.format_exc())
         message = f"{type(err).__name__}: {err}"
         _write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
         return PointResult(point, "failed", out_dir, error=message)
@@ -640,10 +670,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json(path: str, payload: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, indent=1, default=_json_default)
 
 
 def _read_json(path: str) -> Any:
@@ -692,10 +719,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-extra", action="store_true", help="accept basemodel hyperparameters that are not BenchConfig fields")
     parser.add_argument("--recompute-metrics", action="store_true", help="recompute the metrics of finished points from prediction.json")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # distributed runner (vlamix.bench.ray_backend)
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="local: points one after another; ray: one Ray Tune trial per point")
+    parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray (default: start a local Ray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
+        if args.backend == "ray" and not args.dry_run:
+            from vlamix.bench.ray_backend import run_job_ray
+
+            result = run_job_ray(args.job_file, address=args.address, allow_extra=args.allow_extra, recompute_metrics=args.recompute_metrics)
+        else:
+            if args.backend == "ray":  # a dry run checks the ray: block too
+                from vlamix.bench.ray_backend import load_ray_settings
+
+                load_ray_settings(args.job_file)
+            result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
     except CHECK_ERRORS as err:
         logger.error("%s", err)
         return 2

@@ -177,13 +177,13 @@ def format_rank_table(path: str) -> str:
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Sequence[RankRow]) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    from vlamix.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["rank", *header])
         for i, row in enumerate(rows, 1):
             writer.writerow([i, *(_cell(row.value(c)) for c in header)])
-    os.replace(tmp, path)
     return path
 
 

@@ -356,10 +356,14 @@ def parse_rank(raw: Mapping[str, Any], source: str = "<rank>") -> RankSpec:
 def _read_yaml(path: str) -> Any:
     if not str(path).endswith((".yaml", ".yml")):
         raise JobConfigError(f"{path}: config files must be YAML (.yaml/.yml)")
+    from vlamix.io import DuplicateKeyError, load_yaml
+
     try:
         with open(path, "rb") as fh:
-            return yaml.safe_load(fh)
+            return load_yaml(fh, path)
     except FileNotFoundError as err:
         raise JobConfigError(f"{path}: file not found (relative to {os.getcwd()})") from err
+    except DuplicateKeyError as err:
+        raise JobConfigError(str(err)) from err
     except yaml.YAMLError as err:
         raise JobConfigError(f"{path}: not valid YAML: {err}") from err

@@ -30,6 +30,7 @@ import tempfile
 from typing import Any, Iterable, Iterator, Mapping
 
 from vlamix.data.rlds_spec import VERSION, features, to_rlds_example, validate_episode
+from vlamix.io import atomic_write_json, fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def write_rlds(
     overwrite: bool = False,
     description: str | None = None,
     num_shards: int | None = None,
+    extra_json: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``episodes`` to ``<root>/<name>/1.0.0/`` as an RLDS (tfds) dataset; return that path.
 
@@ -59,6 +61,8 @@ def write_rlds(
         description: free text stored in ``dataset_info.json``.
         num_shards: number of tfrecord shards (default: tfds decides from the size, 64 MiB - 1 GiB
             per shard); more shards let readers interleave files in parallel.
+        extra_json: file name -> JSON payload written into the version folder before it is renamed
+            into place, so those files exist exactly when the dataset does (e.g. ``recording.json``).
     Returns:
         Absolute path of the version folder.
     Raises:
@@ -95,6 +99,9 @@ def write_rlds(
         built = os.path.join(tmp, name, VERSION)
         if not os.path.isfile(os.path.join(built, "dataset_info.json")):
             raise RuntimeError(f"tensorflow-datasets did not produce {built}/dataset_info.json")
+        for file_name, payload in (extra_json or {}).items():
+            atomic_write_json(os.path.join(built, file_name), payload, sort_keys=True)
+        fault_point("rlds:built")  # tests: a kill here must leave no dataset that reads as finished
         if os.path.exists(target):  # overwrite: move the old version aside first, then swap
             os.rename(target, os.path.join(tmp, "replaced"))
         os.rename(built, target)

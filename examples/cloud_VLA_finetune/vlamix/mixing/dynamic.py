@@ -309,13 +309,12 @@ def reference_losses_from_run(path: str, groups: Sequence[str], *, tail_fraction
     Raises:
         FileNotFoundError: no ``train_log.jsonl``. ValueError: the run logged no loss for some group.
     """
-    import json
-
     log = find_train_log(path)
     if log is None:
         raise FileNotFoundError(f"no {TRAIN_LOG_NAME} in {path} or its parent folder")
-    with open(log, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    from vlamix.io import read_jsonl
+
+    rows = read_jsonl(log)  # a torn last line (killed run) is skipped
     last_step = max((int(r.get("step", 0)) for r in rows), default=0)
     first = last_step - max(1, int(round(tail_fraction * last_step))) + 1
     values: dict[str, list[float]] = {g: [] for g in groups}

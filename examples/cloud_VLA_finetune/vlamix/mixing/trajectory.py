@@ -6,14 +6,12 @@ Files (in the run folder, copied into every checkpoint)::
                            weights {group: float}, group_loss, signal
     mixing_weights.png     the weights over optimiser steps (step plot, one line per group)
     mixing_summary.json    strategy label, groups, initial / final / time-averaged weights, realised
-                           proportions, sources, filter counts, skill table (checkpoints only)
+                           proportions, sources, filter counts, skill table, loss_weighting with
+                           initial_loss_weights / loss_weights (None for "none") (checkpoints only)
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 TRAJECTORY_FILE = "mixing_weights.jsonl"
@@ -23,14 +21,9 @@ SUMMARY_FILE = "mixing_summary.json"
 
 def write_trajectory(history: Sequence[Mapping[str, Any]], path: str) -> str:
     """Write the rows as JSON lines, atomically (the whole history each time; it is small)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in history:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
+    from vlamix.io import atomic_write_jsonl
+
+    return atomic_write_jsonl(path, history)
 
 
 def read_trajectory(path: str) -> list[dict[str, Any]]:
@@ -39,8 +32,9 @@ def read_trajectory(path: str) -> list[dict[str, Any]]:
     Raises:
         FileNotFoundError: no such file.
     """
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    from vlamix.io import read_jsonl
+
+    return read_jsonl(path)
 
 
 def plot_trajectory(history: Sequence[Mapping[str, Any]], path: str, *, total_steps: int, title: str = "") -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from vlamix.mixing.skills import skill_of
 
-STRATEGIES = ("static", "full_dataset", "task_balanced", "temperature", "doremi", "exp3", "curriculum")
+STRATEGIES = ("static", "full_dataset", "task_balanced", "temperature", "doremi", "exp3", "curriculum", "doremi_transfer")
 DYNAMIC_STRATEGIES = ("doremi", "exp3", "curriculum")
 MIXING_LEVELS = ("dataset", "task", "skill")
 

@@ -25,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from vlamix.config import BUILTIN_MODELS  # noqa: E402
+from vlamix.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from vlamix.model.configuration import VLAConfig  # noqa: E402
 from vlamix.model.lora import is_lora_model, load_lora_adapter, merge_lora, save_lora_adapter  # noqa: E402
 from vlamix.model.modeling import OpenVLAForActionPrediction, init_tiny_weights_  # noqa: E402
@@ -165,11 +167,9 @@ def save_vla(
     if norm_stats is not None:
         core.norm_stats = norm_stats
     config: VLAConfig = core.config
-    with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
-        f.write(config.to_json_string(use_diff=False))
+    atomic_write_text(os.path.join(out_dir, CONFIG_NAME), config.to_json_string(use_diff=False))
     if config.norm_stats:
-        with open(os.path.join(out_dir, STATS_NAME), "w", encoding="utf-8") as f:
-            json.dump(config.norm_stats, f, indent=2)
+        atomic_write_json(os.path.join(out_dir, STATS_NAME), config.norm_stats)
     processor.save_pretrained(out_dir)
 
     meta: dict[str, Any] = {"format": "vlamix-openvla", "lora": is_lora_model(model)}
@@ -185,8 +185,7 @@ def save_vla(
             _save_weights(_base_state_dict(core), out_dir, max_shard_bytes)
     else:
         _save_weights(core.state_dict(), out_dir, max_shard_bytes)
-    with open(os.path.join(out_dir, CHECKPOINT_META_NAME), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    atomic_write_json(os.path.join(out_dir, CHECKPOINT_META_NAME), meta)
     return out_dir
 
 
@@ -282,10 +281,15 @@ def _base_state_dict(core: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_weights(state: dict[str, torch.Tensor], out_dir: str, max_shard_bytes: int) -> None:
-    """safetensors file(s) with an index when sharded (transformers' naming)."""
-    for name in os.listdir(out_dir):
-        if name == WEIGHTS_INDEX_NAME or (name.startswith("model") and name.endswith(".safetensors")):
-            os.remove(os.path.join(out_dir, name))
+    """safetensors file(s) with an index when sharded (transformers' naming), each written atomically.
+
+    The new files are complete before any old weight file is removed, so a kill leaves the old
+    weights or the new ones loadable (the index, written after its shards, says which shards count).
+    Only when new shards would overwrite old shards of the same name is the old index removed first:
+    a kill then leaves a folder without weights (``load_vla`` fails loudly), never a mix of old and
+    new shards. (:class:`vlamix.train.finetune.FineTuner` writes every checkpoint into a fresh folder.)
+    """
+    old = {n for n in os.listdir(out_dir) if n == WEIGHTS_INDEX_NAME or (n.startswith("model") and n.endswith(".safetensors"))}
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -298,15 +302,24 @@ def _save_weights(state: dict[str, torch.Tensor], out_dir: str, max_shard_bytes:
         size += nbytes
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(out_dir, WEIGHTS_NAME), metadata=metadata)
-        return
-    weight_map = {}
-    total = 0
-    for i, shard in enumerate(shards, start=1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(out_dir, name), metadata=metadata)
-        for key, tensor in shard.items():
-            weight_map[key] = name
-            total += tensor.numel() * tensor.element_size()
-    with open(os.path.join(out_dir, WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        with atomic_path(os.path.join(out_dir, WEIGHTS_NAME)) as tmp:
+            save_file(shards[0], tmp, metadata=metadata)
+        new = {WEIGHTS_NAME}
+    else:
+        names = {f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)}
+        if WEIGHTS_INDEX_NAME in old and names & old:
+            os.remove(os.path.join(out_dir, WEIGHTS_INDEX_NAME))
+        weight_map = {}
+        total = 0
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            with atomic_path(os.path.join(out_dir, name)) as tmp:
+                save_file(shard, tmp, metadata=metadata)
+            for key, tensor in shard.items():
+                weight_map[key] = name
+                total += tensor.numel() * tensor.element_size()
+        atomic_write_json(os.path.join(out_dir, WEIGHTS_INDEX_NAME), {"metadata": {"total_size": total}, "weight_map": weight_map})
+        new = {WEIGHTS_INDEX_NAME, *weight_map.values()}
+    for name in sorted(old - new, key=lambda n: n != WEIGHTS_INDEX_NAME):  # the index before the shards it names
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))

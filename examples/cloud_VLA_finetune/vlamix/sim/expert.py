@@ -59,6 +59,16 @@ class UnsupportedTaskError(ValueError):
     """The task's BDDL goal is not a single pick-and-place predicate (``on`` / ``in``)."""
 
 
+#: Task suites the expert records: suite -> supported task ids (None = every task of the suite).
+#: Read by config validation (``demos: scripted``) before any simulator starts.
+SCRIPTED_SUITES: dict[str, frozenset[int] | None] = {"libero_spatial": None, "libero_object": None}
+
+
+def supported_tasks(suite: str) -> frozenset[int] | None:
+    """Task ids of ``suite`` that the expert can record: None = all, an empty set = none (unsupported suite)."""
+    return SCRIPTED_SUITES.get(suite, frozenset())
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     """Gains and geometry of the scripted expert (lengths in metres).

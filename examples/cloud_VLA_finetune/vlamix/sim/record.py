@@ -274,15 +274,15 @@ def render_episode(env, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
 
 def save_episode(path: str, episode: dict[str, Any]) -> None:
     """Write one episode (arrays + ``language_instruction`` / ``file_path`` str) as compressed .npz, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    from vlamix.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
             **{k: episode[k] for k in EPISODE_ARRAY_KEYS},
             language_instruction=np.array(episode["language_instruction"]),
             file_path=np.array(episode["file_path"]),
         )
-    os.replace(tmp, path)
 
 
 def load_episode(path: str) -> dict[str, Any]:
@@ -468,13 +468,6 @@ def _dataset_ready(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "dataset_info.json"))
 
 
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def record_datasets(
     suites: Sequence[str],
     task_ids: Sequence[int],
@@ -531,8 +524,6 @@ def record_datasets(
         versions = simulator_versions()
         for suite, stats in all_stats.items():
             name = names[suite]
-            path = write_rlds(iter_staged_episodes(stats.files), data_dir, name, overwrite=replace[suite],
-                              description=f"{name}: scripted-expert LIBERO demonstrations (vlamix.sim.record)")
             record = {
                 "dataset": name,
                 "suite": suite,
@@ -546,7 +537,10 @@ def record_datasets(
                 "simulator_versions": versions,
                 "stats": {k: v for k, v in stats.to_dict().items() if k != "files"},
             }
-            _write_json_atomic(os.path.join(path, RECORDING_JSON), record)
+            # recording.json goes in before the dataset is renamed into place: a kill never leaves one without it
+            path = write_rlds(iter_staged_episodes(stats.files), data_dir, name, overwrite=replace[suite],
+                              description=f"{name}: scripted-expert LIBERO demonstrations (vlamix.sim.record)",
+                              extra_json={RECORDING_JSON: record})
             paths[name] = path
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.constants import TRAIN_LOG_NAME
+from vlamix.io import atomic_dir, fault_point, filter_jsonl
 from vlamix.train.distributed import (
     DistContext,
     all_gather_objects,
@@ -53,6 +54,7 @@ from vlamix.train.distributed import (
     init_distributed,
     mean_over_ranks,
 )
+from vlamix.train.loss_weighting import weighted_action_loss
 from vlamix.train.metrics import action_token_metrics
 from vlamix.train.state import (
     TRAINING_STATE_FILE,
@@ -76,6 +78,7 @@ _RESUME_FIELDS = (
     "strategy", "mixing_level", "temperature", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
     "dro_reference", "dro_reference_batches", "exp3_smoothing", "curriculum", "filter_nonfinite",
     "filter_action_limit", "filter_min_motion", "filter_motion_window", "dataset_whitelist", "dataset_blacklist",
+    "loss_weighting",
 )  # fmt: skip
 
 
@@ -205,6 +208,7 @@ class FineTuner:
             self._resume(resume_from, resume_state)
         if self.mixing is not None and self.mixing.needs_reference:
             self.mixing.set_reference(self._reference_losses())
+        self._refresh_loss_weights()
 
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> tuple[nn.Module, Any]:
@@ -245,6 +249,40 @@ class FineTuner:
                 )
             return None
         return MixingController(self.cfg, groups, initial)
+
+    def _refresh_loss_weights(self) -> None:
+        """Per-group loss weights (``loss_weighting``) against the current sampling weights, float64 [G]
+        in ``group_names`` order in ``self.loss_weights`` (None for ``none``); called at setup (after a
+        resume) and after every weight change (:mod:`vlamix.mixing.loss_weights`).
+
+        Raises:
+            ConfigError: field ``loss_weighting``, for a loader without groups or group frame counts.
+        """
+        self.loss_weights: np.ndarray | None = None
+        if self.cfg.loss_weighting == "none":
+            return
+        from vlamix.mixing.loss_weights import loss_weights
+        from vlamix.mixing.weights import group_frames
+
+        sources = getattr(self.loader, "sources", None)
+        if self.mixing is None or sources is None:
+            raise ConfigError(
+                "loss_weighting",
+                f"{self.cfg.loss_weighting!r} needs a loader with groups and sources (vlamix MixtureLoader); "
+                f"{type(self.loader).__name__} has none, so only 'none' can be used",
+            )
+        counts = group_frames(sources)
+        n = [counts.get(g, 0) for g in self.mixing.groups]
+        self.loss_weights = loss_weights(n, self.mixing.weights, self.cfg.loss_weighting)
+        self.initial_loss_weights = dict(zip(self.mixing.groups, loss_weights(n, self.mixing.initial, self.cfg.loss_weighting).tolist()))
+        logger.info("loss weights (%s, per group): %s", self.cfg.loss_weighting,
+                    dict(zip(self.mixing.groups, np.round(self.loss_weights, 4).tolist())))
+
+    def named_loss_weights(self) -> dict[str, float] | None:
+        """Current loss weight per group (None for ``loss_weighting: none``)."""
+        if self.loss_weights is None:
+            return None
+        return dict(zip(self.mixing.groups, self.loss_weights.tolist()))
 
     def _reference_losses(self) -> np.ndarray:
         """DoReMi reference: per-group loss (nats) of a saved run, or of the initial model on
@@ -334,14 +372,16 @@ class FineTuner:
 
         Returns:
             this rank's metrics averaged over the micro-batches: ``loss`` (mean cross-entropy on the
-            action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units).
+            action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units)
+            and, with ``loss_weighting``, ``weighted_loss`` (the loss that was back-propagated:
+            :func:`vlamix.train.loss_weighting.weighted_action_loss`).
             The per-group sums of the frames' losses and the frame counts are left in
             ``group_loss_sums`` / ``group_counts`` (float64 [G]).
         Raises:
             FloatingPointError: a loss is not finite.
         """
         accum = self.cfg.grad_accumulation_steps
-        losses, accs, l1s = [], [], []
+        losses, accs, l1s, weighted = [], [], [], []
         groups = len(self.mixing.groups) if self.mixing is not None else 0
         self.group_loss_sums, self.group_counts = np.zeros(groups), np.zeros(groups)
         self.train_model.train()
@@ -356,14 +396,23 @@ class FineTuner:
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
-                (loss / accum).backward()
+                objective = loss
+                if self.loss_weights is not None:  # per-group loss weighting (vlamix.train.loss_weighting)
+                    if "group_index" not in batch:
+                        raise ConfigError("loss_weighting", "the training batches carry no group_index")
+                    objective, _ = weighted_action_loss(out.logits, out.targets, batch["group_index"], self.loss_weights)
+                    weighted.append(float(objective.detach()))
+                (objective / accum).backward()
             if groups and "group_index" in batch:
                 _add_group_losses(self.group_loss_sums, self.group_counts, out, batch["group_index"])
             metrics = action_token_metrics(out.logits.detach(), out.targets, self.action_tokenizer)
             losses.append(float(loss.detach()))
             accs.append(metrics.accuracy)
             l1s.append(metrics.l1)
-        return {"loss": float(np.mean(losses)), "action_accuracy": float(np.mean(accs)), "l1_loss": float(np.mean(l1s))}
+        metrics = {"loss": float(np.mean(losses)), "action_accuracy": float(np.mean(accs)), "l1_loss": float(np.mean(l1s))}
+        if weighted:
+            metrics["weighted_loss"] = float(np.mean(weighted))
+        return metrics
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients (AdamW), clear them and count the step."""
@@ -385,7 +434,8 @@ class FineTuner:
         ``step_time_s`` (wall seconds of the step, data loading included), ``frames`` (seen so far,
         all ranks), ``group_loss`` (mean loss per group that drew frames, all ranks) and, on steps
         where a dynamic strategy changed them, ``mixture_weights`` and ``mixing_update_s`` (wall
-        seconds of the update). The weight trajectory goes to ``<out_dir>/mixing_weights.jsonl``.
+        seconds of the update); with ``loss_weighting``, ``weighted_loss`` (the optimised loss, mean
+        over micro-batches and ranks) every step and ``loss_weights`` on weight changes. The weight trajectory goes to ``<out_dir>/mixing_weights.jsonl``.
         """
         cfg = self.cfg
         if self.ctx.is_main:
@@ -395,6 +445,10 @@ class FineTuner:
         if self.step >= cfg.train_steps:
             logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, cfg.train_steps)
         bar = _progress_bar(cfg.train_steps, self.step, enabled=self.ctx.is_main)
+        if self.ctx.is_main:  # a resumed run logs each step once: drop rows past the checkpoint (and a torn last line)
+            dropped = filter_jsonl(log_path, lambda row: isinstance(row, dict) and int(row.get("step", 0)) <= self.step)
+            if dropped:
+                logger.info("%s: dropped %d rows after step %d (they are trained again)", log_path, dropped, self.step)
         try:
             while self.step < cfg.train_steps:
                 start = time.perf_counter()
@@ -409,6 +463,8 @@ class FineTuner:
                     "step_time_s": time.perf_counter() - start,
                     "frames": self.step * frames_per_step,
                 }
+                if "weighted_loss" in metrics:
+                    record["weighted_loss"] = mean_over_ranks(self.ctx, [metrics["weighted_loss"]])[0]
                 if self.mixing is not None:
                     record.update(self._update_mixing())
                 bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1.0 / max(record['step_time_s'], 1e-9):.2f}",
@@ -454,6 +510,9 @@ class FineTuner:
         new = self.mixing.after_step(self.step)
         if new is not None:
             self.loader.set_weights(new)
+            if self.loss_weights is not None:  # renormalise against the new sampling weights
+                self._refresh_loss_weights()
+                out["loss_weights"] = self.named_loss_weights()
             if self.ctx.is_main:
                 write_trajectory(self.mixing.history, os.path.join(self.out_dir, TRAJECTORY_FILE))
             out["mixture_weights"] = new
@@ -473,6 +532,9 @@ class FineTuner:
                                    total_steps=self.cfg.train_steps, title=self.cfg.strategy_label())
             shutil.copyfile(plot, os.path.join(ckpt, PLOT_FILE))
         summary = {"strategy_label": self.cfg.strategy_label(), "step": self.step, **self.mixing.summary(self.step)}
+        summary["loss_weighting"] = self.cfg.loss_weighting
+        summary["loss_weights"] = self.named_loss_weights()  # current (final) weights; None for "none"
+        summary["initial_loss_weights"] = getattr(self, "initial_loss_weights", None) if self.loss_weights is not None else None
         loader_summary = self.loader.summary() if hasattr(self.loader, "summary") else {}
         for key in ("mixing_level", "realised_proportions", "sources", "skill_table", "filter_counts"):
             if key in loader_summary:
@@ -506,26 +568,29 @@ class FineTuner:
         data_states = all_gather_objects(self.ctx, self.loader.state_dict() if hasattr(self.loader, "state_dict") else None)
         rng_states = all_gather_objects(self.ctx, capture_rng_state())
         if self.ctx.is_main:
-            base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
-            save_vla(self.model, self.processor, ckpt, norm_stats=self.norm_stats or None, base_model=base_model)
-            with open(os.path.join(ckpt, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump(self.cfg.to_dict(), f, indent=2)
-            save_training_state(
-                os.path.join(ckpt, TRAINING_STATE_FILE),
-                step=self.step,
-                optimizer=self.optimizer,
-                data_states=data_states,
-                rng_states=rng_states,
-                extra={"mixing": self.mixing.state_dict()} if self.mixing is not None else None,
-            )
-            if self.mixing is not None:
-                self._write_mixing_files(ckpt, final)
+            # written in a temporary folder renamed to step_<N> when complete: a kill never leaves a partial checkpoint
+            with atomic_dir(ckpt) as stage:
+                base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
+                save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model)
+                with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
+                    json.dump(self.cfg.to_dict(), f, indent=2)
+                fault_point("checkpoint:weights_written")
+                save_training_state(
+                    os.path.join(stage, TRAINING_STATE_FILE),
+                    step=self.step,
+                    optimizer=self.optimizer,
+                    data_states=data_states,
+                    rng_states=rng_states,
+                    extra={"mixing": self.mixing.state_dict()} if self.mixing is not None else None,
+                )
+                if self.mixing is not None:
+                    self._write_mixing_files(stage, final)
+                if final and self.save_merged:
+                    # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
+                    merged = merge_lora(self.model)
+                    save_vla(merged, self.processor, os.path.join(stage, MERGED_DIR), norm_stats=self.norm_stats or None)
+                    logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
             logger.info("saved checkpoint %s", ckpt)
-            if final and self.save_merged:
-                # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
-                merged = merge_lora(self.model)
-                save_vla(merged, self.processor, os.path.join(ckpt, MERGED_DIR), norm_stats=self.norm_stats or None)
-                logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
         barrier(self.ctx)
         return ckpt
 
@@ -625,9 +690,9 @@ def load_config_file(path: str, overrides: Mapping[str, Any] | None = None) -> B
     if path.endswith(".json"):
         values = json.loads(text)
     else:
-        import yaml
+        from vlamix.io import load_yaml
 
-        values = yaml.safe_load(text)
+        values = load_yaml(text, path)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of BenchConfig fields, got {type(values).__name__}")
     values.update(overrides or {})
@@ -638,9 +703,9 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    import yaml
+    from vlamix.io import load_yaml
 
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), load_yaml(raw, f"--set {key.strip()}")
 
 
 def main(argv: list[str] | None = None) -> int:

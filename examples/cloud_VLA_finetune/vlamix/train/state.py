@@ -103,9 +103,10 @@ def save_training_state(
         "rng": list(rng_states),
         **(extra or {}),
     }
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from vlamix.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_training_state(path: str) -> dict[str, Any]:
