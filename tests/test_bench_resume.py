@@ -33,7 +33,10 @@ def recorder(monkeypatch):
     import vlamix.eval.rollout
 
     monkeypatch.setattr(vlamix.eval.rollout, "evaluate", fake_evaluate)
+    import vlamix.sim.record
+
     monkeypatch.setattr(vlamix.eval.offline, "offline_metrics", lambda ckpt, cfg: {"action_l1": 0.5})
+    monkeypatch.setattr(vlamix.sim.record, "ensure_demo_datasets", lambda cfg: None)  # the held-out set's datasets
     return calls
 
 
@@ -42,6 +45,7 @@ def finished_run(runs_dir, hps):
     run_dir = runs_dir / train_key(algo.config)
     (run_dir / "step_000002").mkdir(parents=True)
     (run_dir / "step_000002" / "weights.txt").write_text("trained")
+    (run_dir / "step_000002" / "training_state.pt").write_bytes(b"")  # what marks a finished checkpoint
     (run_dir / COMPLETE_MARKER).write_text("step_000002\n")
     return run_dir
 
