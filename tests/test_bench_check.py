@@ -33,6 +33,12 @@ def root(tmp_path, monkeypatch):
 
 
 def set_grid(root, grid):
+    """The job with one algorithm (vla_dataselect, no reference row) whose grid is ``grid``."""
+    job_path = root / JOB_YAML
+    job = yaml.safe_load(job_path.read_text())
+    algorithms = job["benchmarkingjob"]["test_object"]["algorithms"]
+    job["benchmarkingjob"]["test_object"]["algorithms"] = [a for a in algorithms if a["name"] == "vla_dataselect"]
+    job_path.write_text(yaml.safe_dump(job))
     path = root / ALGO_YAML
     algo = yaml.safe_load(path.read_text())
     algo["algorithm"]["modules"][0]["hyperparameters"] = [{k: {"values": v}} for k, v in grid.items()]

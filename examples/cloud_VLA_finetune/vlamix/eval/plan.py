@@ -188,7 +188,7 @@ def check_suites(suites: tuple[str, ...]) -> None:
         SuiteUnavailableError: registered but a task file is missing (names the first missing file).
     """
     if len(set(suites)) != len(suites):
-        raise ValueError(f"suites: duplicate suite names in {list(suites)}")
+        raise ValueError(f"suites: a suite is listed twice in {list(suites)}; list each suite once")
     for suite in suites:
         base_suite(suite)
         bench = suite_info(suite)
