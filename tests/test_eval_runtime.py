@@ -259,15 +259,21 @@ def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch
 
     def fake_evaluate(policy, specs, **kwargs):
         calls.append(kwargs)
-        return [dict(_stored_row("cpu", "bf16"), error="WorkerDied: x")] + [_stored_row("cpu", "bf16")] * 0
+        # one error among two episodes: 0.5 > eval_max_error_fraction (an all-errored point fails instead)
+        return [dict(_stored_row("cpu", "bf16"), error="WorkerDied: x"),
+                dict(_stored_row("cpu", "bf16"), episode_index=1, init_state_index=1, episode_key=["libero_spatial", 0, 1])]
 
     monkeypatch.setattr("vlamix.eval.rollout.evaluate", fake_evaluate)
-    monkeypatch.setattr("vlamix.eval.rollout.plan_episodes", lambda *a, **k: [EpisodeSpec("libero_spatial", 0, 0, 0, "x")])
+    two = [EpisodeSpec("libero_spatial", 0, k, k, "x") for k in (0, 1)]
+    monkeypatch.setattr("vlamix.eval.rollout.plan_episodes", lambda *a, **k: two)
+    monkeypatch.setattr("vlamix.eval.plan.plan_episodes", lambda *a, **k: two)
+    monkeypatch.setattr("vlamix.sim.record.ensure_demo_datasets", lambda cfg: None)  # the offline held-out set
     monkeypatch.setattr("vlamix.eval.offline.offline_metrics", lambda *a, **k: {})
     algo = VLADataSelect(mixture={SPATIAL: 1}, eval_device="cpu", eval_dtype="bf16", envs_per_worker=3,
                          eval_episode_timeout_s=60, eval_max_attempts=4, eval_videos="failures",
                          eval_videos_per_task=1, runs_dir=str(tmp_path))
     os.makedirs(tmp_path / "ckpt" / "eval")
+    (tmp_path / "ckpt" / "config.json").write_text("{}")  # what `vlamix evaluate` checks a checkpoint folder by
     algo.load(str(tmp_path / "ckpt"))
     result = algo.predict()
     assert {k: calls[0][k] for k in ("device", "dtype", "envs_per_worker", "episode_timeout_s", "max_attempts",

@@ -83,6 +83,13 @@ def make_root(root, grid, extra_hyperparameters=()):
     algo["algorithm"]["modules"][0]["hyperparameters"] = hps
     with open(path, "w") as fh:
         yaml.safe_dump(algo, fh)
+    job_path = os.path.join(root, JOB_YAML)  # one algorithm: the scripted-expert reference row is not under test
+    with open(job_path) as fh:
+        job = yaml.safe_load(fh)
+    test_object = job["benchmarkingjob"]["test_object"]
+    test_object["algorithms"] = [a for a in test_object["algorithms"] if a["name"] == "vla_dataselect"]
+    with open(job_path, "w") as fh:
+        yaml.safe_dump(job, fh)
     return root
 
 
