@@ -121,7 +121,7 @@ def test_training_killed_mid_checkpoint_and_before_the_marker_finishes_as_uninte
     runs = tmp_path / "killed"
     # 1. killed inside the step-2 checkpoint save (step 2 already logged): no step_000002 appears
     _killed(_run(TRAIN, str(runs), fault="checkpoint:weights_written@2"))
-    (run_dir,) = [os.path.join(runs, d) for d in os.listdir(runs)]
+    (run_dir,) = [os.path.join(runs, d) for d in os.listdir(runs) if os.path.isdir(os.path.join(runs, d))]  # besides <key>.lock
     assert not os.path.exists(os.path.join(run_dir, "step_000002"))
     assert os.path.basename(latest_resumable_checkpoint(run_dir)) == "step_000001" and finished_checkpoint(run_dir) is None
     with open(os.path.join(run_dir, "train_log.jsonl"), "a") as fh:
