@@ -37,6 +37,7 @@ STRATEGY_PARAMS = {
     "curriculum": ("mixing_level", "skill_map", "curriculum"),
 }  # fmt: skip
 PRECISIONS = ("fp32", "bf16")
+FINETUNE_MODES = ("lora", "full")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,8 @@ class BenchConfig:
         model: "tiny" (built-in, random init) or a path to an OpenVLA checkpoint folder.
         lora_rank, lora_alpha, lora_dropout: peft LoRA on all linear layers (OpenVLA recipe:
             rank 32, alpha min(rank, 16), dropout 0).
+        finetune_mode: "lora" (only the adapters train) or "full" (the base weights train too; the
+            checkpoint then stores the base weights, also for a checkpoint-folder model).
     Training
         train_steps: optimiser steps. batch_size: frames per micro-batch.
         grad_accumulation_steps: micro-batches per optimiser step. learning_rate: AdamW lr.
@@ -138,6 +141,10 @@ class BenchConfig:
     lora_rank: int = 32
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # fine-tuning mode (issue 13, learnability study): "lora" trains only the LoRA adapters
+    # (OpenVLA's recipe, the default); "full" also trains every base weight (OpenVLA finetune.py's
+    # use_lora=False counterpart), for a randomly initialised base such as the tiny model
+    finetune_mode: str = "lora"
 
     train_steps: int = 40
     batch_size: int = 8
@@ -318,6 +325,7 @@ class BenchConfig:
             raise ConfigError("data_dir", "must be a non-empty path string")
         _check_range("heldout_fraction", self.heldout_fraction, 0.0, 0.5)
         _check_choice("demos", self.demos, DEMO_SOURCES)
+        _check_choice("finetune_mode", self.finetune_mode, FINETUNE_MODES)
         _check_int("demo_tasks", self.demo_tasks, 1)
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
         self._validate_strategy()
@@ -326,6 +334,9 @@ class BenchConfig:
             for name in self.selected_datasets():
                 if not os.path.isdir(self.dataset_path(name)):
                     raise self.missing_dataset_error(name)
+        # scripted demonstrations (issue 13): only suites / task counts the expert supports
+        if self.demos == "scripted":
+            self._validate_scripted_demos()
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model", f"must be one of {BUILTIN_MODELS} or a checkpoint folder path")
         if self.model not in BUILTIN_MODELS and not os.path.isdir(self.model):
@@ -356,6 +367,28 @@ class BenchConfig:
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
 
+
+    def _validate_scripted_demos(self) -> None:
+        """``demos: scripted`` must be able to record every missing dataset of the mixture.
+
+        Raises:
+            ConfigError: ``demos`` for a suite without a scripted expert, ``demo_tasks`` above the
+                number of supported tasks of a suite (both list the supported suites and tasks).
+        """
+        from vlamix.sim.expert import supported_summary, supported_tasks
+
+        for name in self.selected_datasets():
+            if os.path.isfile(os.path.join(self.dataset_path(name), "dataset_info.json")):
+                continue  # present on disk: reused, nothing to record
+            suite = DATASET_TO_SUITE.get(name)
+            ids = supported_tasks(suite) if suite else frozenset()
+            if not ids:
+                raise ConfigError("demos", f"'scripted' cannot record dataset '{name}': no scripted expert for suite "
+                                  f"'{suite}'; supported suites: {supported_summary()}. Provide the dataset in "
+                                  f"data_dir and set demos: none, or remove it from the mixture")
+            if self.demo_tasks > len(ids):
+                raise ConfigError("demo_tasks", f"{self.demo_tasks} tasks requested but the scripted expert supports "
+                                  f"{len(ids)} task(s) of {suite}: {sorted(ids)}; supported suites: {supported_summary()}")
 
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
