@@ -8,7 +8,9 @@ demonstrations of one task (an RLDS dataset under ``--data-dir``, e.g. recorded 
    ``mixture: {<dataset>: 1}``, ``demos: none``, ``batch_size`` 8, ``heldout_fraction`` 0.1;
    records the training wall time and the last logged loss / action-token accuracy / L1 (mean of
    the last 20 steps);
-2. rolls the final checkpoint out in LIBERO (:func:`vlamix.eval.rollout.evaluate_checkpoint`) for
+2. measures teacher-forced action-token accuracy and L1 on the held-out episodes
+   (:func:`vlamix.eval.offline.offline_metrics`);
+3. with ``--trials`` > 0, rolls the final checkpoint out in LIBERO (:func:`vlamix.eval.rollout.evaluate_checkpoint`) for
    ``--trials`` episodes of the task (the suite's fixed init states, in order) and reports the
    success rate with its 95% Wilson interval (:func:`vlamix.eval.stats.summarize`).
 
@@ -55,8 +57,8 @@ def cell_key(cell: dict) -> str:
     return f"{cell['finetune_mode']}_lr{cell['learning_rate']:g}_s{cell['train_steps']}"
 
 
-def run_cell(args: argparse.Namespace, cell: dict) -> dict:
-    """Train and evaluate one cell; return its row."""
+def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None) -> dict:
+    """Train (unless ``previous`` row's checkpoint exists) and evaluate one cell; return its row."""
     from vlamix.config import BenchConfig
     from vlamix.constants import DATASET_TO_SUITE
     from vlamix.eval.rollout import evaluate_checkpoint
@@ -69,40 +71,57 @@ def run_cell(args: argparse.Namespace, cell: dict) -> dict:
         "heldout_fraction": 0.1, "seed": args.seed, "eval_suites": [suite], **cell,
     })
     run_dir = os.path.join(args.out, cell_key(cell))
-    t0 = time.perf_counter()
-    ckpt = finetune(cfg, run_dir, log_every=100)
-    train_s = time.perf_counter() - t0
+    from vlamix.train.finetune import checkpoint_name
+
+    ckpt = os.path.join(run_dir, checkpoint_name(cell["train_steps"]))
+    if previous is not None and os.path.isdir(ckpt):  # trained before: evaluate only
+        train_s = previous["train_seconds"]
+    else:
+        t0 = time.perf_counter()
+        ckpt = finetune(cfg, run_dir, log_every=100)
+        train_s = time.perf_counter() - t0
     with open(os.path.join(run_dir, "train_log.jsonl"), encoding="utf-8") as f:
         log = [json.loads(line) for line in f if line.strip()]
     tail = log[-20:]
-    t1 = time.perf_counter()
-    rows = evaluate_checkpoint(ckpt, suite, [args.task_id], args.trials, out_jsonl=os.path.join(run_dir, "episodes.jsonl"),
-                               workers=args.workers, seed=args.seed)
-    eval_s = time.perf_counter() - t1
-    summary = summarize(rows)
-    return {
+    from vlamix.eval.offline import offline_metrics
+
+    heldout = offline_metrics(ckpt, cfg, device="cpu")
+    row = {
         "cell": cell_key(cell), **cell, "dataset": args.dataset, "task_id": args.task_id,
-        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
+        "train_seconds": round(train_s, 1),
         "loss_last20": sum(r["loss"] for r in tail) / len(tail),
         "action_accuracy_last20": sum(r["action_accuracy"] for r in tail) / len(tail),
         "l1_last20": sum(r["l1_loss"] for r in tail) / len(tail),
-        "episodes": summary["n_episodes"], "successes": summary["n_successes"], "errors": summary["n_errors"],
-        "success_rate": summary["success_rate"], "ci_low": summary["ci_low"], "ci_high": summary["ci_high"],
-        "checkpoint": ckpt,
+        "heldout": heldout, "checkpoint": ckpt,
     }
+    if args.trials > 0:
+        t1 = time.perf_counter()
+        rows = evaluate_checkpoint(ckpt, suite, [args.task_id], args.trials,
+                                   out_jsonl=os.path.join(run_dir, "episodes.jsonl"), workers=args.workers, seed=args.seed)
+        summary = summarize(rows)
+        row.update({
+            "eval_seconds": round(time.perf_counter() - t1, 1), "episodes": summary["n_episodes"],
+            "successes": summary["n_successes"], "errors": summary["n_errors"], "success_rate": summary["success_rate"],
+            "ci_low": summary["ci_low"], "ci_high": summary["ci_high"],
+        })
+    return row
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the cells."""
     lines = [
-        "| mode | lr | steps | train wall (s) | loss | action acc. | L1 | SR (succ./episodes) | 95% Wilson |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | lr | steps | train wall (s) | train loss | train action acc. | held-out action acc. | held-out L1 "
+        "| SR (succ./episodes) | 95% Wilson |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        h = r.get("heldout") or {}
+        sr = (f"{r['success_rate']:.2f} ({r['successes']}/{r['episodes']}) | [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+              if "episodes" in r else "not evaluated | -")
         lines.append(
             f"| {r['finetune_mode']} | {r['learning_rate']:g} | {r['train_steps']} | {r['train_seconds']:.0f} | "
-            f"{r['loss_last20']:.2f} | {r['action_accuracy_last20']:.3f} | {r['l1_last20']:.3f} | "
-            f"{r['success_rate']:.2f} ({r['successes']}/{r['episodes']}) | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] |"
+            f"{r['loss_last20']:.2f} | {r['action_accuracy_last20']:.3f} | "
+            f"{h.get('action_token_accuracy', float('nan')):.3f} | {h.get('action_l1', float('nan')):.3f} | {sr} |"
         )
     return "\n".join(lines)
 
@@ -113,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="workspace/learn/data")
     parser.add_argument("--task-id", type=int, default=0, help="task id of the suite the demos are of")
     parser.add_argument("--cells", type=parse_cell, nargs="+", default=[parse_cell("full:1e-3:1500")])
-    parser.add_argument("--trials", type=int, default=20, help="evaluation episodes per cell")
+    parser.add_argument("--trials", type=int, default=20, help="evaluation episodes per cell (0: offline metrics only)")
     parser.add_argument("--workers", type=int, default=1, help="rollout processes")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
@@ -129,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cell in args.cells:
         key = cell_key(cell)
-        if key in done:
+        if key in done and ("episodes" in done[key] or args.trials == 0):
             rows.append(done[key])
             continue
-        row = run_cell(args, cell)
+        row = run_cell(args, cell, done.get(key))
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         logger.info("cell %s: %s", key, row)

@@ -42,7 +42,8 @@ def test_goal_instructions_map_to_their_skills():
 
 
 def test_supported_task_table_and_first_n_supported_tasks():
-    assert supported_tasks("libero_spatial") == frozenset(range(10))
+    assert supported_tasks("libero_object") == frozenset(range(10))
+    assert 4 not in supported_tasks("libero_spatial")  # measured 1/5
     assert supported_tasks("libero_10") == frozenset()
     goal = supported_tasks("libero_goal")
     assert goal == SUPPORTED_TASKS["libero_goal"] and goal <= frozenset(range(10))
@@ -109,7 +110,8 @@ def test_three_suites_recorded_and_loaded_in_one_mixture(tmp_path, monkeypatch):
     paths = record.ensure_demo_datasets(cfg)
     assert list(paths) == [SPATIAL, OBJECT, GOAL]
     recorded = {suite: ids for suites, ids in calls for suite in suites}
-    assert recorded["libero_spatial"] == recorded["libero_object"] == (0, 1, 2, 3, 4)
+    assert recorded["libero_object"] == (0, 1, 2, 3, 4)
+    assert recorded["libero_spatial"] == (0, 1, 2, 3, 5)  # task 4 is not supported
     assert recorded["libero_goal"] == tuple(scripted_task_ids("libero_goal", 5))
 
     from vlamix.data.mixture import MixtureLoader

@@ -16,8 +16,9 @@ hard-coded scene coordinates, so the primitives follow LIBERO's randomised place
   then the gripper yaws about the hinge axis (the grip point follows the arc around the anchor) by
   :data:`KNOB_TURN` radians in the direction that increases the joint angle, releases and lifts.
 - push (``On <flat object> <table region>`` for an object too wide to grasp and too flat to pinch,
-  e.g. a plate): closed fingertips go down behind the object (opposite the goal), then push it
-  along the line to the region's centre, re-aiming at every step from the object's current position.
+  e.g. a plate): closed fingertips go down beside the object (opposite the goal), below its top,
+  then push it along the line to the region's centre, re-aiming at every step from the object's
+  current position.
 
 Sources: LIBERO ``libero/envs/objects/articulated_objects.py`` (open / turn-on joint ranges),
 ``libero/envs/object_states/base_object_states.py`` (how ``Open`` / ``TurnOn`` / ``On`` are checked).
@@ -36,7 +37,7 @@ KNOB_TURN = 1.0
 #: Extra pull (metres) beyond the drawer's open threshold.
 DRAWER_EXTRA_PULL = 0.02
 #: Height (metres) of the fingertips above the table while pushing.
-PUSH_HEIGHT = 0.004
+PUSH_HEIGHT = 0.006
 
 
 @dataclass
@@ -256,21 +257,21 @@ def push_segments(inner, obj: str, target_xy: np.ndarray, eef: np.ndarray, body_
     radius = 0.5 * float(max(hi[0] - lo[0], hi[1] - lo[1]))
     direction = np.asarray(target_xy, dtype=np.float64) - start[:2]
     direction /= np.linalg.norm(direction)
-    # the rim behind the object is often out of the arm's reach (low and far): the closed fingertips
-    # go down inside the object, 2 cm in from the rim on the goal's side, and drag it by pressing
-    # that rim wall toward the goal
+    # MuJoCo collides meshes by their convex hull: a plate is a solid disc, so it is pushed at its
+    # side. Closed fingertips go down just beyond the side opposite the goal, below the object's
+    # top, with the hand's long side across the table's x axis (narrow along y, clear of fixtures
+    # beside the object), and push it along the line to the region's centre.
     z = float(lo[2]) + PUSH_HEIGHT + 0.015  # grip site sits 1.5 cm above the fingertips
-    inset = max(radius - 0.02, 0.0)
-    behind = start[:2] + direction * inset
-    rot = gripper_down(0.0)  # closed fingers straight down: LIBERO's start orientation
+    behind = start[:2] - direction * (radius + 0.015)
+    rot = gripper_down(math.pi / 2.0)
 
     def pushing(obs: dict) -> np.ndarray:
         now = body_pos()[:2]
         to_goal = np.asarray(target_xy) - now
         dist = float(np.linalg.norm(to_goal))
         d = to_goal / dist if dist > 1e-6 else direction
-        # the contact point, led 4 cm ahead (the controller's lag does the rest)
-        p = now + d * inset + d * min(0.04, dist + 0.01)
+        # the contact point behind the object, led 4 cm ahead (the controller's lag does the rest)
+        p = now - d * (radius + 0.005) + d * min(0.04, dist + 0.01)
         return np.array([p[0], p[1], z])
 
     return [
