@@ -30,6 +30,11 @@ def test_finetune_mode_is_validated():
         _cfg("qlora")
     assert err.value.field == "finetune_mode" and "full" in str(err.value)
     assert BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 1}}).finetune_mode == "lora"
+    from vlamix.pipeline import train_key
+
+    # a different model is trained, so a different run; the default leaves earlier train keys as they were
+    assert train_key(_cfg("full")) != train_key(_cfg("lora"))
+    assert "finetune_mode" not in _cfg("lora").training_signature()
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])

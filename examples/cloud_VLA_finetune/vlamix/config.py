@@ -232,6 +232,8 @@ class BenchConfig:
             out["mixture"] = {name: 1 for name in self.mixture_weights()}
         if self.resolved_mixing_level() != "skill":
             out["skill_map"] = None
+        if out.get("finetune_mode") == "lora":  # the default: train keys of earlier runs stay valid
+            del out["finetune_mode"]
         return out
 
     # ------------------------------------------------------------------ derived values
