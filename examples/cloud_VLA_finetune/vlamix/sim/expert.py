@@ -419,7 +419,7 @@ class ProgramPlan:
 
 
 class ScriptedExpert:
-    """Waypoint expert for one LIBERO pick-and-place episode.
+    """Waypoint expert for one LIBERO episode: pick-and-place, or a primitive of :mod:`vlamix.sim.articulated`.
 
     Usage::
 
@@ -436,7 +436,7 @@ class ScriptedExpert:
     object was not lifted or no success followed the release.
 
     Raises:
-        UnsupportedTaskError: (in ``reset``) the task's goal is not pick-and-place.
+        UnsupportedTaskError: (in ``reset``) the task's goal has no scripted primitive.
     """
 
     def __init__(self, env, config: ExpertConfig | None = None, rng: np.random.Generator | None = None):

@@ -323,7 +323,7 @@ def record_demos(
         :class:`RecordStats`.
     Raises:
         ValueError: unknown suite / task id, bad counts.
-        vlamix.sim.expert.UnsupportedTaskError: a task's goal is not pick-and-place.
+        vlamix.sim.expert.UnsupportedTaskError: a task's goal has no scripted primitive (see ``parse_goal``).
         RuntimeError: TensorFlow is imported in this process.
     """
     from vlamix.sim import libero_env
