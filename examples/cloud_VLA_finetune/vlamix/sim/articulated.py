@@ -66,10 +66,12 @@ class Segment:
     max_action: float | None = None
 
     def goal(self, obs: dict) -> np.ndarray:
+        """The waypoint float64 [3] (metres) for the step with observation ``obs``."""
         return np.asarray(self.target(obs) if callable(self.target) else self.target, dtype=np.float64)
 
 
 def rot_z(angle: float) -> np.ndarray:
+    """Rotation matrix float64 [3, 3] of ``angle`` radians about world z."""
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
@@ -114,6 +116,7 @@ def geom_boxes(inner, bodies: set[int]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def joint_id(inner, name: str) -> int:
+    """MuJoCo id of joint ``name``. Raises KeyError: no such joint."""
     import mujoco
 
     jid = mujoco.mj_name2id(inner.sim.model._model, mujoco.mjtObj.mjOBJ_JOINT, name)
@@ -123,6 +126,7 @@ def joint_id(inner, name: str) -> int:
 
 
 def joint_qpos(inner, jid: int) -> float:
+    """Position of a 1-dof joint (metres for slide joints, radians for hinges)."""
     model = inner.sim.model._model
     return float(inner.sim.data._data.qpos[model.jnt_qposadr[jid]])
 
@@ -150,6 +154,7 @@ def drawer_open_target(inner, region: str) -> float:
 
 
 def drawer_is_open(inner, region: str) -> bool:
+    """LIBERO's ``Open`` rule for a region's drawer; True for a region without a drawer joint."""
     jid = drawer_joint(inner, region)
     if jid is None:
         return True
