@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cell in args.cells:
         key = cell_key(cell)
-        if key in done and ("episodes" in done[key] or args.trials == 0):
+        if key in done and done[key].get("episodes", 0) >= args.trials:
             rows.append(done[key])
             continue
         row = run_cell(args, cell, done.get(key))
