@@ -48,6 +48,7 @@ PRECISIONS = ("fp32", "bf16")
 #: Rollout runtime choices (eval_dtype, eval_videos).
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
 EVAL_VIDEOS = ("none", "failures", "all")
+FINETUNE_MODES = ("lora", "full")
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,8 @@ class BenchConfig:
         model: "tiny" (built-in, random init) or a path to an OpenVLA checkpoint folder.
         lora_rank, lora_alpha, lora_dropout: peft LoRA on all linear layers (OpenVLA recipe:
             rank 32, alpha min(rank, 16), dropout 0).
+        finetune_mode: "lora" (only the adapters train) or "full" (the base weights train too; the
+            checkpoint then stores the base weights, also for a checkpoint-folder model).
     Training
         train_steps: optimiser steps. batch_size: frames per micro-batch.
         grad_accumulation_steps: micro-batches per optimiser step. learning_rate: AdamW lr.
@@ -181,6 +184,10 @@ class BenchConfig:
     lora_rank: int = 32
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # fine-tuning mode (issue 13, learnability study): "lora" trains only the LoRA adapters
+    # (OpenVLA's recipe, the default); "full" also trains every base weight (OpenVLA finetune.py's
+    # use_lora=False counterpart), for a randomly initialised base such as the tiny model
+    finetune_mode: str = "lora"
 
     train_steps: int = 40
     batch_size: int = 8
@@ -301,6 +308,8 @@ class BenchConfig:
             out["skill_map"] = None if self.skill_map is None else dict(self.skill_map)
         if out.get("heldout_tasks") is None:  # evaluation kit: runs without held-out tasks keep their keys
             out.pop("heldout_tasks", None)
+        if out.get("finetune_mode") == "lora":  # the default: train keys of earlier runs stay valid
+            del out["finetune_mode"]
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -401,6 +410,7 @@ class BenchConfig:
             raise ConfigError("data_dir", "must be a non-empty path string")
         _check_range("heldout_fraction", self.heldout_fraction, 0.0, 0.5)
         _check_choice("demos", self.demos, DEMO_SOURCES)
+        _check_choice("finetune_mode", self.finetune_mode, FINETUNE_MODES)
         _check_int("demo_tasks", self.demo_tasks, 1)
         _check_int("demo_episodes_per_task", self.demo_episodes_per_task, 1)
         self._validate_strategy()
@@ -410,6 +420,9 @@ class BenchConfig:
             for name in self.selected_datasets():
                 if not os.path.isdir(self.dataset_path(name)):
                     raise self.missing_dataset_error(name)
+        # scripted demonstrations (issue 13): only suites / task counts the expert supports
+        if self.demos == "scripted":
+            self._validate_scripted_demos()
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model", f"must be one of {BUILTIN_MODELS} or a checkpoint folder path")
         if self.model not in BUILTIN_MODELS and not os.path.isdir(self.model):
@@ -518,26 +531,26 @@ class BenchConfig:
                     )
 
     def _validate_scripted_demos(self) -> None:
-        """Every dataset that ``demos: scripted`` would record must be one the expert can record."""
-        from vlamix.sim.expert import SCRIPTED_SUITES, supported_tasks
+        """``demos: scripted`` must be able to record every missing dataset of the mixture.
+
+        Raises:
+            ConfigError: ``demos`` for a suite without a scripted expert, ``demo_tasks`` above the
+                number of supported tasks of a suite (both list the supported suites and tasks).
+        """
+        from vlamix.sim.expert import supported_summary, supported_tasks
 
         for name in self.selected_datasets():
             if os.path.isfile(os.path.join(self.dataset_path(name), "dataset_info.json")):
-                continue  # present: nothing to record
-            suite = DATASET_TO_SUITE[name]
-            n_tasks = _suite_sizes(suite, 0)[0] if importlib.util.find_spec("libero") is not None else self.demo_tasks
-            if self.demo_tasks > n_tasks:
-                raise ConfigError("demo_tasks", f"{self.demo_tasks} tasks to record but suite '{suite}' has {n_tasks}; allowed: 1..{n_tasks}")
-            supported = supported_tasks(suite)
-            wanted = set(range(self.demo_tasks))
-            if supported is not None and not wanted <= supported:
-                can = [f"{s} ({'all tasks' if t is None else f'tasks {sorted(t)}'})" for s, t in SCRIPTED_SUITES.items()]
-                raise ConfigError(
-                    "demos",
-                    f"scripted: the scripted expert cannot record '{name}' (suite {suite}, tasks {sorted(wanted - set(supported))} "
-                    f"unsupported) and it is not in data_dir ({self.dataset_path(name)}); the expert records {', '.join(can)}. "
-                    f"Put the real dataset in data_dir, or drop it from the mixture",
-                )
+                continue  # present on disk: reused, nothing to record
+            suite = DATASET_TO_SUITE.get(name)
+            ids = supported_tasks(suite) if suite else frozenset()
+            if not ids:
+                raise ConfigError("demos", f"'scripted' cannot record dataset '{name}': no scripted expert for suite "
+                                  f"'{suite}'; supported suites: {supported_summary()}. Provide the dataset in "
+                                  f"data_dir and set demos: none, or remove it from the mixture")
+            if self.demo_tasks > len(ids):
+                raise ConfigError("demo_tasks", f"{self.demo_tasks} tasks requested but the scripted expert supports "
+                                  f"{len(ids)} task(s) of {suite}: {sorted(ids)}; supported suites: {supported_summary()}")
 
     def _validate_strategy(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)

@@ -15,8 +15,12 @@ roll-pitch-yaw as axis-angle (3) + gripper (1, -1 open / +1 close). robosuite 1.
 ``ControlEnv``) scales inputs in [-1, 1] to 0.05 m and 0.5 rad per control step (20 Hz) and applies
 the rotation in the world frame (``goal = R(delta) @ R_current``).
 
-Only pick-and-place goals (``on`` / ``in``) are supported, which covers every task of
-``libero_spatial`` and ``libero_object``; other goals raise :class:`UnsupportedTaskError`.
+Pick-and-place goals (``on`` / ``in``) cover every task of ``libero_spatial`` and
+``libero_object`` and six of ``libero_goal``; drawers (``open``), knobs (``turnon``), pushing flat
+objects and "open the drawer, then put X in it" are primitives of :mod:`vlamix.sim.articulated`
+that this class runs. Other goals raise :class:`UnsupportedTaskError`. Which tasks are claimed
+(measured success rate >= 0.8) is the one table :data:`SUPPORTED_TASKS` / :func:`supported_tasks`,
+used by config validation (``demos: scripted``) and by the recorder.
 
 No TensorFlow here (see :mod:`vlamix.sim.libero_env`).
 """
@@ -55,18 +59,50 @@ _BOX_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz i
 PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat", "finished")
 
 
+#: Tasks of each suite the expert is claimed for: measured success rate >= 0.8 (LIBERO-Goal: 10
+#: start states per task that no test uses, ``vlamix record-demos --check-only --episodes 10 --seed
+#: 1000``; spatial / object: 5 per task; rates in the README). ``demos: scripted`` records only
+#: these tasks and refuses other suites.
+SUPPORTED_TASKS: dict[str, frozenset[int]] = {
+    # 4 (the bowl in the top drawer): 1/5 in the README's spatial/object measurement
+    "libero_spatial": frozenset(range(10)) - {4},
+    "libero_object": frozenset(range(10)),
+    # 3 (open the top drawer and put the bowl inside, 1/10): the drawer opens, the bowl under it is
+    # then not lifted; 5 (push the plate to the front of the stove, 0/10): the plate does not follow
+    "libero_goal": frozenset({0, 1, 2, 4, 6, 7, 8, 9}),
+}
+
+
+def supported_tasks(suite: str) -> frozenset[int]:
+    """Task ids of ``suite`` the scripted expert supports (empty for a suite without an expert).
+
+    The single table (:data:`SUPPORTED_TASKS`) behind config validation and recording.
+    """
+    return SUPPORTED_TASKS.get(suite, frozenset())
+
+
+def scripted_task_ids(suite: str, n: int) -> list[int]:
+    """The first ``n`` supported task ids of ``suite`` (ascending): the tasks ``demos: scripted`` records.
+
+    Raises:
+        ValueError: the suite has fewer than ``n`` supported tasks (message lists the supported ones).
+    """
+    ids = sorted(supported_tasks(suite))
+    if n > len(ids):
+        raise ValueError(f"the scripted expert supports {len(ids)} task(s) of {suite} ({ids}), not {n}")
+    return ids[:n]
+
+
+def supported_summary() -> str:
+    """Human list of the supported suites and tasks, e.g. ``libero_goal (tasks 0, 1, 2, 4, ...)``."""
+    parts = []
+    for suite, ids in SUPPORTED_TASKS.items():
+        parts.append(f"{suite} (tasks {', '.join(map(str, sorted(ids)))})")
+    return "; ".join(parts)
+
+
 class UnsupportedTaskError(ValueError):
     """The task's BDDL goal is not a single pick-and-place predicate (``on`` / ``in``)."""
-
-
-#: Task suites the expert records: suite -> supported task ids (None = every task of the suite).
-#: Read by config validation (``demos: scripted``) before any simulator starts.
-SCRIPTED_SUITES: dict[str, frozenset[int] | None] = {"libero_spatial": None, "libero_object": None}
-
-
-def supported_tasks(suite: str) -> frozenset[int] | None:
-    """Task ids of ``suite`` that the expert can record: None = all, an empty set = none (unsupported suite)."""
-    return SCRIPTED_SUITES.get(suite, frozenset())
 
 
 @dataclass(frozen=True)
@@ -340,23 +376,50 @@ def _gripper_down(yaw: float) -> np.ndarray:
 
 
 def parse_goal(env) -> tuple[str, str, str]:
-    """The single pick-and-place predicate of the task: ``(predicate, object, target)``.
+    """The task's single goal predicate: ``(predicate, argument, target)``.
+
+    Supported: ``on`` / ``in`` with a movable object (``target`` = object or region), ``open`` of a
+    cabinet region with a drawer joint and ``turnon`` of a fixture with a hinge (``target`` = "").
 
     Raises:
-        UnsupportedTaskError: the goal is not exactly one ``on`` / ``in`` predicate on a movable object.
+        UnsupportedTaskError: any other goal (several predicates, ``close``, ``turnoff``, ...).
     """
+    from vlamix.sim.articulated import drawer_joint, knob_joint
+
     inner = getattr(env, "env", env)
     goal = [tuple(str(t).lower() for t in g) for g in inner.parsed_problem["goal_state"]]
-    if len(goal) != 1 or goal[0][0] not in ("on", "in") or len(goal[0]) != 3:
-        raise UnsupportedTaskError(f"scripted expert supports one 'on'/'in' goal, got {goal}")
-    predicate, obj, target = goal[0]
-    if obj not in inner.objects_dict:
-        raise UnsupportedTaskError(f"goal object '{obj}' is not a movable object of the task")
-    return predicate, obj, target
+    if len(goal) != 1:
+        raise UnsupportedTaskError(f"scripted expert supports a single goal predicate, got {goal}")
+    pred = goal[0]
+    if pred[0] in ("on", "in") and len(pred) == 3:
+        predicate, obj, target = pred
+        if obj not in inner.objects_dict:
+            raise UnsupportedTaskError(f"goal object '{obj}' is not a movable object of the task")
+        return predicate, obj, target
+    if pred[0] == "open" and len(pred) == 2 and pred[1] in inner.object_sites_dict and drawer_joint(inner, pred[1]) is not None:
+        return "open", pred[1], ""
+    if pred[0] == "turnon" and len(pred) == 2:
+        try:
+            knob_joint(inner, pred[1])
+        except (KeyError, AttributeError) as err:
+            raise UnsupportedTaskError(f"cannot turn on '{pred[1]}': {err}") from err
+        return "turnon", pred[1], ""
+    raise UnsupportedTaskError(f"scripted expert supports on/in, open (drawer) and turnon (knob) goals, got {goal}")
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    """Plan of a scripted primitive (drawer, knob, push): the goal and its segments' names."""
+
+    predicate: str
+    obj: str
+    target: str
+    primitive: str  # "drawer", "knob", "push", or "drawer+place" (open, then pick-and-place)
+    segments: tuple[str, ...]
 
 
 class ScriptedExpert:
-    """Waypoint expert for one LIBERO pick-and-place episode.
+    """Waypoint expert for one LIBERO episode: pick-and-place, or a primitive of :mod:`vlamix.sim.articulated`.
 
     Usage::
 
@@ -373,7 +436,7 @@ class ScriptedExpert:
     object was not lifted or no success followed the release.
 
     Raises:
-        UnsupportedTaskError: (in ``reset``) the task's goal is not pick-and-place.
+        UnsupportedTaskError: (in ``reset``) the task's goal has no scripted primitive.
     """
 
     def __init__(self, env, config: ExpertConfig | None = None, rng: np.random.Generator | None = None):
@@ -391,15 +454,60 @@ class ScriptedExpert:
         self._eef_history: list[np.ndarray] = []
         self._retreat_z = 0.0
         self.failure: str | None = None
+        self.program: list = []  # segments of a primitive (vlamix.sim.articulated); empty for pick-and-place
+        self.program_plan: ProgramPlan | None = None
+        self._segment = 0
+        self._then_place = False
+        self._hold = np.zeros(3)
 
     # ------------------------------------------------------------------ planning
-    def reset(self, obs: dict) -> GraspPlan:
-        """Plan the grasp and the placement from the current simulator state.
+    def reset(self, obs: dict) -> GraspPlan | ProgramPlan:
+        """Plan the episode from the current simulator state.
 
-        ``obs`` is the observation the first :meth:`act` call will get (kept for interface symmetry;
-        the plan reads object poses straight from the simulator).
+        Pick-and-place goals get a :class:`GraspPlan`; drawers, knobs, pushes and "open the drawer,
+        then put X in it" get a :class:`ProgramPlan` (:mod:`vlamix.sim.articulated`), whose
+        pick-and-place part is planned when the drawer is open.
+
+        ``obs`` is the observation the first :meth:`act` call will get.
         """
+        from vlamix.sim import articulated
+
         predicate, obj, target = parse_goal(self.inner)
+        self.program, self._segment, self._then_place = [], 0, False
+        self.failure = None
+        self._eef_history = []
+        self._prev_motion = np.zeros(6)
+        self._gripper = GRIPPER_OPEN
+        self._phase_steps = 0
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        primitive = None
+        if predicate == "open":
+            self.program, primitive = articulated.drawer_segments(self.inner, obj, eef), "drawer"
+        elif predicate == "turnon":
+            self.program, primitive = articulated.knob_segments(self.inner, obj, eef), "knob"
+        elif predicate == "in" and not articulated.drawer_is_open(self.inner, target):
+            self.program, primitive = articulated.drawer_segments(self.inner, target, eef), "drawer+place"
+            self._then_place = True
+        elif predicate == "on" and self._is_push(obj, target):
+            target_xy, _, _ = self._target_surface(predicate, target)
+            self.program = articulated.push_segments(self.inner, obj, target_xy, eef, lambda: self._body_pos(obj))
+            primitive = "push"
+        if self.program:
+            self.plan = None
+            self.phase = self.program[0].name
+            self.program_plan = ProgramPlan(predicate, obj, target, primitive, tuple(seg.name for seg in self.program))
+            return self.program_plan
+        return self._plan_pick_place(obs, predicate, obj, target)
+
+    def _is_push(self, obj: str, target: str) -> bool:
+        """A flat object (< 3 cm tall) too wide to grasp, going to a region of the table: pushed."""
+        lo, hi = object_aabb(self.inner, obj)
+        site = self.inner.object_sites_dict.get(target)
+        on_table = site is not None and site.parent_name not in self.inner.obj_body_id
+        return bool(on_table and hi[2] - lo[2] < 0.03 and min(hi[0] - lo[0], hi[1] - lo[1]) > MAX_GRASP_WIDTH)
+
+    def _plan_pick_place(self, obs: dict, predicate: str, obj: str, target: str) -> GraspPlan:
+        """Plan the grasp and the placement of a pick-and-place goal (the simulator's current poses)."""
         corners = collision_corners(self.inner, obj)
         lo, hi = corners.min(axis=0), corners.max(axis=0)
         center = (lo + hi) / 2.0
@@ -487,6 +595,16 @@ class ScriptedExpert:
             parent = inner.object_sites_dict[target].parent_name
             if parent not in inner.obj_body_id:
                 return site_pos[:2], float(site_pos[2]), None
+            from vlamix.sim.articulated import drawer_joint, geom_boxes
+
+            jid = drawer_joint(inner, target)
+            if jid is not None:  # a drawer: its own floor and walls, not the whole cabinet's box
+                model = inner.sim.model._model
+                boxes = geom_boxes(inner, {int(model.jnt_bodyid[jid])})
+                lo = np.min([b[0] for b in boxes], axis=0)
+                hi = np.max([b[1] for b in boxes], axis=0)
+                floor = float(lo[2]) + 0.01 if predicate == "in" else None
+                return site_pos[:2], float(hi[2]), floor
             lo, hi = object_aabb(inner, parent)
             floor = float(lo[2]) + 0.01 if predicate == "in" else None  # container walls ~1 cm thick
             return site_pos[:2], float(hi[2]), floor
@@ -495,6 +613,8 @@ class ScriptedExpert:
     # ------------------------------------------------------------------ control
     def act(self, obs: dict) -> np.ndarray:
         """Next action, float32 [7] (EEF delta xyz, delta axis-angle, gripper), from observation ``obs``."""
+        if self.program:
+            return self._act_program(obs)
         if self.plan is None:
             raise RuntimeError("call reset(obs) before act(obs)")
         cfg, plan = self.config, self.plan
@@ -559,9 +679,16 @@ class ScriptedExpert:
                 logger.debug("phase %s timed out", self.phase)
                 self._next_phase()
 
+        return self._action(obs, target, _gripper_down(plan.yaw), self._gripper, bias, cfg.max_pos_action)
+
+    def _action(self, obs: dict, target: np.ndarray, rot_target: np.ndarray, gripper: float, bias: float,
+                max_pos: float) -> np.ndarray:
+        """OSC_POSE action float32 [7] moving the grip site to ``target`` and the gripper to ``rot_target``."""
+        cfg = self.config
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
         pos = cfg.pos_gain * (target - eef) / POS_ACTION_SCALE
-        pos = _clip_norm(pos, cfg.max_pos_action)
-        rot_err = _mat_to_axisangle(_gripper_down(plan.yaw) @ _quat_xyzw_to_mat(obs["robot0_eef_quat"]).T)
+        pos = _clip_norm(pos, max_pos)
+        rot_err = _mat_to_axisangle(rot_target @ _quat_xyzw_to_mat(obs["robot0_eef_quat"]).T)
         rot = _clip_norm(cfg.rot_gain * rot_err / ROT_ACTION_SCALE, cfg.max_rot_action)
         motion = np.concatenate([pos, rot])
         motion = (1.0 - cfg.smoothing) * motion + cfg.smoothing * self._prev_motion
@@ -569,8 +696,45 @@ class ScriptedExpert:
         if np.linalg.norm(motion) < 1e-3:
             motion = motion.copy()
             motion[2] += 2e-3 * (bias if bias else 1.0)
-        action = np.concatenate([motion, [self._gripper]]).astype(np.float32)
+        action = np.concatenate([motion, [gripper]]).astype(np.float32)
         return np.clip(action, -1.0, 1.0)
+
+    def _act_program(self, obs: dict) -> np.ndarray:
+        """Next action of a primitive (:mod:`vlamix.sim.articulated`): follow the segments in order."""
+        cfg = self.config
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        self._phase_steps += 1
+        self._eef_history.append(eef)
+        if self._segment >= len(self.program):  # all segments done: hold, wait for the success flag
+            self.phase = "finished"
+            if self._phase_steps > cfg.settle_steps:
+                self.failure = "no success after the primitive"
+            last = self.program[-1]
+            return self._action(obs, self._hold, last.rot, last.gripper, 1.0, cfg.max_pos_action)
+        seg = self.program[self._segment]
+        self.phase = seg.name
+        target = seg.goal(obs)
+        done = self._phase_steps >= seg.max_steps
+        if np.linalg.norm(target - eef) < seg.tol and self._phase_steps >= seg.min_steps:
+            done = True
+        if seg.stall and self._phase_steps > max(cfg.stall_steps, seg.min_steps):
+            recent = np.array(self._eef_history[-(cfg.stall_steps + 1):])
+            if np.max(np.linalg.norm(np.diff(recent, axis=0), axis=1)) < cfg.stall_speed:
+                logger.debug("segment %s stalled at %s (target %s)", seg.name, eef, target)
+                done = True
+        bias = -1.0 if seg.gripper == GRIPPER_CLOSE else 1.0
+        action = self._action(obs, target, seg.rot, seg.gripper, bias,
+                              seg.max_action if seg.max_action is not None else cfg.max_pos_action)
+        if done:
+            self._segment += 1
+            self._phase_steps = 0
+            self._hold = target
+            if self._segment >= len(self.program) and self._then_place:
+                # the drawer is open: plan the pick-and-place into it from the current poses
+                predicate, obj, target_name = parse_goal(self.inner)
+                self.program, self._then_place = [], False
+                self._plan_pick_place(obs, predicate, obj, target_name)
+        return action
 
     def _advance_if(self, reached: bool) -> None:
         if reached:

@@ -323,7 +323,7 @@ def record_demos(
         :class:`RecordStats`.
     Raises:
         ValueError: unknown suite / task id, bad counts.
-        vlamix.sim.expert.UnsupportedTaskError: a task's goal is not pick-and-place.
+        vlamix.sim.expert.UnsupportedTaskError: a task's goal has no scripted primitive (see ``parse_goal``).
         RuntimeError: TensorFlow is imported in this process.
     """
     from vlamix.sim import libero_env
@@ -552,7 +552,8 @@ def ensure_demo_datasets(cfg) -> dict[str, str]:
 
     With ``cfg.demos == "scripted"``, a missing ``<cfg.data_dir>/<name>/1.0.0`` (no
     ``dataset_info.json``) is recorded with the
-    scripted expert: tasks ``0 .. cfg.demo_tasks - 1`` of the dataset's suite,
+    scripted expert: the first ``cfg.demo_tasks`` supported tasks of the dataset's suite
+    (:func:`vlamix.sim.expert.scripted_task_ids`; tasks ``0 .. demo_tasks - 1`` for spatial / object),
     ``cfg.demo_episodes_per_task`` successful episodes each, seed :data:`DEMO_SEED`, one spawn
     worker per suite (at most 2). Existing datasets are reused as they are; if one carries a
     ``recording.json`` with other task / episode counts, that is an error (delete it to re-record).
@@ -588,10 +589,20 @@ def ensure_demo_datasets(cfg) -> dict[str, str]:
                                   f"{rec.get('episodes_per_task')} episodes per task, not {cfg.demo_episodes_per_task}; "
                                   "delete it to record it again")
     if missing:
-        suites = [DATASET_TO_SUITE[name] for name in missing]
+        from vlamix.sim.expert import scripted_task_ids
+
         logger.info("recording scripted-expert demonstrations for %s", ", ".join(missing))
-        record_datasets(suites, list(range(cfg.demo_tasks)), cfg.demo_episodes_per_task, cfg.data_dir,
-                        seed=DEMO_SEED, workers=2)
+        # suites with the same supported task ids share one call (one spawn worker per suite)
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for name in missing:
+            suite = DATASET_TO_SUITE[name]
+            try:
+                ids = tuple(scripted_task_ids(suite, cfg.demo_tasks))
+            except ValueError as err:
+                raise ConfigError("demo_tasks", str(err)) from err
+            groups.setdefault(ids, []).append(suite)
+        for ids, suites in groups.items():
+            record_datasets(suites, list(ids), cfg.demo_episodes_per_task, cfg.data_dir, seed=DEMO_SEED, workers=2)
     return {name: cfg.dataset_path(name) for name in names}
 
 

@@ -74,7 +74,7 @@ _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: the same run (``train_steps`` may grow; evaluation fields may change).
 _RESUME_FIELDS = (
     "mixture", "balance_by_size", "heldout_fraction", "model", "lora_rank", "lora_alpha", "lora_dropout",
-    "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
+    "finetune_mode", "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
     "strategy", "mixing_level", "temperature", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
     "dro_reference", "dro_reference_batches", "exp3_smoothing", "curriculum", "filter_nonfinite",
     "filter_action_limit", "filter_min_motion", "filter_motion_window", "dataset_whitelist", "dataset_blacklist",
@@ -222,11 +222,14 @@ class FineTuner:
                 raise ConfigError("gradient_checkpointing", f"{type(base).__name__} has no gradient checkpointing switch")
             base.gradient_checkpointing_enable()
         model = apply_lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        if cfg.finetune_mode == "full":  # same LoRA-wrapped model; the base weights train as well
+            for param in model.parameters():
+                param.requires_grad_(True)
         model.to(self.ctx.device)
         model.train()
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info("model %s (%s) with LoRA rank %d: %d trainable parameters on %s",
-                    cfg.model, cfg.precision, cfg.lora_rank, n_train, self.ctx.device)
+        logger.info("model %s (%s) with LoRA rank %d, finetune_mode %s: %d trainable parameters on %s",
+                    cfg.model, cfg.precision, cfg.lora_rank, cfg.finetune_mode, n_train, self.ctx.device)
         return model, processor
 
     def _build_loader(self) -> BatchSource:
@@ -342,6 +345,8 @@ class FineTuner:
                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(missing_lora)} missing LoRA keys "
                 f"(e.g. {missing_lora[:3]})"
             )
+        if self.cfg.finetune_mode == "full":
+            self._resume_base_weights(ckpt_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         data = state["data"][self.ctx.rank]
         if data is not None:
@@ -353,6 +358,26 @@ class FineTuner:
             self.mixing.load_state_dict(state["mixing"])
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", ckpt_dir, self.step)
+
+    def _resume_base_weights(self, ckpt_dir: str) -> None:
+        """finetune_mode "full": load the checkpoint's trained base weights (``model*.safetensors``)."""
+        from safetensors.torch import load_file
+
+        files = sorted(f for f in os.listdir(ckpt_dir) if f.startswith("model") and f.endswith(".safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no base weights (model*.safetensors) in {ckpt_dir} to resume full fine-tuning")
+        saved: dict[str, torch.Tensor] = {}
+        for name in files:
+            saved.update(load_file(os.path.join(ckpt_dir, name), device=str(self.ctx.device)))
+        core = self.model.get_base_model()
+        with torch.no_grad():
+            for key, param in core.state_dict(keep_vars=True).items():
+                if "lora_" in key:
+                    continue
+                plain = key.replace(".base_layer.", ".")
+                if plain not in saved:
+                    raise ValueError(f"base weight {plain} missing from {ckpt_dir}")
+                param.copy_(saved[plain])
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
@@ -570,7 +595,9 @@ class FineTuner:
         if self.ctx.is_main:
             # written in a temporary folder renamed to step_<N> when complete: a kill never leaves a partial checkpoint
             with atomic_dir(ckpt) as stage:
-                base_model = None if self.cfg.model in BUILTIN_MODELS else self.cfg.model
+                # full fine-tuning changed the base weights: store them instead of a reference to the base
+                keep_base = self.cfg.model in BUILTIN_MODELS or self.cfg.finetune_mode == "full"
+                base_model = None if keep_base else self.cfg.model
                 save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
                     json.dump(self.cfg.to_dict(), f, indent=2)
