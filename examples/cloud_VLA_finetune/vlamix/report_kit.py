@@ -294,7 +294,7 @@ def _supports(cmp: dict[str, Any] | None, results, labels) -> list[str]:
                     + ", ".join(f"{k} (p = {_p(pts[k]['p_adjusted'])})" for k in differ) + ".")
     if tied:
         text.append("Not distinguishable from it on these episodes: " + ", ".join(
-            f"{k} (difference {_fmt(-pts[k]['difference'])} on {pts[k]['n_shared']} shared episodes, p = {_p(pts[k]['p_adjusted'])}"
+            f"{k} (difference {_fmt(0.0 - pts[k]['difference'] + 0.0)} on {pts[k]['n_shared']} shared episodes, p = {_p(pts[k]['p_adjusted'])}"
             + (f"; about {pts[k]['pairs_needed']} paired episodes would detect a difference of this size" if pts[k].get("pairs_needed") else
                "; identical outcomes, no difference to detect") + ")" for k in tied) + ".")
         text.append("The leaderboard order among these points is not supported by the rollouts.")
