@@ -47,6 +47,28 @@ def test_job_files_parse_and_every_metric_has_a_file_registering_its_name():
         assert set(job.rank.selected_dataitem["metrics"]) <= set(METRICS)
 
 
+#: What Ianvs's single-task paradigm calls on a basemodel (core/.../singletask_learning.py: preprocess()
+#: unconditionally, then train, save, load, predict).
+IANVS_BASEMODEL_CALLS = ("preprocess", "train", "save", "load", "predict")
+
+
+def test_every_basemodel_of_every_shipped_job_has_what_ianvs_calls():
+    paths = sorted(glob.glob(os.path.join(EXAMPLE, "benchmarkingjob*.yaml")))
+    assert JOB in paths and len(paths) >= 6
+    seen = set()
+    for path in paths:
+        job = load_job(path)
+        for point in expand_grid(job):
+            module = point.basemodel
+            if (module.url, module.name) in seen:
+                continue
+            seen.add((module.url, module.name))
+            cls = resolve_registered(module.url, module.name)
+            missing = [m for m in IANVS_BASEMODEL_CALLS if not callable(getattr(cls, m, None))]
+            assert not missing, f"{path}: {module.name} ({module.url}) lacks {missing}"
+    assert {name for _, name in seen} >= {"VLADataSelect", "ScriptedExpertReference"}
+
+
 def test_python_file_stems_are_unique_in_the_example():
     # Ianvs imports every file by its stem with the file's folder on sys.path
     stems = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(EXAMPLE, "**", "*.py"), recursive=True)]

@@ -172,6 +172,10 @@ class ExpertReference:
         self.settings = check_hyperparameters(hyperparameters)
         self.model_dir: str | None = None
 
+    def preprocess(self, **kwargs: Any) -> None:
+        """Nothing to prepare; Ianvs's single-task paradigm calls it before :meth:`train` (returns None)."""
+        return None
+
     def train(self, train_data: Any = None, valid_data: Any = None, **kwargs: Any) -> None:
         return None
 
