@@ -50,6 +50,7 @@ from vlamix.eval.envs import make_libero_slot, model_to_env_action, seed_everyth
 from vlamix.eval.image import MODEL_IMAGE_SIZE
 from vlamix.eval.plan import EpisodeSpec, base_suite, plan_episodes, suite_max_steps  # noqa: F401  (re-exported)
 from vlamix.eval.server import VIDEO_MODES, BatchedRollout
+from vlamix.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -433,10 +434,7 @@ def _append_meta(out_jsonl: str, record: dict[str, Any]) -> None:
         except (ValueError, AttributeError) as err:
             logger.warning("could not read %s (%s); starting a new run list", path, err)
     runs.append(record)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump({"runs": runs}, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_json(path, {"runs": runs}, default=str)
 
 
 def evaluate_checkpoint(
