@@ -7,7 +7,9 @@ CPU part (default; the tiny model in fp32, real LIBERO environments), on the sam
 (b) ``per_worker``: the evaluator this project had before the batched runtime (commit
     ``LEGACY_COMMIT``, loaded from git): every worker process loads its own policy and calls it
     with batch 1;
-(c) ``vectorised``: :func:`vlamix.eval.rollout.evaluate`: env workers + one batched policy here;
+(c) ``vectorised``: :func:`vlamix.eval.rollout.evaluate`: env workers + one batched policy here,
+    with 1 env per worker (lock-step rounds: the workers wait during every policy call) and with 2
+    (double buffering: the policy runs on one group of envs while the workers step the other);
 
 (b) and (c) at 1 and 2 workers. Reported per run: env-steps/s (policy steps per wall second, start-up
 included) and episodes/hour; whether (a), (b), (c) agree on every episode's success flag and step
@@ -121,23 +123,28 @@ def run_cpu(args) -> dict:
         t0 = time.perf_counter()
         rows = legacy.evaluate(folder, specs, workers=workers, max_steps=args.max_steps, device="cpu")
         out["runs"][f"per_worker_{workers}w"] = _summary(f"per_worker_{workers}w", rows, time.perf_counter() - t0)
-        logger.info("(c) vectorised evaluator, %d workers", workers)
-        t0 = time.perf_counter()
-        stats: dict = {}
-        rows = evaluate(folder, specs, workers=workers, envs_per_worker=1, max_steps=args.max_steps, device="cpu",
-                        dtype="fp32", progress=False, stats=stats)
-        run = _summary(f"vectorised_{workers}w", rows, time.perf_counter() - t0)
-        run["policy_share"] = round(stats["policy_s"] / stats["wall_s"], 3)
-        out["runs"][f"vectorised_{workers}w"] = run
+        for epw in args.envs_per_worker:
+            name = f"vectorised_{workers}w" + (f"_{epw}e" if epw > 1 else "")
+            logger.info("(c) vectorised evaluator, %d workers x %d envs", workers, epw)
+            t0 = time.perf_counter()
+            stats: dict = {}
+            rows = evaluate(folder, specs, workers=workers, envs_per_worker=epw, max_steps=args.max_steps, device="cpu",
+                            dtype="fp32", progress=False, stats=stats)
+            run = _summary(name, rows, time.perf_counter() - t0)
+            run["policy_share"] = round(stats["policy_s"] / stats["wall_s"], 3)
+            run["envs_per_worker"], run["double_buffered"] = epw, len(stats["groups"]) > 1
+            out["runs"][name] = run
 
     a = out["runs"]["batch1"]
     out["cpu_agree"] = all(r["outcomes"] == a["outcomes"] and r["errors"] == 0 for r in out["runs"].values())
     out["cpu_agree_actions"] = all(r["digests"] == a["digests"] for n, r in out["runs"].items() if n.startswith("vectorised"))
     for w in args.workers:
-        out[f"cpu_speedup_vectorised_{w}w_vs_batch1"] = round(
-            out["runs"][f"vectorised_{w}w"]["env_steps_per_s"] / a["env_steps_per_s"], 3)
-        out[f"cpu_speedup_vectorised_vs_per_worker_{w}w"] = round(
-            out["runs"][f"vectorised_{w}w"]["env_steps_per_s"] / out["runs"][f"per_worker_{w}w"]["env_steps_per_s"], 3)
+        for epw in args.envs_per_worker:
+            tag = f"{w}w" + (f"_{epw}e" if epw > 1 else "")
+            out[f"cpu_speedup_vectorised_{tag}_vs_batch1"] = round(
+                out["runs"][f"vectorised_{tag}"]["env_steps_per_s"] / a["env_steps_per_s"], 3)
+            out[f"cpu_speedup_vectorised_{tag}_vs_per_worker_{w}w"] = round(
+                out["runs"][f"vectorised_{tag}"]["env_steps_per_s"] / out["runs"][f"per_worker_{w}w"]["env_steps_per_s"], 3)
     out["load_avg_end"] = os.getloadavg()[0]
     for run in out["runs"].values():
         run.pop("digests")
@@ -257,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=4, help="episodes in all, split over the tasks (CPU part)")
     parser.add_argument("--max-steps", type=int, default=30, help="policy steps per episode (CPU part)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of (b) and (c)")
+    parser.add_argument("--envs-per-worker", type=int, nargs="+", default=[1, 2],
+                        help="envs per worker of (c): 1 = lock-step rounds, >= 2 = double buffering (give at least "
+                             "workers x envs episodes so that every slot has work)")
     parser.add_argument("--model-seed", type=int, default=7, help="tiny model seed (7: actions depend on the LIBERO image and instruction)")
     parser.add_argument("--gpu-steps", type=int, default=40, help="policy steps per synthetic episode (GPU part)")
     parser.add_argument("--gpu-episodes-per-env", type=int, default=2, help="synthetic episodes per env (GPU part)")

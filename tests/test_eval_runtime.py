@@ -53,14 +53,21 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
                     slot_factory=_fake(tmp_path), stats=stats, progress=False, videos="all", videos_per_task=2)
     # every fake episode succeeds at its own length only if it got the actions for its own images
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
-    assert all(r["attempts"] == 1 and r["error"] is None and r["batch_size"] == 4 for r in rows)
+    assert all(r["attempts"] == 1 and r["error"] is None and (r["batch_size"], r["env_slots"]) == (2, 4)
+               for r in rows)
     # slots take episodes in plan order, each exactly once
     assert [key for _, key, _ in stats["assign_log"]] == [s.key for s in specs]
-    assert [slot for slot, _, _ in stats["assign_log"][:4]] == [0, 1, 2, 3]
-    # while episodes wait, every slot is busy: the batch is 4 minus the episodes that just ended
-    waiting_rounds = [(b, e) for b, e, pending in stats["batch_log"] if pending > 0]
-    assert waiting_rounds and all(b + e == 4 for b, e in waiting_rounds)
-    assert sum(b for b, _, _ in stats["batch_log"]) == sum(r["steps"] for r in rows)  # one action per step
+    # two env slots per worker: double buffering between the slot groups {0, 2} and {1, 3}, which the
+    # rounds alternate between (group A's round fills A's slots first, then B's round fills B's)
+    assert stats["groups"] == [[0, 2], [1, 3]]
+    assert [slot for slot, _, _ in stats["assign_log"][:4]] == [0, 2, 1, 3]
+    # while episodes wait, every slot is busy: a round's policy batch is the other group (2 slots)
+    # minus the episodes that ended when that group last stepped (the round before)
+    log = stats["batch_log"]
+    pairs = [(log[r][0], log[r - 1][1]) for r in range(1, len(log)) if log[r - 1][2] > 0]
+    assert pairs and all(b + e == 2 for b, e in pairs)
+    assert max(b for b, _, _ in log) == 2  # never the whole 4: the policy never waits for the stepping group
+    assert sum(b for b, _, _ in log) == sum(r["steps"] for r in rows)  # one action per step
     assert sorted(tuple(r["episode_key"]) for r in _lines(out)) == sorted(tuple(s.key) for s in specs)
     # videos: at most 2 per task, one frame per observation, no temporary file left
     import imageio.v2 as imageio
@@ -71,6 +78,19 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
         assert r["video"].endswith(f"task{r['task_id']:02d}__trial{r['episode_index']:03d}__success.mp4")
         assert len(imageio.mimread(os.path.join(tmp_path, r["video"]), memtest=False)) == r["steps"] + 1
     assert sorted(os.listdir(tmp_path / "videos")) == sorted(os.path.basename(r["video"]) for r in videos)
+
+
+def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
+    specs = _specs(tasks=2, trials=3)  # 6 episodes on 3 workers x 1 slot
+    stats = {}
+    rows = evaluate(ImagePolicy, specs, workers=3, envs_per_worker=1, max_steps=8, slot_factory=_fake(tmp_path),
+                    stats=stats, progress=False)
+    assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
+    assert stats["groups"] == [[0, 1, 2]] and all((r["batch_size"], r["env_slots"]) == (3, 3) for r in rows)
+    # lock-step: the policy acts on every slot that did not just end, in the same round
+    waiting_rounds = [(b, e) for b, e, pending in stats["batch_log"] if pending > 0]
+    assert waiting_rounds and all(b + e == 3 for b, e in waiting_rounds)
+    assert sum(b for b, _, _ in stats["batch_log"]) == sum(r["steps"] for r in rows)
 
 
 # ------------------------------------------------------------------------------ faults
@@ -360,8 +380,11 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
     folder = save_vla(*build_tiny(seed=7, norm_stats=stats), str(tmp_path / "ckpt"))
     specs = plan_episodes("libero_spatial", [0, 1], 1)  # two instructions: different actions
     out = str(tmp_path / "eval" / "episodes.jsonl")
-    rows = evaluate(folder, specs, workers=2, envs_per_worker=1, max_steps=3, device="cpu", out_jsonl=out,
-                    videos="failures", videos_per_task=1, progress=False)
+    # one worker with two LIBERO envs: double-buffered rounds (the policy acts for one env while the other steps)
+    stats = {}
+    rows = evaluate(folder, specs, workers=1, envs_per_worker=2, max_steps=3, device="cpu", out_jsonl=out,
+                    videos="failures", videos_per_task=1, progress=False, stats=stats)
+    assert stats["groups"] == [[0], [1]]
     # the batch-1 loop, in a spawned process (this one may have TensorFlow loaded: no rendering here)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         ref = pool.submit(batch1_rows, folder, specs, 3).result()
@@ -369,7 +392,8 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
     assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
         [(r["success"], r["steps"], r["action_digest"]) for r in ref]
     assert len({r["action_digest"] for r in rows}) == 2  # the digests tell the episodes apart
-    assert all((r["device"], r["dtype"], r["batch_size"], r["unnorm_key"]) == ("cpu", "fp32", 2, "libero_spatial_no_noops")
+    assert all((r["device"], r["dtype"], r["batch_size"], r["env_slots"], r["unnorm_key"]) ==
+               ("cpu", "fp32", 1, 2, "libero_spatial_no_noops")
                for r in rows)
     assert all(r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
     # failure videos of the policy camera, one frame per observation

@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 ROW_FIELDS = (
     "suite", "task_id", "instruction", "episode_index", "init_state_index", "episode_key", "success", "steps",
     "action_digest", "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
-    "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
+    "env_slots", "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
 )
 #: Row fields that must equal the requested settings for a stored row to be reused ("device" is
 #: compared by device type: a row from cuda:0 is reused on cuda:1, not on the CPU).
@@ -227,8 +227,11 @@ def evaluate(
             :class:`vlamix.eval.policy.VLAPolicy` on ``device`` in ``dtype`` with LoRA merged, or a
             zero-argument factory returning an object with ``act`` (:class:`vlamix.eval.policy.Policy`).
         episodes: from :func:`plan_episodes`; keys (``spec.key``) must be unique.
-        workers: env-worker processes (>= 1). envs_per_worker: environments per worker (>= 1); the
-            policy batch is up to ``workers * envs_per_worker`` images.
+        workers: env-worker processes (>= 1). envs_per_worker: environments per worker (>= 1); with
+            one, all slots step in lock-step and the policy batch is up to ``workers`` images; with 2
+            or more, a worker's slots form two groups that alternate (double buffering: the policy
+            runs on one group's images while the workers step the other group), and the policy batch
+            is up to half the ``workers * envs_per_worker`` slots (:class:`vlamix.eval.server.BatchedRollout`).
         out_jsonl: rows are appended here as they finish (None: not written). Episodes that already
             have a row with the same settings (:data:`SETTING_FIELDS`) are not run again.
         seed: per-episode RNG and env seed. max_steps: policy-step limit for every suite (None: the
@@ -246,7 +249,7 @@ def evaluate(
         progress: tqdm progress bar (None: only when stderr is a terminal).
         slot_factory: picklable ``settings -> env slot`` (default: LIBERO; tests pass fakes).
         stats: if a dict, filled with run statistics (``policy_s``, ``env_s``, ``rounds``,
-            ``restarts``, ``batch_log``, ``assign_log``, ``n_slots``).
+            ``restarts``, ``batch_log``, ``assign_log``, ``n_slots``, ``groups``).
     Returns:
         rows in the order of ``episodes``: the spec's fields, ``episode_key`` (list), ``success``
         (bool), ``steps`` (policy steps, the successful one included), ``action_digest`` (16 hex
@@ -254,7 +257,8 @@ def evaluate(
         trajectory), ``seed``, ``max_steps``,
         ``num_steps_wait``, ``policy_options``, ``device`` (e.g. "cuda:0"; None for factories),
         ``dtype`` ("bf16", ...; None for factories), ``unnorm_key`` (the norm-stats key used, or
-        None), ``batch_size`` (env slots = largest policy batch), ``attempts``, ``error`` (None or
+        None), ``batch_size`` (the largest policy batch: all env slots, or half of them when double
+        buffered), ``env_slots`` (``workers * envs_per_worker``), ``attempts``, ``error`` (None or
         "Type: message"), ``video`` (path relative to the JSONL folder, or None), ``wall_s``,
         ``policy_s`` (seconds of the batched policy calls the episode was in), ``sim_s`` (=
         ``physics_s`` + ``render_s``), ``preprocess_s``, ``versions`` (simulator versions).
@@ -406,7 +410,8 @@ def evaluate(
     wall = time.time() - started
     if stats is not None and runner is not None:
         stats.update(policy_s=runner.policy_s, env_s=runner.env_s, rounds=runner.rounds, restarts=runner.restarts,
-                     batch_log=runner.batch_log, assign_log=runner.assign_log, n_slots=runner.n_slots, wall_s=wall)
+                     batch_log=runner.batch_log, assign_log=runner.assign_log, n_slots=runner.n_slots,
+                     groups=runner.groups, wall_s=wall)
     if out_jsonl is not None:
         _append_meta(out_jsonl, {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "wall_s": round(wall, 3),

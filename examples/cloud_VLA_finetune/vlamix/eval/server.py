@@ -10,6 +10,15 @@
    episodes go to the policy as ONE batch per task suite (``policy.act(images uint8 [B, 224, 224, 3],
    instructions, suite)``), and the actions come back for the next round.
 
+**Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
+odd slot index within the worker), and the rounds alternate between them: while the workers step
+group A's environments, this process runs the policy on group B's images that came back in the
+previous round, and the other way round. Every worker steps one group per round and the policy is
+never waited for while an environment could step (the lock-step loop leaves the workers idle during
+every policy call: 14% of the wall time with the tiny model on 2 CPU cores, more with a 7B model on a
+GPU). The same idea as Sample Factory's double-buffered sampling (Petrenko et al. 2020, "Sample
+Factory", Section 3.2). With one env per worker the rounds are lock-step (all slots each round).
+
 Which episode runs in which slot follows only the plan and the episodes' step counts, never timing,
 and every episode re-seeds its environment, so rows do not depend on scheduling. The idea follows
 LeRobot's vectorised LIBERO evaluation (huggingface/lerobot ``scripts/lerobot_eval.py``: N envs, one
@@ -98,8 +107,10 @@ class BatchedRollout:
         video_dir: where they go (required unless videos is "none").
         mp_context: multiprocessing context (default ``spawn``).
     Attributes after :meth:`run`: ``batch_log`` (one ``(batch_size, ended_this_round, pending)`` per
-    round), ``assign_log`` (``(slot, spec.key, attempt)`` per begin), ``policy_s``, ``env_s``
-    (seconds waiting for workers), ``rounds``, ``restarts``.
+    round; with double buffering the batch is the other group's), ``assign_log`` (``(slot,
+    spec.key, attempt)`` per begin), ``groups`` (the slot groups rounds alternate between: one group of
+    all slots, or two with ``envs_per_worker >= 2``), ``policy_s``, ``env_s`` (seconds waiting for
+    workers), ``rounds``, ``restarts``.
     """
 
     def __init__(
@@ -142,6 +153,9 @@ class BatchedRollout:
         self._workers: dict[int, _Worker] = {}
         self._slots: list[_Episode | None] = [None] * self.n_slots
         self._ends: dict[int, list[tuple[int, str, Any]]] = {}
+        n_groups = 2 if self.envs_per_worker >= 2 else 1
+        self.groups: list[list[int]] = [[s for s in range(self.n_slots) if (s % self.envs_per_worker) % n_groups == g]
+                                        for g in range(n_groups)]
 
     # ------------------------------------------------------------------ workers
     def _start_worker(self, index: int) -> None:
@@ -202,7 +216,7 @@ class BatchedRollout:
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
                "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
-               "attempts": ep.attempt + 1, "batch_size": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
+               "attempts": ep.attempt + 1, "batch_size": max(len(g) for g in self.groups), "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
                "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
@@ -253,10 +267,12 @@ class BatchedRollout:
         try:
             for index in range(n_workers):
                 self._start_worker(index)
+            n_groups = len(self.groups)
             while pending or any(ep is not None for ep in self._slots):
+                group = self.groups[self.rounds % n_groups]
                 cmds: dict[int, list[tuple[int, str, Any]]] = {i: list(self._ends.pop(i, [])) for i in self._workers}
                 self._ends.clear()
-                for slot in range(self.n_slots):
+                for slot in group:
                     index = slot // self.envs_per_worker
                     if index not in self._workers:
                         continue
@@ -264,19 +280,25 @@ class BatchedRollout:
                     if ep is None and pending:
                         spec, attempt = pending.popleft()
                         cmds[index].append((slot % self.envs_per_worker, *self._begin(slot, spec, attempt)))
-                    elif ep is not None:
+                    elif ep is not None and ep.action is not None:
                         cmds[index].append((slot % self.envs_per_worker, "step", ep.action))
                 n_pending = len(pending)
                 retries: list[tuple[Any, int]] = []
-                ended = self._exchange(cmds, retries)
+                waiting = self._send(cmds, retries)
+                if n_groups > 1:  # the policy works on the other group while this one steps
+                    other = self.groups[(self.rounds + 1) % n_groups]
+                    batch = self._act(other)
+                    ended = self._collect(waiting, retries)
+                else:
+                    ended = self._collect(waiting, retries)
+                    batch = self._act(group)
                 pending.extendleft(reversed(retries))
-                batch = self._act()
                 self.batch_log.append((batch, ended, n_pending))
                 self.rounds += 1
             final = {i: list(self._ends.pop(i, [])) for i in self._workers}
             self._ends.clear()
             if any(final.values()):
-                self._exchange(final, [])
+                self._collect(self._send(final, []), [])
             for w in self._workers.values():
                 try:
                     w.conn.send(None)
@@ -291,14 +313,9 @@ class BatchedRollout:
                 if ep is not None and ep.video_tmp and os.path.exists(ep.video_tmp):
                     os.remove(ep.video_tmp)
 
-    def _exchange(self, cmds: dict[int, list[tuple[int, str, Any]]], retries: list[tuple[Any, int]]) -> int:
-        """Send each worker its commands, collect the answers, apply them. Returns episodes ended this round."""
-        from multiprocessing.connection import wait
-
-        t0 = time.monotonic()
-        done_before = self._n_done
+    def _send(self, cmds: dict[int, list[tuple[int, str, Any]]], retries: list[tuple[Any, int]]) -> dict[int, list]:
+        """Send each worker its commands (non-blocking for the workers). Returns the workers to collect from."""
         waiting: dict[int, list[tuple[int, str, Any]]] = {}
-        replies: dict[int, list[dict[str, Any]]] = {}  # applied in worker order, not arrival order
         for index, lst in cmds.items():
             if not lst:
                 continue
@@ -307,6 +324,15 @@ class BatchedRollout:
                 waiting[index] = lst
             except (OSError, BrokenPipeError):
                 self._worker_lost(index, "its pipe is closed", retries)
+        return waiting
+
+    def _collect(self, waiting: dict[int, list], retries: list[tuple[Any, int]]) -> int:
+        """Wait for the answers of ``waiting`` workers and apply them. Returns episodes ended this round."""
+        from multiprocessing.connection import wait
+
+        t0 = time.monotonic()
+        done_before = self._n_done
+        replies: dict[int, list[dict[str, Any]]] = {}  # applied in worker order, not arrival order
         while waiting:
             wait_s = _POLL_S
             if self.timeout is not None:
@@ -404,9 +430,9 @@ class BatchedRollout:
             ep.image = res["image"]
             ep.action = None
 
-    def _act(self) -> int:
-        """One policy call per suite on every episode waiting for an action. Returns the batch size."""
-        waiting = [s for s, ep in enumerate(self._slots) if ep is not None and ep.action is None and ep.image is not None]
+    def _act(self, slots: Sequence[int]) -> int:
+        """One policy call per suite on the episodes of ``slots`` waiting for an action. Returns the batch size."""
+        waiting = [s for s in slots if (ep := self._slots[s]) is not None and ep.action is None and ep.image is not None]
         groups: dict[str, list[int]] = {}
         for slot in waiting:
             groups.setdefault(self._slots[slot].spec.suite, []).append(slot)
