@@ -23,7 +23,7 @@ JOB = os.path.join(EXAMPLE, "benchmarkingjob.yaml")
 JOB_7B = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b.yaml")
 COMPARE = os.path.join(EXAMPLE, "benchmarkingjob_compare.yaml")
 COMPARE_7B = os.path.join(EXAMPLE, "benchmarkingjob_compare_openvla7b.yaml")
-SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
+SPATIAL, OBJECT, GOAL = "libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops"
 
 
 @pytest.fixture(autouse=True)
@@ -85,24 +85,28 @@ def test_dataset_indexes_list_the_rlds_datasets_and_task_suites():
     assert [os.path.basename(x) for x in test.x] == list(LIBERO_SUITES)
 
 
-def test_default_grid_is_three_spatial_object_ratios_of_the_tiny_model():
+def test_default_grid_mixes_three_suites_with_a_skill_row_and_the_expert_reference():
     points = expand_grid(load_job(JOB))
     configs = validate_grid(points)  # no unknown field, every value valid
     # the scripted-expert reference row (evaluation kit) is the last point and has no BenchConfig
-    assert [p.basemodel.name for p in points][-1:] == ["ScriptedExpertReference"]
-    points = [p for p in points if p.basemodel.name == "VLADataSelect"]
-    assert [dict(c.mixture) for c in configs] == [
-        {SPATIAL: 2, OBJECT: 1},
-        {SPATIAL: 1, OBJECT: 1},
-        {SPATIAL: 1, OBJECT: 2},
+    assert [p.basemodel.name for p in points] == ["VLADataSelect"] * 3 + ["ScriptedExpertReference"]
+    assert [p.algorithm.name for p in points] == ["vla_dataselect", "vla_dataselect", "vla_skill", "scripted_expert"]
+    # two static mixtures (without and with LIBERO-Goal) and the skill-level strategy row
+    assert [(dict(c.mixture), c.strategy, c.resolved_mixing_level()) for c in configs] == [
+        ({SPATIAL: 1, OBJECT: 1, GOAL: 0}, "static", "dataset"),
+        ({SPATIAL: 1, OBJECT: 1, GOAL: 1}, "static", "dataset"),
+        ({SPATIAL: 1, OBJECT: 1, GOAL: 1}, "task_balanced", "skill"),
     ]
     for point, cfg in zip(points, configs):
-        assert point.basemodel.name == "VLADataSelect"
         assert cfg.model == "tiny" and cfg.demos == "scripted"
-        assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
+        assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object", "libero_goal")
+        assert (cfg.demo_tasks, cfg.eval_tasks, cfg.eval_workers, cfg.envs_per_worker) == (1, 1, 2, 2)
         # budgets stay at the BenchConfig defaults
         assert "train_steps" not in point.basemodel.hyperparameters
         assert "trials_per_task" not in point.basemodel.hyperparameters
+    # the expert reference runs the same evaluation fields
+    expert = dict(points[-1].basemodel.hyperparameters)
+    assert (expert["eval_suites"], expert["eval_tasks"]) == (["libero_spatial", "libero_object", "libero_goal"], 1)
 
 
 def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
@@ -152,7 +156,7 @@ def test_basemodel_adapter_registers_and_checks_the_indexes():
     for method in ("train", "save", "load", "predict"):
         assert callable(getattr(cls, method))
     model = cls(**module.hyperparameters)
-    assert dict(model.config.mixture) == {SPATIAL: 2, OBJECT: 1}
+    assert dict(model.config.mixture) == {SPATIAL: 1, OBJECT: 1, GOAL: 0}
 
     only_object = IndexData(x=load_index(job.testenv.train_index, "train").x[1:2], y=None, data_type="train")
     with pytest.raises(ValueError, match=SPATIAL):

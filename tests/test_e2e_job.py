@@ -41,11 +41,12 @@ def test_two_point_grid_end_to_end(tmp_path, monkeypatch):
     algo = yaml.safe_load(algo_yaml.read_text())
     algo["algorithm"]["modules"][0]["hyperparameters"] = [{k: {"values": v}} for k, v in GRID.items()]
     algo_yaml.write_text(yaml.safe_dump(algo))
-    # the scripted-expert reference row has its own test (test_eval_kit.py); not run again here
+    # the scripted-expert reference row has its own test (test_eval_kit.py), the skill row runs the
+    # same code path as the static points: neither runs again here
     job_yaml = tmp_path / EXAMPLE_REL / "benchmarkingjob.yaml"
     job = yaml.safe_load(job_yaml.read_text())
-    job["benchmarkingjob"]["test_object"]["algorithms"] = [
-        a for a in job["benchmarkingjob"]["test_object"]["algorithms"] if a["name"] != "scripted_expert"]
+    job["benchmarkingjob"]["test_object"]["algorithms"] = [  # the mixture algorithm only
+        a for a in job["benchmarkingjob"]["test_object"]["algorithms"] if a["name"] == "vla_dataselect"]
     job_yaml.write_text(yaml.safe_dump(job))
     monkeypatch.chdir(tmp_path)
 

@@ -166,14 +166,14 @@ def test_expert_opens_the_drawer_and_turns_on_the_stove():
         assert gripper[0] == -1.0 and 1.0 in gripper  # reaches open, then grasps the handle / knob
 
 
-def test_three_suite_job_has_three_way_mixtures_and_a_skill_row(tmp_path, monkeypatch):
+def test_default_job_has_a_three_way_mixture_and_a_skill_row(tmp_path, monkeypatch):
     from vlamix.bench.job import expand_grid, validate_grid
     from vlamix.bench.spec import load_job
 
-    job = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench", "benchmarkingjob_three_suites.yaml")
+    job = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench", "benchmarkingjob.yaml")
     configs = validate_grid(expand_grid(load_job(job)))
     three_way = [c for c in configs if len(c.mixture_weights()) == 3]
-    assert len(three_way) >= 2
+    assert len(three_way) == 2  # the static 1:1:1 point and the skill row
     assert any(c.strategy == "task_balanced" and c.resolved_mixing_level() == "skill" for c in configs)
     for c in configs:
         assert c.resolved_eval_suites() == ("libero_spatial", "libero_object", "libero_goal")
