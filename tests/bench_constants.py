@@ -24,4 +24,6 @@ METRICS = [
     "language_reliance",
     "worst_suite_success_rate",
     "tied_with_best",
+    # racing (issue 12)
+    "episodes_saved",
 ]

@@ -40,6 +40,11 @@ CASES = [
     ("mixture_weight_yaml_string", {"mixture": {"libero_spatial_no_noops": "1e0"}}, "mixture", ["1.0e0"], "rejected without saying why"),
     ("eval_suites_string", {"eval_suites": "libero_spatial"}, "eval_suites", ["[libero_spatial]", "list"], "rejected as \"got 'l'\""),
     ("whitelist_string", {"dataset_whitelist": "libero_spatial_no_noops"}, "dataset_whitelist", ["[libero_spatial_no_noops]"], "rejected, no fix named"),
+    # racing (issue 12): new fields, validated like the others
+    ("racing_not_bool", {"racing": "yes"}, "racing", ["'yes'", "true or false"], "new field"),
+    ("racing_round_trials_zero", {"racing_round_trials": 0}, "racing_round_trials", ["integer >= 1"], "new field"),
+    ("racing_single_round", {"racing": True, "trials_per_task": 3, "racing_round_trials": 3}, "racing_round_trials",
+     ["single round", "1..2"], "new field"),
 ]
 
 

@@ -148,6 +148,16 @@ class BenchConfig:
             are tagged ``unseen``.
         eval_instruction_suites: the evaluation suites on which the variants other than "original"
             run (None = every evaluation suite).
+    Racing for the evaluation budget (:mod:`vlamix.search.racing`; Maron & Moore 1994)
+        racing: evaluate the planned episodes in rounds and stop after a round when the point's
+            Wilson 95% upper bound on its success rate falls below the lower bound of the best point
+            of the same job that has already finished on the same episode plan. Changes neither the
+            training key nor the eval key: a raced point's episodes are a prefix of the plan, shared
+            with any later evaluation of the same checkpoint.
+        racing_round_trials: trials (episodes) per planned task in one round (>= 1); with racing on it
+            must be below ``trials_per_task`` (otherwise there is a single round and nothing to stop).
+            Round r holds trials ``r * racing_round_trials .. (r + 1) * racing_round_trials - 1`` of
+            every planned task (and instruction variant), so a stopped point stays balanced over tasks.
     """
 
     mixture: Mapping[str, float]
@@ -220,6 +230,9 @@ class BenchConfig:
     eval_instruction: tuple[str, ...] = ("original",)
     heldout_tasks: Mapping[str, tuple[int, ...]] | None = None
     eval_instruction_suites: tuple[str, ...] | None = None
+    # Racing for the evaluation budget (issue 12; vlamix.search.racing)
+    racing: bool = False
+    racing_round_trials: int = 10
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -451,8 +464,25 @@ class BenchConfig:
         _check_int("eval_workers", self.eval_workers, 1)
         _check_int("eval_seed", self.eval_seed, 0)
         _check_bool("center_crop", self.center_crop)
+        self._validate_racing()
         self._validate_rollout_runtime()
         self._validate_before_work()
+
+    def _validate_racing(self) -> None:
+        """``racing`` (bool; true needs ``trials_per_task`` >= 2) and ``racing_round_trials`` (int >= 1; with
+        racing on, < ``trials_per_task``)."""
+        _check_bool("racing", self.racing)
+        _check_int("racing_round_trials", self.racing_round_trials, 1)
+        if self.racing and self.trials_per_task < 2:
+            raise ConfigError("racing", f"true needs at least two rounds, so trials_per_task >= 2 (got {self.trials_per_task}); "
+                              f"allowed here: false")
+        if self.racing and self.racing_round_trials >= self.trials_per_task:
+            raise ConfigError(
+                "racing_round_trials",
+                f"{self.racing_round_trials} trials per round with trials_per_task {self.trials_per_task} leaves a single "
+                f"round, so racing can stop nothing; allowed with racing: true: 1..{self.trials_per_task - 1} "
+                f"(or racing: false)",
+            )
 
     def _validate_rollout_runtime(self) -> None:
         """Fields of the rollout runtime (device, dtype, env workers, faults, videos)."""

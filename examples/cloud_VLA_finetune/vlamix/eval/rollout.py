@@ -160,6 +160,14 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def all_stored(out_jsonl: str, episodes: Iterable[EpisodeSpec]) -> bool:
+    """True when every episode of ``episodes`` has a readable row in ``out_jsonl`` (False if the file
+    does not exist). Settings are not compared: a row with other :data:`SETTING_FIELDS` (another
+    device type or dtype) is run again by :func:`evaluate`."""
+    have = {row["_key"] for row in _read_all_rows(out_jsonl)}
+    return all(_spec_key(s) in have for s in episodes)
+
+
 def meta_path(out_jsonl: str) -> str:
     """Side file of an episodes JSONL: ``episodes.jsonl`` -> ``episodes.meta.json``."""
     return os.path.splitext(out_jsonl)[0] + ".meta.json"

@@ -1,0 +1,325 @@
+"""Racing for the evaluation budget, wired into the runner (issue 12, item 4; vlamix.search.racing).
+
+The decision rule of one point against the finished points of its job (:func:`race_point`) on stub
+evaluations, then the real path: the example's own basemodel and metric files through ``vlamix run``
+(:func:`vlamix.bench.job.run_job`) in a copy of the example, with training, rollouts and offline
+metrics replaced by fakes whose outcomes are known (no LIBERO, no model). The fake rollout keeps rows
+in the point's episodes JSONL and reuses them by episode key, as :func:`vlamix.eval.rollout.evaluate` does.
+"""
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import pytest
+import yaml
+
+from vlamix.bench import job as bench_job
+from vlamix.bench import metrics
+from vlamix.config import BenchConfig, ConfigError
+from vlamix.eval.plan import EpisodeSpec
+from vlamix.eval.stats import wilson_interval
+from vlamix.pipeline import episodes_path, eval_key, train_key
+from vlamix.search.racing import Competitor, best_competitor, plan_key, plan_rounds, race_point
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+EXAMPLE_REL = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
+SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
+
+
+def _plan(tasks=2, trials=6):
+    return [EpisodeSpec("libero_spatial", t, k, k, f"task {t}") for t in range(tasks) for k in range(trials)]
+
+
+def _runner(success, calls):
+    """run_round stub: every episode's outcome is ``success(spec)``; records the specs of each call."""
+    def run(part):
+        calls.append([(s.task_id, s.episode_index) for s in part])
+        return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": success(s),
+                 "error": None} for s in part]
+    return run
+
+
+def _competitor(k, n):
+    low, high = wilson_interval(k, n)
+    return Competitor("strong", "/job/a/p/output/inference/vlamix_prediction.json", n, k, low, high)
+
+
+# ------------------------------------------------------------------------------------------ rule
+def test_rounds_take_the_same_trials_of_every_task():
+    rounds = plan_rounds(_plan(tasks=3, trials=5), 2)
+    assert [[(s.task_id, s.episode_index) for s in r] for r in rounds] == [
+        [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)],
+        [(0, 2), (0, 3), (1, 2), (1, 3), (2, 2), (2, 3)],
+        [(0, 4), (1, 4), (2, 4)],
+    ]
+    with pytest.raises(ValueError, match="round_trials"):
+        plan_rounds(_plan(), 0)
+
+
+def test_a_clearly_worse_point_after_a_strong_finished_point_stops_after_round_one():
+    calls = []
+    strong = _competitor(12, 12)  # lower bound 0.758
+    rows, evaluated, rec = race_point(_plan(), _runner(lambda s: False, calls), round_trials=2, best=lambda: strong)
+    # round 1 = trials 0 and 1 of both tasks: 0/4, upper bound z^2 / (4 + z^2) = 0.490 < 0.758
+    assert calls == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+    assert len(rows) == 4 and [(s.task_id, s.episode_index) for s in evaluated] == calls[0]
+    assert rec["stopped_at_round"] == 1 and rec["rounds_run"] == 1 and rec["rounds_planned"] == 3
+    assert (rec["episodes_planned"], rec["episodes_evaluated"], rec["episodes_saved"]) == (12, 4, 8)
+    assert rec["competitor"]["label"] == "strong" and rec["competitor"]["ci_low"] == pytest.approx(12 / (12 + 1.959963984540054 ** 2))
+    assert rec["rounds"][0]["ci_high"] == pytest.approx(0.4899, abs=1e-4) and rec["rounds"][0]["decision"] == "stop"
+
+
+def test_the_best_point_is_never_stopped_and_no_competitor_means_the_whole_plan():
+    calls = []
+    weak = _competitor(1, 12)
+    _, evaluated, rec = race_point(_plan(), _runner(lambda s: True, calls), round_trials=2, best=lambda: weak)
+    assert len(calls) == 3 and len(evaluated) == 12
+    assert rec["stopped_at_round"] is None and rec["episodes_saved"] == 0
+    assert [r["decision"] for r in rec["rounds"]] == ["continue", "continue", "end"]
+    # a point that fails everything but has nobody to lose against runs its whole plan
+    calls = []
+    _, evaluated, rec = race_point(_plan(), _runner(lambda s: False, calls), round_trials=2, best=lambda: None)
+    assert len(evaluated) == 12 and rec["episodes_saved"] == 0 and rec["competitor"] is None
+    # the leader (its lower bound >= the competitor's) is never stopped, whatever the round size
+    for k in (1, 2, 3, 5):
+        _, evaluated, rec = race_point(_plan(), _runner(lambda s: s.episode_index != 1, []), round_trials=k,
+                                       best=lambda: _competitor(6, 12))
+        assert rec["stopped_at_round"] is None and len(evaluated) == 12
+
+
+def test_a_stop_is_taken_against_the_competitor_finishing_between_rounds():
+    # Ray: another trial finishes while this point runs; its bound counts from the next decision on
+    seen = iter([None, _competitor(12, 12), _competitor(12, 12)])
+    _, evaluated, rec = race_point(_plan(), _runner(lambda s: False, []), round_trials=2, best=lambda: next(seen))
+    assert rec["stopped_at_round"] == 2 and len(evaluated) == 8 and rec["episodes_saved"] == 4
+    assert rec["rounds"][0]["best_ci_low"] is None and rec["rounds"][0]["decision"] == "continue"
+
+
+def test_stored_episodes_are_free_so_a_fully_stored_point_is_not_cut():
+    asked = []
+
+    def stored(rest):
+        asked.append(len(rest))
+        return True
+
+    _, evaluated, rec = race_point(_plan(), _runner(lambda s: False, []), round_trials=2,
+                                   best=lambda: _competitor(12, 12), stored=stored)
+    assert asked == [8] and len(evaluated) == 12 and rec["stopped_at_round"] is None
+    assert [r["decision"] for r in rec["rounds"]] == ["rest stored", "rest stored", "end"]
+
+
+def test_best_competitor_is_the_highest_lower_bound():
+    a, b, c = _competitor(5, 10), _competitor(40, 50), _competitor(9, 9)
+    # 40/50 has the higher rate, 9/9 the higher lower bound (0.701 against 0.670): the bound decides
+    assert b.ci_low < c.ci_low and best_competitor([a, b, c]) is c
+    assert best_competitor([]) is None
+
+
+def test_competitors_are_the_finished_points_of_the_job_on_the_same_plan(tmp_path):
+    from vlamix.search.racing import finished_competitors
+
+    cfg = _cfg().to_dict()
+    plan = plan_key(cfg)
+
+    def point(name, k, n, config=cfg, **extra):
+        folder = tmp_path / "job" / "algo" / name / "output" / "inference"
+        folder.mkdir(parents=True)
+        episodes = [{"suite": "libero_spatial", "task_id": 0, "episode_index": i, "success": i < k} for i in range(n)]
+        pred = {"episodes": episodes, "config": config, "mixing": {"strategy_label": name}, **extra}
+        (folder / "vlamix_prediction.json").write_text(json.dumps(pred))
+        return str(folder)
+
+    own = point("own", 0, 3, train_key="mine")
+    point("same_plan", 3, 4, train_key="other")
+    point("same_model", 9, 9, train_key="mine")          # an earlier run of this model: not a competitor
+    point("expert", 9, 9, reference=True)                 # the scripted-expert reference row
+    point("other_plan", 9, 9, config=_cfg(trials_per_task=4).to_dict())
+    point("all_errors", 0, 0)
+    (tmp_path / "job" / "algo" / "torn" / "output" / "inference").mkdir(parents=True)
+    (tmp_path / "job" / "algo" / "torn" / "output" / "inference" / "vlamix_prediction.json").write_text("{")
+    found = finished_competitors(own, plan, exclude_train_key="mine")
+    assert [(c.label, c.n_successes, c.n_episodes) for c in found] == [("same_plan", 3, 4)]
+    assert found[0].ci_low == pytest.approx(wilson_interval(3, 4)[0])
+    assert finished_competitors(None, plan) == []
+
+
+# ------------------------------------------------------------------------------------------ config
+def _cfg(**kw):
+    return BenchConfig.from_dict({"mixture": {SPATIAL: 2, OBJECT: 1}, "trials_per_task": 3, **kw})
+
+
+def test_racing_fields_change_neither_the_training_key_nor_the_eval_key():
+    base, raced = _cfg(), _cfg(racing=True, racing_round_trials=1)
+    # keys computed before racing existed (commit 537ed11): earlier runs and rollouts stay valid
+    assert (train_key(base), eval_key(base)) == ("39f678885b501826", "741739a9b18b")
+    assert (train_key(raced), eval_key(raced)) == (train_key(base), eval_key(base))
+    assert episodes_path("/runs/x", raced) == episodes_path("/runs/x", base)
+    assert plan_key(raced.to_dict()) == plan_key(base.to_dict())
+    assert plan_key(base.to_dict()) != plan_key(_cfg(trials_per_task=4).to_dict())
+    assert plan_key(base.to_dict()) != plan_key(_cfg(eval_instruction=["original", "empty"]).to_dict())
+    assert plan_key(base.to_dict()) == plan_key(_cfg(eval_workers=1, lora_rank=4).to_dict())
+
+
+@pytest.mark.parametrize("values, field, words", [
+    ({"racing": "yes"}, "racing", ["'yes'", "true or false"]),
+    ({"racing_round_trials": 0}, "racing_round_trials", ["integer >= 1", "0"]),
+    ({"racing_round_trials": 2.5}, "racing_round_trials", ["integer >= 1"]),
+    ({"racing": True, "racing_round_trials": 3}, "racing_round_trials", ["single round", "allowed with racing: true: 1..2"]),
+    ({"racing": True, "trials_per_task": 1, "racing_round_trials": 1}, "racing", ["trials_per_task >= 2", "allowed here: false"]),
+], ids=["racing_not_bool", "round_trials_zero", "round_trials_float", "one_round", "one_trial"])
+def test_bad_racing_values_fail_naming_the_field(values, field, words):
+    with pytest.raises(ConfigError) as info:
+        _cfg(**values)
+    assert info.value.field == field
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_racing_off_ignores_the_round_size():
+    assert _cfg(racing_round_trials=10).racing is False  # no error: one round is fine without racing
+
+
+# ------------------------------------------------------------------------------------------ metric, report
+def test_episodes_saved_metric_and_report_section():
+    from vlamix.report_kit import racing_section
+
+    assert math.isnan(metrics.episodes_saved(None, {"episodes": []}))
+    rec = {"stopped_at_round": 1, "rounds_run": 1, "rounds_planned": 3, "episodes_evaluated": 4, "episodes_planned": 12,
+           "episodes_saved": 8, "competitor": {"label": "static spatial=2", "ci_low": 0.757}}
+    assert metrics.episodes_saved(None, {"episodes": [], "racing": rec}) == 8
+    full = dict(rec, stopped_at_round=None, rounds_run=3, episodes_evaluated=12, episodes_saved=0, competitor=None)
+    lines = "\n".join(racing_section([{"racing": full}, {"racing": rec}, {}], ["good", "bad", "off"]))
+    assert "## Racing" in lines
+    assert "| bad | 1 | 1 / 3 | 4 / 12 | 8 | static spatial=2 (0.757) |" in lines
+    assert "| good | - | 3 / 3 | 12 / 12 | 0 | no finished point |" in lines
+    assert "| off |" not in lines
+    assert "Stopped early: bad. Episodes saved in total: 8 of 24 planned (33%)." in lines
+    assert racing_section([{}, {"summary": {}}], ["a", "b"]) == []
+
+
+# ------------------------------------------------------------------------------------------ vlamix run
+GRID = {
+    "mixture": [{SPATIAL: 2, OBJECT: 1}, {SPATIAL: 1, OBJECT: 1}, {SPATIAL: 1, OBJECT: 2}],
+    "model": ["tiny"],
+    "eval_suites": [["libero_spatial"]],
+    "eval_tasks": [2],
+    "trials_per_task": [6],
+    "eval_workers": [1],
+    "racing": [True],
+    "racing_round_trials": [2],
+}
+#: The fake model's quality per mixture: the 1:1 point fails every episode, the others succeed.
+GOOD = {"2:1": True, "1:1": False, "1:2": True}
+
+
+@pytest.fixture
+def job_root(tmp_path, monkeypatch):
+    """A copy of the example (the Ianvs root) whose job runs GRID through the real basemodel, with fakes for
+    training (a checkpoint per train key), rollouts (rows kept and reused by key) and offline metrics."""
+    import vlamix.eval.offline
+    import vlamix.eval.rollout
+    import vlamix.pipeline
+    import vlamix.sim.record
+
+    shutil.copytree(os.path.join(REPO, EXAMPLE_REL), tmp_path / EXAMPLE_REL)
+    job_yaml = tmp_path / EXAMPLE_REL / "benchmarkingjob.yaml"
+    job = yaml.safe_load(job_yaml.read_text())
+    job["benchmarkingjob"]["test_object"]["algorithms"] = [
+        a for a in job["benchmarkingjob"]["test_object"]["algorithms"] if a["name"] != "scripted_expert"]
+    job_yaml.write_text(yaml.safe_dump(job))
+    monkeypatch.chdir(tmp_path)
+    ran = []  # (train key, task, trial) of every episode actually rolled out
+
+    def fake_train_run(cfg, runs_dir):
+        ckpt = os.path.join(os.path.abspath(runs_dir), train_key(cfg), "step_000001")
+        os.makedirs(ckpt, exist_ok=True)
+        ratio = ":".join(str(int(w)) for w in cfg.mixture.values())
+        with open(os.path.join(ckpt, "weights.txt"), "w") as fh:
+            fh.write("good" if GOOD[ratio] else "bad")
+        return ckpt
+
+    def fake_evaluate(policy, episodes, workers=1, out_jsonl=None, **kwargs):
+        with open(os.path.join(policy, "weights.txt")) as fh:
+            good = fh.read() == "good"
+        stored = {}
+        if os.path.isfile(out_jsonl):
+            with open(out_jsonl) as fh:
+                for line in fh:
+                    row = json.loads(line)
+                    stored[tuple(row["episode_key"])] = row
+        rows = []
+        os.makedirs(os.path.dirname(out_jsonl), exist_ok=True)
+        with open(out_jsonl, "a") as fh:
+            for s in episodes:
+                key = tuple(s.key)
+                if key not in stored:
+                    stored[key] = {"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index,
+                                   "episode_key": list(s.key), "success": good, "error": None}
+                    fh.write(json.dumps(stored[key]) + "\n")
+                    ran.append((os.path.basename(os.path.dirname(os.path.dirname(out_jsonl))), s.task_id, s.episode_index))
+                rows.append(dict(stored[key]))
+        return rows
+
+    monkeypatch.setattr(vlamix.pipeline, "train_run", fake_train_run)
+    monkeypatch.setattr(vlamix.eval.rollout, "evaluate", fake_evaluate)
+    monkeypatch.setattr(vlamix.eval.offline, "offline_metrics", lambda ckpt, cfg: {"action_token_accuracy": 0.5, "action_l1": 0.1})
+    monkeypatch.setattr(vlamix.sim.record, "ensure_demo_datasets", lambda cfg: None)
+    return tmp_path, ran
+
+
+def _run(root, **grid_changes):
+    algo_yaml = root / EXAMPLE_REL / "testalgorithms" / "vla_dataselect" / "vla_algorithm.yaml"
+    algo = yaml.safe_load(algo_yaml.read_text())
+    algo["algorithm"]["modules"][0]["hyperparameters"] = [{k: {"values": v}} for k, v in {**GRID, **grid_changes}.items()]
+    algo_yaml.write_text(yaml.safe_dump(algo, sort_keys=False))  # mixtures keep spatial first
+    result = bench_job.run_job(os.path.join(EXAMPLE_REL, "benchmarkingjob.yaml"), print_leaderboard=False)
+    assert [p.status for p in result.points] == ["completed"] * 3
+    with open(result.rank_files["all"], newline="") as fh:
+        rows = {r["basemodel-mixture"]: r for r in csv.DictReader(fh) if r["url"] in {p.output_dir for p in result.points}}
+    return result, {":".join(str(v) for v in json.loads(k.replace("'", '"')).values()): r for k, r in rows.items()}
+
+
+def _keys():
+    return {":".join(str(w) for w in m.values()): train_key(BenchConfig.from_dict({**{k: v[0] for k, v in GRID.items()}, "mixture": m}))
+            for m in GRID["mixture"]}
+
+
+def test_vlamix_run_races_each_point_against_the_best_finished_point_and_a_later_run_reuses_the_rows(job_root):
+    root, ran = job_root
+    keys = _keys()
+    result, rank = _run(root)
+    # 2:1 ran first with nobody to race: its whole plan (2 tasks x 6 trials)
+    # 1:1 after it: round 1 = trials 0-1 of both tasks, 0/4, upper 0.490 < lower 0.758 of 12/12: stopped, 8 saved
+    # 1:2 after both: never stopped (its upper bound is 1 after every round)
+    per_point = {r: sorted((t, k) for key, t, k in ran if key == keys[r]) for r in GOOD}
+    assert per_point["2:1"] == [(t, k) for t in range(2) for k in range(6)]
+    assert per_point["1:1"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert per_point["1:2"] == per_point["2:1"]
+    assert {r: rank[r]["episodes_saved"] for r in GOOD} == {"2:1": "0", "1:1": "8", "1:2": "0"}
+    assert {r: rank[r]["num_episodes"] for r in GOOD} == {"2:1": "12", "1:1": "4", "1:2": "12"}
+    assert float(rank["1:1"]["success_rate"]) == 0.0
+    assert float(rank["1:1"]["success_rate_ci_high"]) == pytest.approx(0.489891, abs=1e-6)  # over its 4 episodes
+    # the prediction keeps the record: the stop round and the point it lost against
+    stopped = next(p for p in result.points if p.point.basemodel.hyperparameters["mixture"] == {SPATIAL: 1, OBJECT: 1})
+    rec = json.loads(open(os.path.join(stopped.output_dir, "prediction.json")).read())["racing"]
+    assert rec["stopped_at_round"] == 1 and rec["competitor"]["label"] == "static spatial:object=2:1"
+    # the report's Racing section lists the stopped point and the total
+    report = open(result.rank_files["report"]).read()
+    assert "## Racing" in report
+    assert "| static spatial:object=1:1 | 1 | 1 / 3 | 4 / 12 | 8 | static spatial:object=2:1 (0.758) |" in report
+    assert "Stopped early: static spatial:object=1:1. Episodes saved in total: 8 of 36 planned (22%)." in report
+
+    # the same grid without racing (new point folders): the stored rows are reused, only the 8 episodes the
+    # race saved are rolled out now, into the same rollout file (same train and eval keys)
+    ran.clear()
+    _, rank = _run(root, racing=[False])
+    assert sorted((key, t, k) for key, t, k in ran) == [(keys["1:1"], t, k) for t in range(2) for k in range(2, 6)]
+    assert {r: rank[r]["num_episodes"] for r in GOOD} == {"2:1": "12", "1:1": "12", "1:2": "12"}
+    assert {r: rank[r]["episodes_saved"] for r in GOOD} == {"2:1": "", "1:1": "", "1:2": ""}  # racing off: empty
+    cfg = BenchConfig.from_dict({**{k: v[0] for k, v in GRID.items()}, "mixture": {SPATIAL: 1, OBJECT: 1}})
+    path = episodes_path(os.path.join(str(root), "workspace", "vlamix_runs", keys["1:1"]), cfg)
+    with open(path) as fh:
+        assert len(fh.readlines()) == 12  # every planned episode once: none was run twice
