@@ -228,7 +228,7 @@ def job_root(tmp_path, monkeypatch):
     job_yaml = tmp_path / EXAMPLE_REL / "benchmarkingjob.yaml"
     job = yaml.safe_load(job_yaml.read_text())
     job["benchmarkingjob"]["test_object"]["algorithms"] = [
-        a for a in job["benchmarkingjob"]["test_object"]["algorithms"] if a["name"] != "scripted_expert"]
+        a for a in job["benchmarkingjob"]["test_object"]["algorithms"] if a["name"] == "vla_dataselect"]
     job_yaml.write_text(yaml.safe_dump(job))
     monkeypatch.chdir(tmp_path)
     ran = []  # (train key, task, trial) of every episode actually rolled out
