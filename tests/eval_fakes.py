@@ -105,3 +105,10 @@ def batch1_rows(checkpoint, specs, max_steps):
         return [run_episode(slot, policy, spec, max_steps) for spec in specs]
     finally:
         slot.close()
+
+
+def make_env_recording_slot(settings, marker_dir=None):
+    """A FakeSlot that first writes the worker's LP_NUM_THREADS to ``<marker_dir>/lp_<pid>``."""
+    with open(os.path.join(marker_dir, f"lp_{os.getpid()}"), "w") as fh:
+        fh.write(os.environ.get("LP_NUM_THREADS", ""))
+    return FakeSlot({}, marker_dir)

@@ -100,13 +100,15 @@ def test_default_grid_mixes_three_suites_with_a_skill_row_and_the_expert_referen
     for point, cfg in zip(points, configs):
         assert cfg.model == "tiny" and cfg.demos == "scripted"
         assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object", "libero_goal")
-        assert (cfg.demo_tasks, cfg.eval_tasks, cfg.eval_workers, cfg.envs_per_worker) == (1, 1, 2, 2)
+        assert (cfg.demo_tasks, cfg.demo_episodes_per_task, cfg.eval_tasks, cfg.eval_max_steps) == (1, 3, 1, 180)
+        assert (cfg.eval_workers, cfg.envs_per_worker) == (3, 1)
         # budgets stay at the BenchConfig defaults
         assert "train_steps" not in point.basemodel.hyperparameters
         assert "trials_per_task" not in point.basemodel.hyperparameters
     # the expert reference runs the same evaluation fields
     expert = dict(points[-1].basemodel.hyperparameters)
-    assert (expert["eval_suites"], expert["eval_tasks"]) == (["libero_spatial", "libero_object", "libero_goal"], 1)
+    assert (expert["eval_suites"], expert["eval_tasks"], expert["eval_max_steps"]) == \
+        (["libero_spatial", "libero_object", "libero_goal"], 1, 180)
 
 
 def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):

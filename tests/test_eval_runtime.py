@@ -93,6 +93,22 @@ def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
     assert sum(b for b, _, _ in stats["batch_log"]) == sum(r["steps"] for r in rows)
 
 
+def test_env_workers_get_their_share_of_the_cpus_for_mesa_rendering_threads(tmp_path, monkeypatch):
+    from eval_fakes import make_env_recording_slot
+
+    monkeypatch.delenv("LP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    factory = functools.partial(make_env_recording_slot, marker_dir=str(tmp_path))
+    evaluate(ImagePolicy, _specs(tasks=1, trials=4), workers=4, max_steps=8, slot_factory=factory, progress=False)
+    values = [open(p).read() for p in sorted(tmp_path.glob("lp_*"))]
+    assert values == ["2"] * 4  # 8 CPUs / 4 workers, not Mesa's default of one thread per CPU
+    for p in tmp_path.glob("lp_*"):
+        p.unlink()
+    monkeypatch.setenv("LP_NUM_THREADS", "3")  # the user's setting wins
+    evaluate(ImagePolicy, _specs(tasks=1, trials=2), workers=2, max_steps=8, slot_factory=factory, progress=False)
+    assert [open(p).read() for p in sorted(tmp_path.glob("lp_*"))] == ["3", "3"]
+
+
 # ------------------------------------------------------------------------------ faults
 def test_killed_worker_is_replaced_and_its_episode_rerun_without_lost_or_duplicated_rows(tmp_path):
     specs = _specs(tasks=2, trials=3)

@@ -17,7 +17,8 @@ A *worker* (:func:`worker_main`, started with ``multiprocessing`` ``spawn``) own
 slots and answers one message per round from the parent: a list of commands (``begin``, ``step``,
 ``end``) for its slots, executed in order, answered with one result per command. Workers import
 neither torch nor TensorFlow (a MuJoCo EGL context in a process with TensorFlow segfaults), ignore
-SIGINT (the parent stops them), and exit when the parent dies (``PR_SET_PDEATHSIG`` on Linux, a
+SIGINT (the parent stops them), set ``LP_NUM_THREADS`` (Mesa llvmpipe's rasterizer threads) to their
+share of the CPUs unless it is set, and exit when the parent dies (``PR_SET_PDEATHSIG`` on Linux, a
 watchdog thread elsewhere, and end-of-file on their pipe).
 """
 
@@ -206,6 +207,9 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
     _die_with_parent(parent_pid)
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # Mesa's software rasterizer (llvmpipe, the CPU EGL path) starts one thread per CPU in every
+    # process; with several workers that oversubscribes the CPUs. Its share of them, unless set.
+    os.environ.setdefault("LP_NUM_THREADS", str(int(settings.get("render_threads", 1))))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s env-worker {wid} %(levelname)s %(name)s: %(message)s")
     if "tensorflow" in sys.modules:
         conn.send(("fatal", "TensorFlow is imported in a rollout worker before any rendering (MuJoCo EGL rendering "
