@@ -109,6 +109,28 @@ def test_env_workers_get_their_share_of_the_cpus_for_mesa_rendering_threads(tmp_
     assert [open(p).read() for p in sorted(tmp_path.glob("lp_*"))] == ["3", "3"]
 
 
+def test_a_policy_cache_loads_the_checkpoint_once_across_calls(tmp_path, monkeypatch):
+    built = []
+
+    class CountingPolicy(ImagePolicy):
+        def __init__(self, path, **kwargs):
+            built.append((path, kwargs["device"], kwargs["dtype"]))
+            super().__init__()
+
+    monkeypatch.setattr(policy_mod, "VLAPolicy", CountingPolicy)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    specs = _specs(tasks=1, trials=4)
+    cache = {}
+    for part in (specs[:2], specs[2:]):  # two racing rounds
+        rows = evaluate(str(ckpt), part, workers=1, max_steps=8, device="cpu", slot_factory=_fake(tmp_path),
+                        progress=False, policy_cache=cache)
+        assert all(r["success"] for r in rows)
+    assert built == [(str(ckpt), "cpu", "fp32")]  # loaded once, not once per round
+    evaluate(str(ckpt), specs[:1], workers=1, max_steps=8, device="cpu", slot_factory=_fake(tmp_path), progress=False)
+    assert len(built) == 2  # without a cache every call loads it
+
+
 # ------------------------------------------------------------------------------ faults
 def test_killed_worker_is_replaced_and_its_episode_rerun_without_lost_or_duplicated_rows(tmp_path):
     specs = _specs(tasks=2, trials=3)

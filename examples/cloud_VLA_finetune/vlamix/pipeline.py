@@ -322,6 +322,8 @@ class VLADataSelect:
         out_jsonl = episodes_path(self.run_dir, cfg) if self.run_dir is not None else point_jsonl
         logger.info("rolling out %d episode(s) of %s (finished ones in %s are reused)", len(specs), cfg.mixture_label(), out_jsonl)
 
+        policy_cache: dict[Any, Any] = {}  # racing: the rounds share one loaded policy
+
         def run(part: list[Any]) -> list[dict[str, Any]]:
             return evaluate(
                 self.checkpoint,
@@ -332,6 +334,7 @@ class VLADataSelect:
                 num_steps_wait=cfg.num_steps_wait,
                 max_steps=cfg.eval_max_steps,
                 center_crop=cfg.center_crop,
+                policy_cache=policy_cache,
                 **rollout_runtime_kwargs(cfg),
             )
 
@@ -341,6 +344,7 @@ class VLADataSelect:
             rows, specs, racing = self._race(specs, run, out_jsonl, own_train_key)
         else:
             rows = run(specs)
+        policy_cache.clear()  # free the policy's memory before the offline metrics load the checkpoint
         os.makedirs(os.path.dirname(point_jsonl), exist_ok=True)
         if out_jsonl != point_jsonl and os.path.isfile(out_jsonl):
             shutil.copyfile(out_jsonl, point_jsonl)

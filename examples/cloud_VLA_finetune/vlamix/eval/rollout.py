@@ -227,6 +227,7 @@ def evaluate(
     progress: bool | None = None,
     slot_factory: Callable[[dict[str, Any]], Any] | None = None,
     stats: dict[str, Any] | None = None,
+    policy_cache: dict[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Roll out ``episodes``: ``workers`` env processes, one batched policy here; one row per episode.
 
@@ -256,6 +257,9 @@ def evaluate(
         rerun_errors: run again the episodes whose stored row has an ``error``.
         progress: tqdm progress bar (None: only when stderr is a terminal).
         slot_factory: picklable ``settings -> env slot`` (default: LIBERO; tests pass fakes).
+        policy_cache: a dict the caller keeps between calls (e.g. the rounds of racing): a checkpoint
+            policy loaded once with the same path and options is reused instead of being loaded
+            again; it holds one policy at a time (clear it to free the model's memory).
         stats: if a dict, filled with run statistics (``policy_s``, ``env_s``, ``rounds``,
             ``restarts``, ``batch_log``, ``assign_log``, ``n_slots``, ``groups``).
     Returns:
@@ -348,10 +352,17 @@ def evaluate(
             import torch
 
             torch.set_num_threads(int(torch_threads))
-        try:
-            pol = factory()
-        except Exception as err:
-            raise RuntimeError(f"could not build the rollout policy: {type(err).__name__}: {err}") from err
+        cache_key = (os.path.abspath(os.fspath(policy)), tuple(sorted(policy_kwargs.items()))) if is_path else None
+        if policy_cache is not None and cache_key is not None and cache_key in policy_cache:
+            pol = policy_cache[cache_key]
+        else:
+            try:
+                pol = factory()
+            except Exception as err:
+                raise RuntimeError(f"could not build the rollout policy: {type(err).__name__}: {err}") from err
+            if policy_cache is not None and cache_key is not None:
+                policy_cache.clear()  # one loaded model at a time
+                policy_cache[cache_key] = pol
         if not callable(getattr(pol, "act", None)):
             raise TypeError(f"the policy factory returned {type(pol).__name__}, which has no act() method")
         unnorm_of = getattr(pol, "unnorm_key_for", None)
