@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only) and run the default benchmark grid (three suites: static spatial:object:goal
-# mixtures 1:1:0 and 1:1:1, a skill-level task_balanced row, the scripted-expert reference row; tiny
+# mixtures 2:2:1 and 1:1:1, a skill-level task_balanced row, the scripted-expert reference row; tiny
 # OpenVLA-architecture model, scripted-expert demonstrations recorded on first run and cached).
 # Results: workspace/vla_mixture_bench/rank/{all_rank,selected_rank}.csv and .../report/report.md
 set -euo pipefail

@@ -91,9 +91,9 @@ def test_default_grid_mixes_three_suites_with_a_skill_row_and_the_expert_referen
     # the scripted-expert reference row (evaluation kit) is the last point and has no BenchConfig
     assert [p.basemodel.name for p in points] == ["VLADataSelect"] * 3 + ["ScriptedExpertReference"]
     assert [p.algorithm.name for p in points] == ["vla_dataselect", "vla_dataselect", "vla_skill", "scripted_expert"]
-    # two static mixtures (without and with LIBERO-Goal) and the skill-level strategy row
+    # two static three-way mixtures (goal 20% and 33%) and the skill-level strategy row
     assert [(dict(c.mixture), c.strategy, c.resolved_mixing_level()) for c in configs] == [
-        ({SPATIAL: 1, OBJECT: 1, GOAL: 0}, "static", "dataset"),
+        ({SPATIAL: 2, OBJECT: 2, GOAL: 1}, "static", "dataset"),
         ({SPATIAL: 1, OBJECT: 1, GOAL: 1}, "static", "dataset"),
         ({SPATIAL: 1, OBJECT: 1, GOAL: 1}, "task_balanced", "skill"),
     ]
@@ -158,7 +158,7 @@ def test_basemodel_adapter_registers_and_checks_the_indexes():
     for method in ("train", "save", "load", "predict"):
         assert callable(getattr(cls, method))
     model = cls(**module.hyperparameters)
-    assert dict(model.config.mixture) == {SPATIAL: 1, OBJECT: 1, GOAL: 0}
+    assert dict(model.config.mixture) == {SPATIAL: 2, OBJECT: 2, GOAL: 1}
 
     only_object = IndexData(x=load_index(job.testenv.train_index, "train").x[1:2], y=None, data_type="train")
     with pytest.raises(ValueError, match=SPATIAL):

@@ -40,6 +40,9 @@ CASES = [
     ("mixture_weight_yaml_string", {"mixture": {"libero_spatial_no_noops": "1e0"}}, "mixture", ["1.0e0"], "rejected without saying why"),
     ("eval_suites_string", {"eval_suites": "libero_spatial"}, "eval_suites", ["[libero_spatial]", "list"], "rejected as \"got 'l'\""),
     ("whitelist_string", {"dataset_whitelist": "libero_spatial_no_noops"}, "dataset_whitelist", ["[libero_spatial_no_noops]"], "rejected, no fix named"),
+    ("eval_suite_without_norm_stats", {"mixture": {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1, "libero_goal_no_noops": 0},
+                                       "eval_suites": ["libero_spatial", "libero_goal"]}, "eval_suites",
+     ["libero_goal", "libero_goal_no_noops", "weight > 0"], "accepted; UnnormKeyError at the first rollout, after training"),
     # racing (issue 12): new fields, validated like the others
     ("racing_not_bool", {"racing": "yes"}, "racing", ["'yes'", "true or false"], "new field"),
     ("racing_round_trials_zero", {"racing_round_trials": 0}, "racing_round_trials", ["integer >= 1"], "new field"),
@@ -57,6 +60,16 @@ def test_bad_value_fails_before_any_work(tmp_path, values, field, words):
     for word in words:
         assert word in str(info.value)
     assert not data_dir.exists() and not runs_dir.exists()  # no recording, no training folder
+
+
+def test_an_unseen_suite_is_allowed_when_one_dataset_gives_the_norm_stats(tmp_path):
+    # one trained dataset: its statistics un-normalise every suite (OpenVLA's single-key rule)
+    cfg = BenchConfig.from_dict({"mixture": SPATIAL, "data_dir": str(tmp_path), "eval_suites": ["libero_spatial", "libero_object"]})
+    assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
+    # a perturbed suite uses the statistics of its base suite's dataset
+    two = {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1}
+    cfg = BenchConfig.from_dict({"mixture": two, "data_dir": str(tmp_path), "eval_suites": ["libero_object_swap"]})
+    assert cfg.resolved_eval_suites() == ("libero_object_swap",)
 
 
 @pytest.mark.parametrize("files, words", [((), ["config.json"]), (("config.json",), ["tokenizer", "openvla"])], ids=["no_config", "no_tokenizer"])

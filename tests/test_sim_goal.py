@@ -173,7 +173,7 @@ def test_default_job_has_a_three_way_mixture_and_a_skill_row(tmp_path, monkeypat
     job = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench", "benchmarkingjob.yaml")
     configs = validate_grid(expand_grid(load_job(job)))
     three_way = [c for c in configs if len(c.mixture_weights()) == 3]
-    assert len(three_way) == 2  # the static 1:1:1 point and the skill row
+    assert len(three_way) == 3  # the static 2:2:1 and 1:1:1 points and the skill row
     assert any(c.strategy == "task_balanced" and c.resolved_mixing_level() == "skill" for c in configs)
     for c in configs:
         assert c.resolved_eval_suites() == ("libero_spatial", "libero_object", "libero_goal")

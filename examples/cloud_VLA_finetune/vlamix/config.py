@@ -17,7 +17,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES, TRAIN_LOG_NAME
 from vlamix.mixing.loss_weights import LOSS_WEIGHTINGS
@@ -383,6 +383,37 @@ class BenchConfig:
             filters.append("without " + ",".join(_short(n) for n in self.dataset_blacklist))
         return label + (f" | filter {'; '.join(filters)}" if filters else "")
 
+    def _validate_unnorm_sources(self, suites: Sequence[str]) -> None:
+        """Every evaluated suite must have action statistics to un-normalise with.
+
+        The fine-tuned checkpoint holds the norm stats of the datasets it trained on
+        (:meth:`selected_datasets`); a suite uses those of ``<base suite>_no_noops`` (or
+        ``<base suite>``), else the only dataset's when exactly one was trained
+        (:func:`vlamix.eval.policy.resolve_unnorm_key`, OpenVLA's ``unnorm_key`` rule). A suite
+        without its dataset in a mixture of two or more datasets would fail at its first rollout,
+        after training, so it is refused here.
+
+        Raises:
+            ConfigError: field ``eval_suites``, naming the suite and the trained datasets.
+        """
+        from vlamix.eval.plan import base_suite
+
+        trained = self.selected_datasets()
+        if len(trained) < 2:
+            return
+        for suite in suites:
+            try:
+                base = base_suite(suite)
+            except ValueError:
+                continue  # reported with the allowed suites by the suite checks
+            if f"{base}_no_noops" not in trained and base not in trained:
+                raise ConfigError(
+                    "eval_suites",
+                    f"suite '{suite}' has no action norm stats: its dataset {base}_no_noops is not trained on (trained: "
+                    f"{', '.join(trained)}), and with two or more datasets no single statistics un-normalise its "
+                    f"actions; give {base}_no_noops a weight > 0 in the mixture or leave '{suite}' out of eval_suites",
+                )
+
     def resolved_eval_suites(self) -> tuple[str, ...]:
         if self.eval_suites is not None:
             return tuple(self.eval_suites)
@@ -543,6 +574,7 @@ class BenchConfig:
         suites = self.resolved_eval_suites()
         if len(set(suites)) != len(suites):
             raise ConfigError("eval_suites", f"lists a suite twice: {list(suites)}; list each suite once")
+        self._validate_unnorm_sources(suites)
         if self.model not in BUILTIN_MODELS:
             _check_model_folder(self.model)
         if self.demos == "scripted":
