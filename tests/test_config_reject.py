@@ -66,6 +66,11 @@ def test_an_unseen_suite_is_allowed_when_one_dataset_gives_the_norm_stats(tmp_pa
     # one trained dataset: its statistics un-normalise every suite (OpenVLA's single-key rule)
     cfg = BenchConfig.from_dict({"mixture": SPATIAL, "data_dir": str(tmp_path), "eval_suites": ["libero_spatial", "libero_object"]})
     assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
+    # the default suites are those trained on: a dataset the whitelist removes is not evaluated
+    two = {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1, "libero_goal_no_noops": 1}
+    cfg = BenchConfig.from_dict({"mixture": two, "data_dir": str(tmp_path),
+                                 "dataset_whitelist": ["libero_spatial_no_noops", "libero_object_no_noops"]})
+    assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
     # a perturbed suite uses the statistics of its base suite's dataset
     two = {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1}
     cfg = BenchConfig.from_dict({"mixture": two, "data_dir": str(tmp_path), "eval_suites": ["libero_object_swap"]})

@@ -120,8 +120,9 @@ class BenchConfig:
         precision: "fp32" or "bf16" autocast. gradient_checkpointing: recompute activations.
         shuffle_buffer_size: frames in each dataset's shuffle buffer. seed: data and init seed.
     Evaluation
-        eval_suites: LIBERO task suites to roll out in (default: the suites of the datasets with
-            non-zero weight). eval_tasks: first N task ids of each suite (None = all).
+        eval_suites: LIBERO task suites to roll out in (default: the suites of the datasets trained
+            on: non-zero weight, through dataset_whitelist / dataset_blacklist). A listed suite whose
+            dataset is not trained on is refused when two or more datasets are (no action norm stats). eval_tasks: first N task ids of each suite (None = all).
         trials_per_task: episodes per task, each from the next init state of the suite.
         eval_max_steps: episode step limit (None = the suite's reference limit).
         num_steps_wait: dummy-action steps before the policy acts (reference: 10).
@@ -417,7 +418,7 @@ class BenchConfig:
     def resolved_eval_suites(self) -> tuple[str, ...]:
         if self.eval_suites is not None:
             return tuple(self.eval_suites)
-        return tuple(dict.fromkeys(DATASET_TO_SUITE[name] for name in self.mixture_weights()))
+        return tuple(dict.fromkeys(DATASET_TO_SUITE[name] for name in self.selected_datasets()))
 
     def dataset_path(self, name: str) -> str:
         """Absolute path of dataset ``name``'s RLDS version folder ``<data_dir>/<name>/1.0.0``."""
