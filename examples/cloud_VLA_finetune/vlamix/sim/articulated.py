@@ -153,17 +153,6 @@ def drawer_open_target(inner, region: str) -> float:
     return max(lo, hi) - 0.005
 
 
-def drawer_close_target(inner, region: str) -> float:
-    """Joint position of a drawer pushed fully in: the end of LIBERO's ``default_close_ranges`` away
-    from the open range, metres (``WhiteCabinet.is_close`` wants ``qpos > 0.0``; its close range is
-    [0.0, 0.005])."""
-    site = inner.object_sites_dict[region]
-    parent = inner.get_object(site.parent_name)
-    lo, hi = parent.object_properties["articulation"]["default_close_ranges"]
-    opened = parent.object_properties["articulation"]["default_open_ranges"]
-    return max(lo, hi) if min(opened) <= min(lo, hi) else min(lo, hi)
-
-
 def drawer_is_open(inner, region: str) -> bool:
     """LIBERO's ``Open`` rule for a region's drawer; True for a region without a drawer joint."""
     jid = drawer_joint(inner, region)
@@ -173,8 +162,8 @@ def drawer_is_open(inner, region: str) -> bool:
     return bool(inner.get_object(site.parent_name).is_open(joint_qpos(inner, jid)))
 
 
-def drawer_segments(inner, region: str, eef: np.ndarray, close: bool = False) -> list[Segment]:
-    """Segments that open (or, with ``close``, close) the drawer of ``region`` (see the module docstring).
+def drawer_segments(inner, region: str, eef: np.ndarray) -> list[Segment]:
+    """Segments that open the drawer of ``region`` (see the module docstring).
 
     Raises:
         KeyError: the region has no drawer joint.
@@ -184,19 +173,16 @@ def drawer_segments(inner, region: str, eef: np.ndarray, close: bool = False) ->
     if jid is None:
         raise KeyError(f"region '{region}' has no drawer joint")
     axis = np.array(data.xaxis[jid], dtype=np.float64)
-    q_now = joint_qpos(inner, jid)
-    q_open, q_closed = drawer_open_target(inner, region), drawer_close_target(inner, region)
-    # the drawer body moves by axis * dq: the horizontal direction it opens in
-    pull = axis * math.copysign(1.0, q_open - q_closed)
+    q_now, q_goal = joint_qpos(inner, jid), drawer_open_target(inner, region)
+    # the drawer body moves by axis * dq: pull direction and distance
+    pull = axis * math.copysign(1.0, q_goal - q_now)
     pull[2] = 0.0
     pull /= np.linalg.norm(pull)
+    distance = abs(q_goal - q_now) + DRAWER_EXTRA_PULL
     boxes = geom_boxes(inner, {int(model.jnt_bodyid[jid])})
     lo, hi = max(boxes, key=lambda b: float(((b[0] + b[1]) / 2.0) @ pull))  # handle: furthest out
     handle = (lo + hi) / 2.0
     front = float(max(lo @ pull, hi @ pull)) - float(handle @ pull)  # handle's half depth along the pull
-    if close:
-        return _drawer_push_segments(handle, front, pull, abs(q_now - q_closed) + DRAWER_EXTRA_PULL)
-    distance = abs(q_open - q_now) + DRAWER_EXTRA_PULL
     rot = gripper_horizontal(-pull)
     grasp = handle + pull * (front - 0.012)  # fingers around the bar, pads 1.2 cm in from its front face
     pre = grasp + pull * 0.09
@@ -210,27 +196,6 @@ def drawer_segments(inner, region: str, eef: np.ndarray, close: bool = False) ->
         Segment("drawer_pull", out, rot, 1.0, tol=0.01, max_steps=90, max_action=0.6),
         Segment("drawer_release", out, rot, -1.0, tol=1.0, min_steps=8, max_steps=8, stall=False),
         Segment("drawer_back", out + pull * 0.08 + np.array([0.0, 0.0, 0.05]), rot, -1.0, tol=0.02, max_steps=40),
-    ]
-
-
-def _drawer_push_segments(handle: np.ndarray, front: float, pull: np.ndarray, distance: float) -> list[Segment]:
-    """Close a drawer: the closed fingertips, pointing down, push the handle's front face ``distance`` metres.
-
-    handle: centre float64 [3] of the handle box (metres); front: its half depth along ``pull`` (the
-    opening direction, unit float64 [3]). The gripper comes down 2 cm in front of the handle with the
-    fingers closing across the push (the 21 cm long hand lies along the cabinet's front, not into the
-    drawers above), fingertips 3 mm below the handle's centre, and pushes along ``-pull``.
-    """
-    rot = gripper_down(math.atan2(pull[1], pull[0]))  # yaw 0 closes along world y: across the push
-    grip = handle + pull * (front + 0.02)
-    grip[2] = handle[2] + 0.012  # the grip site is 1.5 cm above the fingertips
-    pushed = grip - pull * (distance + 0.02)
-    return [
-        Segment("drawer_close_approach", grip + np.array([0.0, 0.0, 0.08]), rot, 1.0, tol=0.012, max_steps=80),
-        Segment("drawer_close_descend", grip, rot, 1.0, tol=0.006, max_steps=40),
-        Segment("drawer_push", pushed, rot, 1.0, tol=0.008, max_steps=90, max_action=0.6),
-        Segment("drawer_close_back", pushed + pull * 0.06 + np.array([0.0, 0.0, 0.06]), rot, 1.0, tol=0.02,
-                max_steps=40),
     ]
 
 

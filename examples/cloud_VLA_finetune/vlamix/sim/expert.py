@@ -16,9 +16,14 @@ roll-pitch-yaw as axis-angle (3) + gripper (1, -1 open / +1 close). robosuite 1.
 the rotation in the world frame (``goal = R(delta) @ R_current``).
 
 Pick-and-place goals (``on`` / ``in``) cover every task of ``libero_spatial`` and
-``libero_object`` and six of ``libero_goal``; drawers (``open``), knobs (``turnon``), pushing flat
-objects and "open the drawer, then put X in it" are primitives of :mod:`vlamix.sim.articulated`
-that this class runs. Other goals raise :class:`UnsupportedTaskError`. Which tasks are claimed
+``libero_object`` and six of ``libero_goal``; drawers (``open``), knobs (``turnon``) and pushing flat
+objects are primitives of :mod:`vlamix.sim.articulated` that this class runs. A conjunction of
+goals (LIBERO-10: "put both the alphabet soup and the tomato sauce in the basket", "turn on the
+stove and put the moka pot on it"; LIBERO-Goal: "open the top drawer and put the bowl inside") is
+run as a sequence of these primitives (:func:`parse_goals`), each step planned from the poses when
+it starts; objects sharing a region are put side by side (``ScriptedExpert._region_slot``), and wide
+solid objects such as a moka pot are grasped by a thin part (:func:`part_grasps`). Other goals
+(``close``, ``turnoff``, ...) raise :class:`UnsupportedTaskError`. Which tasks are claimed
 (measured success rate >= 0.8) is the one table :data:`SUPPORTED_TASKS` / :func:`supported_tasks`,
 used by config validation (``demos: scripted``) and by the recorder.
 
@@ -105,7 +110,7 @@ def supported_summary() -> str:
 
 
 class UnsupportedTaskError(ValueError):
-    """The task's BDDL goal is not a single pick-and-place predicate (``on`` / ``in``)."""
+    """The task's BDDL goal has a predicate without a scripted primitive (see :func:`parse_goals`)."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +315,9 @@ def part_grasps(corners: np.ndarray, obstacles) -> list[tuple]:
     """
     boxes = corners.reshape(-1, 8, 3)
     los, his = boxes.min(axis=1), boxes.max(axis=1)
-    xy = boxes[:, [0, 2, 4, 6], :2]  # the 4 distinct xy corners of each world box, [G, 4, 2]
+    # the 4 xy corners of each geom's world box, [G, 4, 2]
+    xy = np.stack([los[:, :2], np.stack([los[:, 0], his[:, 1]], axis=1), np.stack([his[:, 0], los[:, 1]], axis=1),
+                   his[:, :2]], axis=1)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     hand_u, hand_v, hand_dz = HAND_FOOTPRINT
     # centre of the geoms' volume: where the mass is (a moka pot's body, not its handle)
@@ -448,10 +455,10 @@ def _gripper_down(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ down
 
 
-#: Execution order of the predicates of a conjunctive goal (lower first; ties keep the BDDL order).
-#: Opening a drawer and turning a knob come first (a pot already on the stove would be in the way of
-#: the knob), then the pick-and-place goals, and closing last (what goes inside is put in first).
-GOAL_ORDER = {"open": 0, "turnon": 0, "on": 1, "in": 1, "close": 2}
+#: Execution order of the predicates of a conjunctive goal (lower first; ties keep the BDDL order):
+#: opening a drawer and turning a knob come before the pick-and-place goals (a pot already on the
+#: stove would stand next to the knob the gripper goes down to).
+GOAL_ORDER = {"open": 0, "turnon": 0, "on": 1, "in": 1}
 
 
 def _parse_predicate(inner, pred: tuple[str, ...]) -> tuple[str, str, str]:
@@ -467,9 +474,8 @@ def _parse_predicate(inner, pred: tuple[str, ...]) -> tuple[str, str, str]:
         if obj not in inner.objects_dict:
             raise UnsupportedTaskError(f"goal object '{obj}' is not a movable object of the task")
         return predicate, obj, target
-    if pred[0] in ("open", "close") and len(pred) == 2 and pred[1] in inner.object_sites_dict \
-            and drawer_joint(inner, pred[1]) is not None:
-        return pred[0], pred[1], ""
+    if pred[0] == "open" and len(pred) == 2 and pred[1] in inner.object_sites_dict and drawer_joint(inner, pred[1]) is not None:
+        return "open", pred[1], ""
     if pred[0] == "turnon" and len(pred) == 2:
         try:
             knob_joint(inner, pred[1])
@@ -477,24 +483,23 @@ def _parse_predicate(inner, pred: tuple[str, ...]) -> tuple[str, str, str]:
             raise UnsupportedTaskError(f"cannot turn on '{pred[1]}': {err}") from err
         return "turnon", pred[1], ""
     raise UnsupportedTaskError(
-        f"scripted expert supports on/in, open/close (drawer) and turnon (knob) goals, got {pred}"
+        f"scripted expert supports on/in, open (drawer) and turnon (knob) goals, got {pred}"
     )
 
 
 def parse_goals(env) -> list[tuple[str, str, str]]:
     """The task's goal predicates in the order the expert achieves them: ``[(predicate, argument, target)]``.
 
-    LIBERO's goal is a conjunction (``(:goal (And ...))``, checked all together at every step by
-    ``_check_success``); each predicate becomes one step of primitives: ``on`` / ``in`` with a
-    movable object (``target`` = object or region) is a pick-and-place, ``open`` / ``close`` of a
-    cabinet region with a drawer joint a drawer primitive, ``turnon`` of a fixture with a hinge a knob
-    turn (``target`` = "" for the last two). Steps are sorted by :data:`GOAL_ORDER` (stable), e.g.
-    LIBERO-10 "turn on the stove and put the moka pot on it" -> ``[turnon stove, on moka_pot]``,
-    "put the black bowl in the bottom drawer of the cabinet and close it" -> ``[in bowl, close drawer]``.
+    LIBERO's goal is a conjunction (``(:goal (And ...))``, all checked together at every step by
+    ``_check_success``); each predicate becomes one step run with the existing primitives: ``on`` /
+    ``in`` with a movable object (``target`` = object or region) is a pick-and-place, ``open`` of a
+    cabinet region with a drawer joint opens the drawer, ``turnon`` of a fixture with a hinge turns
+    its knob (``target`` = "" for these two). Steps are sorted by :data:`GOAL_ORDER` (stable), e.g.
+    LIBERO-10 "turn on the stove and put the moka pot on it" -> ``[turnon flat_stove_1, on moka_pot_1]``,
+    "put both the alphabet soup and the tomato sauce in the basket" -> two ``in`` steps in BDDL order.
 
     Raises:
-        UnsupportedTaskError: any predicate without a primitive (``turnoff``, ``close`` of a hinged
-            door, ...), naming it.
+        UnsupportedTaskError: any predicate without a primitive (``close``, ``turnoff``, ...), naming it.
     """
     inner = getattr(env, "env", env)
     goal = [tuple(str(t).lower() for t in g) for g in inner.parsed_problem["goal_state"]]
@@ -506,12 +511,12 @@ def parse_goals(env) -> list[tuple[str, str, str]]:
 
 @dataclass(frozen=True)
 class ProgramPlan:
-    """Plan of a scripted primitive (drawer, knob, push): the goal and its segments' names."""
+    """Plan of a scripted primitive (drawer, knob, push): the goal step and its segments' names."""
 
     predicate: str
     obj: str
     target: str
-    primitive: str  # "drawer", "knob", "push", or "drawer+place" (open, then pick-and-place)
+    primitive: str  # "drawer", "knob" or "push"
     segments: tuple[str, ...]
 
 
@@ -615,9 +620,8 @@ class ScriptedExpert:
         self._phase_steps = 0
         eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
         primitive = None
-        if predicate in ("open", "close"):
-            self.program = articulated.drawer_segments(self.inner, obj, eef, close=predicate == "close")
-            primitive = "drawer"
+        if predicate == "open":
+            self.program, primitive = articulated.drawer_segments(self.inner, obj, eef), "drawer"
         elif predicate == "turnon":
             self.program, primitive = articulated.knob_segments(self.inner, obj, eef), "knob"
         elif predicate == "on" and self._is_push(obj, target):
