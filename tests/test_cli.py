@@ -59,8 +59,8 @@ def test_evaluate_fails_when_every_episode_errored(tmp_path, monkeypatch, capsys
 
 def test_record_demos_of_an_unsupported_suite_is_bad_input(tmp_path, capsys):
     # before: UnsupportedTaskError traceback after the simulator started
-    assert cli.main(["record-demos", "--suites", "libero_10", "--tasks", "1", "--data-dir", str(tmp_path / "d")]) == 2
-    assert "libero_10" in _error_line(capsys)
+    assert cli.main(["record-demos", "--suites", "libero_90", "--tasks", "1", "--data-dir", str(tmp_path / "d")]) == 2
+    assert "libero_90" in _error_line(capsys)
     assert not (tmp_path / "d").exists()
 
 

@@ -33,7 +33,7 @@ CASES = [
     ("seed_2_32", {"seed": 2**32}, "seed", ["2**32", "4294967296"], "accepted; ValueError in train/state.py after recording"),
     ("eval_seed_2_32", {"eval_seed": 2**32}, "eval_seed", ["2**32"], "accepted; np.random.seed fails in every rollout, after training"),
     ("curriculum_malformed_static", {"curriculum": [{"step": 0}]}, "curriculum", ["phase 0", "{step, weights}"], "accepted; KeyError 'weights' in train_key"),
-    ("demos_scripted_libero_10", {"mixture": {"libero_10_no_noops": 1}}, "demos", ["libero_10_no_noops", "libero_spatial", "data_dir"], "accepted; UnsupportedTaskError traceback after the simulator started"),
+    ("demos_scripted_libero_90", {"mixture": {"libero_90_no_noops": 1}}, "demos", ["libero_90_no_noops", "libero_spatial", "data_dir"], "accepted; UnsupportedTaskError traceback after the simulator started"),
     ("demos_scripted_unsupported_goal_tasks", {"mixture": {"libero_goal_no_noops": 1}, "demo_tasks": 9}, "demo_tasks", ["libero_goal", "supports 8"], "accepted; UnsupportedTaskError after the simulator started"),
     ("demo_tasks_over_suite", {"demo_tasks": 11}, "demo_tasks", ["11", "supports 9", "libero_spatial"], "accepted; LIBERO IndexError in the recording worker"),
     ("learning_rate_yaml_string", {"learning_rate": "5e-4"}, "learning_rate", ["YAML 1.1", "5.0e-4", "0.0005"], "rejected without saying why ('got '5e-4'')"),
@@ -91,12 +91,12 @@ def test_complete_model_folder_and_recorded_dataset_pass(tmp_path):
     model = _model_folder(tmp_path, "config.json", "tokenizer_config.json")
     cfg = BenchConfig.from_dict({"mixture": SPATIAL, "model": model, "eval_tasks": 10, "trials_per_task": 50})
     assert cfg.model == model
-    # a present dataset needs no expert: libero_10 with its data in place is valid with demos: scripted
-    info = tmp_path / "data" / "libero_10_no_noops" / "1.0.0" / "dataset_info.json"
+    # a present dataset needs no expert: libero_90 with its data in place is valid with demos: scripted
+    info = tmp_path / "data" / "libero_90_no_noops" / "1.0.0" / "dataset_info.json"
     info.parent.mkdir(parents=True)
     info.write_text("{}")
-    cfg = BenchConfig.from_dict({"mixture": {"libero_10_no_noops": 1}, "data_dir": str(tmp_path / "data")})
-    assert cfg.selected_datasets() == ["libero_10_no_noops"]
+    cfg = BenchConfig.from_dict({"mixture": {"libero_90_no_noops": 1}, "data_dir": str(tmp_path / "data")})
+    assert cfg.selected_datasets() == ["libero_90_no_noops"]
 
 
 def test_curriculum_ignored_by_the_strategy_still_gives_a_train_key():

@@ -44,7 +44,7 @@ def test_goal_instructions_map_to_their_skills():
 def test_supported_task_table_and_first_n_supported_tasks():
     assert supported_tasks("libero_object") == frozenset(range(10))
     assert 4 not in supported_tasks("libero_spatial")  # measured 1/5
-    assert supported_tasks("libero_10") == frozenset()
+    assert supported_tasks("libero_90") == frozenset()
     goal = supported_tasks("libero_goal")
     assert goal == SUPPORTED_TASKS["libero_goal"] and goal <= frozenset(range(10))
     assert scripted_task_ids("libero_object", 3) == [0, 1, 2]
@@ -56,20 +56,20 @@ def test_supported_task_table_and_first_n_supported_tasks():
 def test_scripted_demos_refuse_suites_and_task_counts_without_an_expert(tmp_path):
     base = {"data_dir": str(tmp_path), "demos": "scripted"}
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({**base, "mixture": {SPATIAL: 1, "libero_10_no_noops": 1}})
+        BenchConfig.from_dict({**base, "mixture": {SPATIAL: 1, "libero_90_no_noops": 1}})
     assert err.value.field == "demos"
-    assert "libero_10" in str(err.value) and "libero_goal (tasks 0, 1, 2" in str(err.value)
+    assert "libero_90" in str(err.value) and "libero_goal (tasks 0, 1, 2" in str(err.value)
     n_goal = len(supported_tasks("libero_goal"))
     with pytest.raises(ConfigError) as err:
         BenchConfig.from_dict({**base, "mixture": {GOAL: 1}, "demo_tasks": n_goal + 1})
     assert err.value.field == "demo_tasks" and "libero_goal" in str(err.value)
     # present on disk: nothing to record, so no expert is needed
-    path = tmp_path / "libero_10_no_noops" / "1.0.0"
+    path = tmp_path / "libero_90_no_noops" / "1.0.0"
     path.mkdir(parents=True)
     (path / "dataset_info.json").write_text("{}")
-    assert BenchConfig.from_dict({**base, "mixture": {"libero_10_no_noops": 1}}).demos == "scripted"
+    assert BenchConfig.from_dict({**base, "mixture": {"libero_90_no_noops": 1}}).demos == "scripted"
     # real data (demos: none) is not limited by the expert
-    assert BenchConfig.from_dict({**base, "mixture": {"libero_10_no_noops": 1}, "demos": "none"}).demos == "none"
+    assert BenchConfig.from_dict({**base, "mixture": {"libero_90_no_noops": 1}, "demos": "none"}).demos == "none"
 
 
 def _episode(steps, seed, instruction):

@@ -94,7 +94,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         for suite in args.suites:  # before any simulator starts
             unsupported = sorted(set(task_ids) - supported_tasks(suite))
             if unsupported:
-                raise InputError(f"--suites: the scripted expert cannot record tasks {unsupported} of {suite}; "
+                option = "--suites" if not supported_tasks(suite) else (
+                    "--task-ids" if args.task_ids is not None else "--tasks")
+                raise InputError(f"{option}: the scripted expert cannot record tasks {unsupported} of {suite}; "
                                  f"it records {supported_summary()}")
     return int(record.run(args) or 0)
 

@@ -323,11 +323,11 @@ def record_demos(
         :class:`RecordStats`.
     Raises:
         ValueError: unknown suite / task id, bad counts.
-        vlamix.sim.expert.UnsupportedTaskError: a task's goal has no scripted primitive (see ``parse_goal``).
+        vlamix.sim.expert.UnsupportedTaskError: a task's goal has no scripted primitive (see ``parse_goals``).
         RuntimeError: TensorFlow is imported in this process.
     """
     from vlamix.sim import libero_env
-    from vlamix.sim.expert import ExpertConfig, ScriptedExpert, parse_goal
+    from vlamix.sim.expert import ExpertConfig, ScriptedExpert, parse_goals
 
     if "tensorflow" in sys.modules:
         raise RuntimeError("record_demos renders MuJoCo and must run in a process without TensorFlow (see record_suites)")
@@ -347,7 +347,7 @@ def record_demos(
         stats.per_task[info.task_id] = task
         env = make_recording_env(info)
         try:
-            parse_goal(env)  # fail before any attempt on a task the expert cannot do
+            parse_goals(env)  # fail before any attempt on a task the expert cannot do
             max_attempts = episodes_per_task * max_attempts_factor
             index = 0
             while task["successes"] < episodes_per_task and task["attempts"] < max_attempts and index < 4 * max_attempts:
