@@ -18,7 +18,8 @@ Cells are given as ``MODE:LR:STEPS`` (``full:1e-3:1500``); MODE is ``finetune_mo
 ``full``); ``--model`` picks the built-in preset (``tiny``, or ``tiny-p28`` with 64 instead of 256
 vision tokens per image). Cells that differ only in STEPS are one training run
 (``<out>/<model>_<mode>_lr<lr>/``): the longer cell resumes from the shorter one's checkpoint, and its
-training wall time adds up both segments. Results are appended to ``<out>/cells.jsonl`` as each cell finishes (a cell already
+training wall time adds up both segments; the episodes of a cell go to
+``<run>/episodes_s<STEPS>.jsonl``. Results are appended to ``<out>/cells.jsonl`` as each cell finishes (a cell already
 there is not run again) and the markdown table of all cells is printed at the end.
 
 Usage::
@@ -119,7 +120,7 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     if args.trials > 0:
         t1 = time.perf_counter()
         rows = evaluate_checkpoint(ckpt, suite, [args.task_id], args.trials,
-                                   out_jsonl=os.path.join(run_dir, "episodes.jsonl"), workers=args.workers, seed=args.seed)
+                                   out_jsonl=os.path.join(run_dir, f"episodes_s{cell['train_steps']}.jsonl"), workers=args.workers, seed=args.seed)
         summary = summarize(rows)
         row.update({
             "eval_seconds": round(time.perf_counter() - t1, 1), "episodes": summary["n_episodes"],
