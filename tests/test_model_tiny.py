@@ -244,3 +244,16 @@ def test_bf16_model_runs():
         ids = model.predict_action_ids(**processor.inference_inputs(_two_images(), INSTRUCTIONS))
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert ids.shape == (2, 7)
+
+
+def test_tiny_p28_preset_has_64_vision_tokens_and_round_trips(tmp_path):
+    """``tiny-p28``: the tiny preset with 28 px patches (docs/LEARNABILITY.md), saved and reloaded by name."""
+    model, processor = load_vla("tiny-p28")
+    assert model.num_patches == 64 and model.vision_backbone.featurizer.embed_dim == 64
+    inputs = processor.inference_inputs(_two_images(), [INSTRUCTIONS[1]] * 2)
+    ids = model.predict_action_ids(**inputs)
+    assert ids.shape == (2, 7) and ((ids >= 31744) & (ids <= 31999)).all()
+    save_vla(model, processor, str(tmp_path / "p28"))
+    again, _ = load_vla(str(tmp_path / "p28"))
+    assert again.num_patches == 64
+    assert torch.equal(again.predict_action_ids(**inputs), ids)

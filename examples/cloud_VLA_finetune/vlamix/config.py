@@ -24,7 +24,7 @@ from vlamix.mixing.loss_weights import LOSS_WEIGHTINGS
 from vlamix.mixing.weights import DYNAMIC_STRATEGIES, MIXING_LEVELS, STRATEGIES, default_level
 
 #: Built-in model configurations (no download); anything else is a checkpoint folder path.
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "tiny-p28")
 DEMO_SOURCES = ("scripted", "none")
 #: ``dro_reference`` value that measures the reference losses with the initial model.
 DRO_REFERENCE_INITIAL = "initial"
@@ -109,7 +109,8 @@ class BenchConfig:
             except around gripper changes. filter_motion_window: window length in steps (>= 1).
         dataset_whitelist / dataset_blacklist: dataset names to keep / remove from the mixture.
     Model
-        model: "tiny" (built-in, random init) or a path to an OpenVLA checkpoint folder.
+        model: "tiny" or "tiny-p28" (built-in, random init; see ``VLAConfig.tiny_p28``) or a path to an
+            OpenVLA checkpoint folder.
         lora_rank, lora_alpha, lora_dropout: peft LoRA on all linear layers (OpenVLA recipe:
             rank 32, alpha min(rank, 16), dropout 0).
         finetune_mode: "lora" (only the adapters train) or "full" (the base weights train too; the

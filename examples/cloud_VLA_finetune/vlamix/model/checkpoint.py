@@ -4,6 +4,7 @@
 
 - ``"tiny"``: the embedded CPU default (:meth:`VLAConfig.tiny`), random weights from a fixed seed
   (:data:`TINY_SEED`, :func:`vlamix.model.modeling.init_tiny_weights_`) and the tiny byte-level tokenizer;
+  ``"tiny-p28"`` is the same with 28 px patches (:meth:`VLAConfig.tiny_p28`, 64 vision tokens, faster on a CPU);
 - an official OpenVLA HF folder (e.g. ``openvla/openvla-7b`` downloaded by the user): ``config.json``,
   ``model.safetensors`` or shards ``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index.json``,
   tokenizer files, ``preprocessor_config.json`` and, for fine-tuned checkpoints, ``dataset_statistics.json``
@@ -65,9 +66,22 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
 
 
-def build_tiny(seed: int = TINY_SEED, norm_stats: dict | None = None) -> tuple[OpenVLAForActionPrediction, VLAProcessor]:
-    """The tiny preset on the CPU in float32: fresh deterministic weights for ``seed`` and its tokenizer."""
-    config = VLAConfig.tiny(norm_stats=norm_stats)
+#: Built-in presets (:data:`vlamix.config.BUILTIN_MODELS`) -> their configuration.
+TINY_PRESETS = {"tiny": VLAConfig.tiny, "tiny-p28": VLAConfig.tiny_p28}
+
+
+def build_tiny(
+    seed: int = TINY_SEED, norm_stats: dict | None = None, preset: str = "tiny"
+) -> tuple[OpenVLAForActionPrediction, VLAProcessor]:
+    """A tiny preset (``"tiny"`` or ``"tiny-p28"``) on the CPU in float32: fresh deterministic weights for
+    ``seed`` and its tokenizer.
+
+    Raises:
+        ValueError: unknown preset (names the allowed ones).
+    """
+    if preset not in TINY_PRESETS:
+        raise ValueError(f"preset: got {preset!r}; allowed: {', '.join(TINY_PRESETS)}")
+    config = TINY_PRESETS[preset](norm_stats=norm_stats)
     with torch.device("cpu"):
         model = OpenVLAForActionPrediction(config)
     init_tiny_weights_(model, seed)
@@ -98,7 +112,7 @@ def load_vla(
     """
     dtype = _resolve_dtype(dtype)
     if path_or_name in BUILTIN_MODELS:
-        model, processor = build_tiny()
+        model, processor = build_tiny(preset=path_or_name)
         return model.to(device=device, dtype=dtype).eval(), processor
     folder = str(path_or_name)
     config_path = os.path.join(folder, CONFIG_NAME)

@@ -272,6 +272,16 @@ class VLAConfig(PretrainedConfig):
         )
 
     @classmethod
+    def tiny_p28(cls, norm_stats: dict | None = None) -> "VLAConfig":
+        """The tiny preset with 28 px patches (both towers): 64 vision tokens per image instead of 256, same
+        224 px input, widths and LLM. About 2.4x faster per training step on a CPU (docs/LEARNABILITY.md);
+        the towers are the same timm ViTs with ``patch_size=28`` passed to ``timm.create_model``.
+        """
+        config = cls.tiny(norm_stats=norm_stats)
+        config.vision_tower_overrides = [dict(t, patch_size=28) for t in config.vision_tower_overrides]
+        return config
+
+    @classmethod
     def from_json_file(cls, json_file: str | os.PathLike) -> "VLAConfig":
         """Load an official ``config.json``, one of ours, or the fixture's ``tiny/config.json``.
 
