@@ -111,6 +111,16 @@ def test_default_grid_mixes_three_suites_with_a_skill_row_and_the_expert_referen
         (["libero_spatial", "libero_object", "libero_goal"], 1, 180)
 
 
+def test_learnable_job_varies_the_object_share_at_the_budget_that_learned_the_task():
+    job = os.path.join(EXAMPLE, "benchmarkingjob_learnable.yaml")
+    configs = validate_grid(expand_grid(load_job(job)))
+    assert [c.mixture_weights() for c in configs] == [{OBJECT: 1.0}, {OBJECT: 0.5, SPATIAL: 0.5}, {OBJECT: 0.25, SPATIAL: 0.75}]
+    for c in configs:  # the LEARNABILITY.md cell: tiny-p28, full fine-tuning, lr 5e-4, 3,000 steps, 10 demos
+        assert (c.model, c.finetune_mode, c.learning_rate, c.train_steps, c.batch_size) == ("tiny-p28", "full", 5e-4, 3000, 8)
+        assert (c.demo_tasks, c.demo_episodes_per_task) == (1, 10)
+        assert (c.resolved_eval_suites(), c.eval_tasks, c.trials_per_task) == (("libero_object",), 1, 20)
+
+
 def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
     points = expand_grid(load_job(JOB_7B))
     hps = [dict(p.basemodel.hyperparameters) for p in points]
