@@ -27,3 +27,19 @@ METRICS = [
     # racing (issue 12)
     "episodes_saved",
 ]
+
+#: The smallest end-to-end grid (two LoRA ranks, scripted demos of LIBERO-Spatial task 0, 2 training
+#: steps, one 3-step rollout per point): the budgets the real-Ianvs, Ray and end-to-end tests share.
+TINY_GRID = {
+    "mixture": [{"libero_spatial_no_noops": 1}],
+    "lora_rank": [4, 8],
+    "demo_tasks": [1],
+    "demo_episodes_per_task": [2],
+    "heldout_fraction": [0.5],
+    "train_steps": [2],
+    "batch_size": [2],
+    "eval_tasks": [1],
+    "trials_per_task": [1],
+    "eval_max_steps": [3],
+    "eval_workers": [1],
+}

@@ -14,24 +14,13 @@ import shutil
 import pytest
 import yaml
 
+from bench_constants import TINY_GRID
 from vlamix.bench import job as bench_job
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE_REL = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
 
-GRID = {
-    "mixture": [{"libero_spatial_no_noops": 1}],
-    "lora_rank": [4, 8],
-    "demo_tasks": [1],
-    "demo_episodes_per_task": [2],
-    "heldout_fraction": [0.5],
-    "train_steps": [2],
-    "batch_size": [2],
-    "eval_tasks": [1],
-    "trials_per_task": [1],
-    "eval_max_steps": [3],
-    "eval_workers": [1],
-}
+GRID = TINY_GRID
 
 
 @pytest.mark.libero

@@ -28,6 +28,7 @@ import time
 import pytest
 import yaml
 
+from bench_constants import TINY_GRID
 from vlamix.bench import job as bench_job
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -37,20 +38,7 @@ JOB_YAML = os.path.join(BENCH, "benchmarkingjob.yaml")
 ALGO_YAML = os.path.join(BENCH, "testalgorithms", "vla_dataselect", "vla_algorithm.yaml")
 JOB_DIR = os.path.join("workspace", "vla_mixture_bench")
 
-GRID = {
-    "mixture": [{"libero_spatial_no_noops": 1}],
-    "lora_rank": [4, 8],
-    "data_dir": ["../data/libero_rlds"],  # relative to the root: shared by both roots, recorded once
-    "demo_tasks": [1],
-    "demo_episodes_per_task": [2],
-    "heldout_fraction": [0.5],
-    "train_steps": [2],
-    "batch_size": [2],
-    "eval_tasks": [1],
-    "trials_per_task": [1],
-    "eval_max_steps": [3],
-    "eval_workers": [1],
-}
+GRID = dict(TINY_GRID, data_dir=["../data/libero_rlds"])  # relative to the root: shared by both roots, recorded once
 #: See the module docstring: one runs_dir beside the roots, or one per root.
 INDEPENDENT = os.environ.get("VLAMIX_IANVS_TEST_INDEPENDENT") == "1"
 RUNS_DIR = os.path.join("workspace", "vlamix_runs") if INDEPENDENT else os.path.join("..", "runs")

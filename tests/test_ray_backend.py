@@ -22,6 +22,7 @@ import yaml
 
 ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
 
+from bench_constants import TINY_GRID
 from vlamix.bench import job as bench_job
 from vlamix.bench import ray_backend
 from vlamix.config import ConfigError
@@ -279,17 +280,7 @@ def test_search_on_ray_runs_optuna_trials_as_rank_rows_and_resumes(tmp_path, mon
 
 
 # ------------------------------------------------------------------------------ the product path
-E2E_GRID = {  # the budgets of test_e2e_job.py
-    "mixture": [{"libero_spatial_no_noops": 1}],
-    "lora_rank": [4, 8],
-    "heldout_fraction": [0.5],
-    "train_steps": [2],
-    "batch_size": [2],
-    "eval_tasks": [1],
-    "trials_per_task": [1],
-    "eval_max_steps": [3],
-    "eval_workers": [1],
-}
+E2E_GRID = {k: v for k, v in TINY_GRID.items() if not k.startswith("demo_")}  # the budgets of test_e2e_job.py
 
 
 def _product_root(root, shared):

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from sim_attempts import expert_attempts
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.mixing.skills import skill_of
 from vlamix.sim import record
@@ -126,38 +127,11 @@ def test_three_suites_recorded_and_loaded_in_one_mixture(tmp_path, monkeypatch):
     assert shares[2] == pytest.approx(0.5, abs=0.12) and shares[0] == pytest.approx(0.25, abs=0.12)
 
 
-def _goal_attempts(task_ids):
-    """(spawn worker) One physics-only expert attempt per Goal task from start state 0 of seed 0."""
-    from vlamix.constants import SUITE_MAX_STEPS
-    from vlamix.sim.expert import ExpertConfig, ScriptedExpert
-    from vlamix.sim.libero_env import task_info
-    from vlamix.sim.record import make_recording_env, run_attempt, settle, start_seed
-
-    out = {}
-    for task_id in task_ids:
-        env = make_recording_env(task_info("libero_goal", task_id))
-        try:
-            seed = start_seed(0, "libero_goal", task_id, 0)
-            np.random.seed(seed)
-            env.reset()
-            obs, _ = settle(env)
-            rng = np.random.default_rng(seed)
-            expert = ScriptedExpert(env, ExpertConfig().jittered(rng), rng=rng)
-            plan = expert.reset(obs)
-            attempt = run_attempt(env, expert, obs, SUITE_MAX_STEPS["libero_goal"])
-            out[task_id] = {"done": attempt.success, "check_success": bool(env.check_success()),
-                            "primitive": getattr(plan, "primitive", "pick_place"), "steps": attempt.steps,
-                            "gripper": np.stack(attempt.actions)[:, 6], "failure": attempt.failure}
-        finally:
-            env.close()
-    return out
-
-
 @pytest.mark.libero
 def test_expert_opens_the_drawer_and_turns_on_the_stove():
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out = pool.submit(_goal_attempts, (0, 7)).result(timeout=900)
-    assert out[0]["primitive"] == "drawer" and out[7]["primitive"] == "knob"
+        out = pool.submit(expert_attempts, "libero_goal", (0, 7)).result(timeout=900)
+    assert out[0]["first"] == "drawer" and out[7]["first"] == "knob"
     for task_id in (0, 7):
         assert out[task_id]["failure"] is None
         assert out[task_id]["done"] is True and out[task_id]["check_success"] is True  # the env's own verdict

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from sim_attempts import expert_attempt
 from vlamix import cli
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.mixing.skills import skill_of
@@ -95,37 +96,11 @@ def test_goals_run_in_order_knob_before_placing_and_bddl_order_otherwise(monkeyp
         parse_goals(env)
 
 
-def _libero10_attempt(task_id):
-    """(spawn worker) One physics-only expert attempt on a LIBERO-10 task from start state 0 of seed 0."""
-    from vlamix.constants import SUITE_MAX_STEPS
-    from vlamix.sim.expert import ExpertConfig, ScriptedExpert
-    from vlamix.sim.libero_env import task_info
-    from vlamix.sim.record import make_recording_env, run_attempt, settle, start_seed
-
-    env = make_recording_env(task_info("libero_10", task_id))
-    try:
-        seed = start_seed(0, "libero_10", task_id, 0)
-        np.random.seed(seed)
-        env.reset()
-        obs, _ = settle(env)
-        rng = np.random.default_rng(seed)
-        expert = ScriptedExpert(env, ExpertConfig().jittered(rng), rng=rng)
-        first = expert.reset(obs)
-        held_at_start = [expert.goal_holds(step) for step in expert.steps]
-        attempt = run_attempt(env, expert, obs, SUITE_MAX_STEPS["libero_10"])
-        return {"steps_planned": expert.steps, "first": getattr(first, "primitive", "pick_place"),
-                "held_at_start": held_at_start, "held_at_end": [expert.goal_holds(step) for step in expert.steps],
-                "last_step": expert.step, "done": attempt.success, "check_success": bool(env.check_success()),
-                "steps": attempt.steps, "gripper": np.stack(attempt.actions)[:, 6], "failure": attempt.failure}
-    finally:
-        env.close()
-
-
 @pytest.mark.libero
 def test_expert_turns_on_the_stove_then_puts_the_moka_pot_on_it():
     """LIBERO-10 task 2: ``(And (Turnon flat_stove_1) (On moka_pot_1 flat_stove_1_cook_region))``."""
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out = pool.submit(_libero10_attempt, 2).result(timeout=900)
+        out = pool.submit(expert_attempt, "libero_10", 2).result(timeout=900)
     assert out["steps_planned"] == (("turnon", "flat_stove_1", ""), ("on", "moka_pot_1", "flat_stove_1_cook_region"))
     assert out["first"] == "knob" and out["held_at_start"] == [False, False]
     assert out["last_step"] == ("on", "moka_pot_1", "flat_stove_1_cook_region")  # the second step was reached
