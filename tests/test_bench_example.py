@@ -15,6 +15,7 @@ from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import load_job
 from vlamix.config import ConfigError
 from vlamix.constants import DATASET_TO_SUITE, LIBERO_SUITES
+from vlamix.pipeline import eval_key, train_key
 from bench_constants import METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -119,6 +120,19 @@ def test_learnable_job_varies_the_object_share_at_the_budget_that_learned_the_ta
         assert (c.model, c.finetune_mode, c.learning_rate, c.train_steps, c.batch_size) == ("tiny-p28", "full", 5e-4, 3000, 8)
         assert (c.demo_tasks, c.demo_episodes_per_task) == (1, 10)
         assert (c.resolved_eval_suites(), c.eval_tasks, c.trials_per_task) == (("libero_object",), 1, 20)
+
+
+def test_equal_exposure_job_reuses_the_learnable_points_and_adds_1_1_at_twice_the_steps():
+    """The fourth point gives the object task the 1:0 point's frames (6,000 steps x 1/2 = 3,000 x 1); the
+    first three are the learnable job's points exactly, so their train and eval keys (the cache) match."""
+    learnable = validate_grid(expand_grid(load_job(os.path.join(EXAMPLE, "benchmarkingjob_learnable.yaml"))))
+    configs = validate_grid(expand_grid(load_job(os.path.join(EXAMPLE, "benchmarkingjob_learnable_exposure.yaml"))))
+    assert [train_key(c) for c in configs[:3]] == [train_key(c) for c in learnable]
+    assert [eval_key(c) for c in configs] == [eval_key(learnable[0])] * 4
+    extra = configs[3]
+    assert extra.mixture_weights() == {OBJECT: 0.5, SPATIAL: 0.5} and extra.train_steps == 6000
+    assert extra.train_steps * extra.mixture_weights()[OBJECT] == learnable[0].train_steps * learnable[0].mixture_weights()[OBJECT]
+    assert train_key(extra) not in {train_key(c) for c in learnable}
 
 
 def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):

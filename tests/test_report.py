@@ -64,3 +64,23 @@ def test_strategy_rows_weights_and_filter_counts_in_the_report(tmp_path):
            "spatial 0.650, object 0.350 | spatial 0.648, object 0.352 |" in text
     assert "| doremi eta=1 c=0.05 K=5 ref=initial | spatial | 10 | 8 | 0 | 1 | 1 | 0 |" in text
     assert (tmp_path / "mixing_weights.png").stat().st_size > 1000
+
+
+def test_points_with_the_same_mixture_are_told_apart_by_the_fields_that_differ(tmp_path):
+    """Same strategy label at two budgets (the learnable job's equal-exposure point): every table names the
+    differing config field; identical configs (the same point in two algorithms) get ``#2``."""
+    from vlamix.report_kit import unique_labels
+
+    per_task = {"libero_object/0": {"success_rate": 0.5}}
+    short, long_, other = (_result([1, 1], sr, 0.2, 0.8, 20, per_task) for sr in (0.45, 0.6, 0.1))
+    short["config"].update(train_steps=3000, learning_rate=5e-4, seed=7)
+    long_["config"].update(train_steps=6000, learning_rate=5e-4, seed=7)
+    other["config"] = {"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1}, "train_steps": 3000}
+    twin = {**short, "config": dict(short["config"])}
+    labels = unique_labels([short, long_, other, twin])
+    assert labels == ["spatial:object=1:1 (train_steps=3000)", "spatial:object=1:1 (train_steps=6000)",
+                      "spatial:object=2:1", "spatial:object=1:1 (train_steps=3000) #2"]
+    assert [r["mixture"] for r in leaderboard_rows([short, long_], ranked=True)] == labels[:2]
+    text = open(write_report([long_, short], str(tmp_path), ranked=True)).read()
+    assert "| spatial:object=1:1 (train_steps=6000) | 0.50 |" in text  # per-task table
+    assert "spatial:object=1:1 (train_steps=3000) |    0.450" in text  # leaderboard

@@ -50,12 +50,14 @@ def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) ->
     Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, n_errors, worst_task_success_rate,
     action_token_accuracy, action_l1.
     """
+    from vlamix.report_kit import unique_labels
+
     rows = []
-    for res in results:
+    for res, label in zip(results, unique_labels(results)):
         summary, offline = res.get("summary", {}), res.get("offline", {})
         rows.append(
             {
-                "mixture": point_label(res),
+                "mixture": label,
                 "success_rate": summary.get("success_rate"),
                 "ci_low": summary.get("ci_low"),
                 "ci_high": summary.get("ci_high"),
@@ -101,7 +103,9 @@ def _per_task_matrix(results: Sequence[dict[str, Any]]) -> tuple[list[str], list
         for task in res.get("summary", {}).get("per_task", {}):
             if task not in tasks:
                 tasks.append(task)
-    labels = [point_label(r) for r in results]
+    from vlamix.report_kit import unique_labels
+
+    labels = unique_labels(results)
     matrix = [[r.get("summary", {}).get("per_task", {}).get(t, {}).get("success_rate") for t in tasks] for r in results]
     return labels, tasks, matrix
 
@@ -195,7 +199,10 @@ def _short(name: str) -> str:
 
 def _strategy_section(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     """Markdown on the data-ratio strategies and ``mixing_weights.png`` (points with mixing info)."""
-    points = [(point_label(r), r["mixing"]) for r in results if isinstance(r.get("mixing"), dict) and r["mixing"].get("final_weights")]
+    from vlamix.report_kit import unique_labels
+
+    points = [(label, r["mixing"]) for label, r in zip(unique_labels(results), results)
+              if isinstance(r.get("mixing"), dict) and r["mixing"].get("final_weights")]
     if not points:
         return []
     lines = ["## Data-ratio strategies", "",

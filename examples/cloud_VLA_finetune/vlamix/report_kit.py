@@ -40,14 +40,46 @@ PACKAGES = ("torch", "transformers", "peft", "timm", "tensorflow-cpu", "mujoco",
 
 
 def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
-    """:func:`vlamix.report.point_label` of each point, made unique with `` #2``, `` #3`` suffixes."""
+    """:func:`vlamix.report.point_label` of each point, made unique.
+
+    Points whose strategy label is the same (``static object:spatial=1:1`` at 3,000 and at 6,000
+    training steps) get the config fields that differ among them appended, in config order:
+    ``static object:spatial=1:1 (train_steps=6000)``. Points whose configs are equal too (the same
+    point in two algorithms) get `` #2``, `` #3`` suffixes.
+
+    Args:
+        results: prediction dicts with ``config`` (the point's :class:`vlamix.config.BenchConfig` as
+            a dict) and ``mixing``.
+
+    Returns:
+        One label (str) per result, in order; all distinct.
+    """
+    import json
+
     from vlamix.report import point_label
 
-    labels, seen = [], {}
-    for res in results:
-        label = point_label(res)
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+    base = [point_label(res) for res in results]
+    labels = list(base)
+    for label in set(base):
+        group = [i for i, b in enumerate(base) if b == label]
+        if len(group) < 2:
+            continue
+        configs = [results[i].get("config") or {} for i in group]
+        names = list(dict.fromkeys(n for c in configs for n in c))
+        differ = [n for n in names if len({json.dumps(c.get(n), sort_keys=True, default=str) for c in configs}) > 1]
+        for i, config in zip(group, configs):
+            if differ:
+                labels[i] = f"{label} ({', '.join(f'{n}={text(config.get(n))}' for n in differ)})"
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
         seen[label] = seen.get(label, 0) + 1
-        labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+        if seen[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
     return labels
 
 
