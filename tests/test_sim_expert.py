@@ -2,56 +2,21 @@
 
 Everything that touches MuJoCo runs in ``spawn`` worker processes (TensorFlow may already be loaded
 in the pytest process by other test files; TF + MuJoCo EGL rendering segfaults). The worker helper
-lives at module level so that the spawn child can import it; this module imports no TensorFlow.
+(``sim_attempts.expert_attempt``) lives in a module the spawn child can import; this module imports no
+TensorFlow.
 """
 
-import concurrent.futures
-import multiprocessing
 
 import numpy as np
 import pytest
 
+from sim_attempts import expert_attempt, in_spawn_worker
 from vlamix.constants import SUITE_MAX_STEPS
-
-
-def _expert_attempt(suite, task_id, index):
-    """(spawn worker) One physics-only expert attempt from start state ``index``; the env's own verdicts."""
-    from vlamix.sim.expert import ExpertConfig, ScriptedExpert
-    from vlamix.sim.libero_env import task_info
-    from vlamix.sim.record import settle, make_recording_env, run_attempt, start_seed
-
-    env = make_recording_env(task_info(suite, task_id))
-    try:
-        seed = start_seed(0, suite, task_id, index)
-        np.random.seed(seed)
-        env.reset()
-        obs, shift = settle(env)
-        rng = np.random.default_rng(seed)
-        expert = ScriptedExpert(env, ExpertConfig().jittered(rng), rng=rng)
-        plan = expert.reset(obs)
-        attempt = run_attempt(env, expert, obs, SUITE_MAX_STEPS[suite])
-        return {
-            "done": attempt.success,
-            "check_success": bool(env.check_success()),
-            "steps": attempt.steps,
-            "actions": np.stack(attempt.actions),
-            "phase": expert.phase,
-            "failure": attempt.failure,
-            "settle_shift": shift,
-            "goal": (plan.predicate, plan.obj, plan.target),
-        }
-    finally:
-        env.close()
-
-
-def _in_spawn_worker(fn, *args):
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result(timeout=900)
 
 
 @pytest.mark.libero
 def test_scripted_expert_succeeds_in_libero_object():
-    out = _in_spawn_worker(_expert_attempt, "libero_object", 2, 0)
+    out = in_spawn_worker(expert_attempt, "libero_object", 2, 0)
     assert out["goal"] == ("in", "salad_dressing_1", "basket_1_contain_region")
     assert out["settle_shift"] < 0.025
     assert out["failure"] is None

@@ -6,14 +6,12 @@ The full per-task success rates (10 start states per task, seed 1000) are in the
 simulator test here uses two tasks, start state 0 of seed 0.
 """
 
-import concurrent.futures
-import multiprocessing
 import os
 
 import numpy as np
 import pytest
 
-from sim_attempts import expert_attempts
+from sim_attempts import expert_attempts, in_spawn_worker
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.mixing.skills import skill_of
 from vlamix.sim import record
@@ -129,8 +127,7 @@ def test_three_suites_recorded_and_loaded_in_one_mixture(tmp_path, monkeypatch):
 
 @pytest.mark.libero
 def test_expert_opens_the_drawer_and_turns_on_the_stove():
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out = pool.submit(expert_attempts, "libero_goal", (0, 7)).result(timeout=900)
+    out = in_spawn_worker(expert_attempts, "libero_goal", (0, 7))
     assert out[0]["first"] == "drawer" and out[7]["first"] == "knob"
     for task_id in (0, 7):
         assert out[task_id]["failure"] is None

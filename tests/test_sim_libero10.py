@@ -7,14 +7,12 @@ The per-task success rates (10 start states per task, seed 1000) are in the READ
 test here uses start state 0 of seed 0.
 """
 
-import concurrent.futures
-import multiprocessing
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from sim_attempts import expert_attempt
+from sim_attempts import expert_attempt, in_spawn_worker
 from vlamix import cli
 from vlamix.config import BenchConfig, ConfigError
 from vlamix.mixing.skills import skill_of
@@ -99,8 +97,7 @@ def test_goals_run_in_order_knob_before_placing_and_bddl_order_otherwise(monkeyp
 @pytest.mark.libero
 def test_expert_turns_on_the_stove_then_puts_the_moka_pot_on_it():
     """LIBERO-10 task 2: ``(And (Turnon flat_stove_1) (On moka_pot_1 flat_stove_1_cook_region))``."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out = pool.submit(expert_attempt, "libero_10", 2).result(timeout=900)
+    out = in_spawn_worker(expert_attempt, "libero_10", 2)
     assert out["steps_planned"] == (("turnon", "flat_stove_1", ""), ("on", "moka_pot_1", "flat_stove_1_cook_region"))
     assert out["first"] == "knob" and out["held_at_start"] == [False, False]
     assert out["last_step"] == ("on", "moka_pot_1", "flat_stove_1_cook_region")  # the second step was reached
