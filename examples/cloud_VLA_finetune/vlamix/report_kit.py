@@ -54,14 +54,8 @@ def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
     Returns:
         One label (str) per result, in order; all distinct.
     """
-    import json
-
     from vlamix.report import point_label
-
-    def text(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:g}"
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    from vlamix.report_sweep import field_text, varying_fields
 
     base = [point_label(res) for res in results]
     labels = list(base)
@@ -70,11 +64,10 @@ def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
         if len(group) < 2:
             continue
         configs = [results[i].get("config") or {} for i in group]
-        names = list(dict.fromkeys(n for c in configs for n in c))
-        differ = [n for n in names if len({json.dumps(c.get(n), sort_keys=True, default=str) for c in configs}) > 1]
+        differ = varying_fields(configs)
         for i, config in zip(group, configs):
             if differ:
-                labels[i] = f"{label} ({', '.join(f'{n}={text(config.get(n))}' for n in differ)})"
+                labels[i] = f"{label} ({', '.join(field_text(n, config.get(n)) for n in differ)})"
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
         seen[label] = seen.get(label, 0) + 1

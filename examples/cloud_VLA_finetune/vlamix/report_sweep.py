@@ -75,14 +75,24 @@ def sweep_axes(predictions: Sequence[dict[str, Any]]) -> list[str]:
     return axes
 
 
+def varying_fields(configs: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> list[str]:
+    """Config fields (first-seen order) whose values differ among ``configs``, except those in ``skip``."""
+    names = list(dict.fromkeys(n for c in configs for n in c))
+    return [n for n in names if n not in skip and len({_key(c.get(n)) for c in configs}) > 1]
+
+
+def field_text(name: str, value: Any) -> str:
+    """``name=value`` as labels show it (floats ``%g``, mixtures ``spatial=1:object=2``)."""
+    return f"{name}={_short(value)}"
+
+
 def _families(predictions: Sequence[dict[str, Any]], axis: str) -> list[tuple[str, list[dict[str, Any]]]]:
     """Points grouped by the values of the other varying config fields; label ``a=x, b=y`` ("all" if none)."""
     configs = [p.get("config") or {} for p in predictions]
-    names = list(dict.fromkeys(n for c in configs for n in c))
-    varying = [n for n in names if n != axis and len({_key(c.get(n)) for c in configs}) > 1]
+    varying = varying_fields(configs, skip=(axis,))
     groups: dict[str, list[dict[str, Any]]] = {}
     for p, c in zip(predictions, configs):
-        label = ", ".join(f"{n}={_short(c.get(n))}" for n in varying) or "all"
+        label = ", ".join(field_text(n, c.get(n)) for n in varying) or "all"
         groups.setdefault(label, []).append(p)
     return list(groups.items())
 
