@@ -112,3 +112,31 @@ def make_env_recording_slot(settings, marker_dir=None):
     with open(os.path.join(marker_dir, f"lp_{os.getpid()}"), "w") as fh:
         fh.write(os.environ.get("LP_NUM_THREADS", ""))
     return FakeSlot({}, marker_dir)
+
+
+class BrightSlot:
+    """Env slot without a simulator that never succeeds: 224 px images, all dark (< 40) for ``dark_tasks``, bright otherwise."""
+
+    def __init__(self, dark_tasks):
+        self.dark_tasks = tuple(dark_tasks)
+        self.physics_s = self.render_s = self.preprocess_s = 0.0
+
+    def _image(self):
+        rng = np.random.default_rng(self.spec.task_id * 100 + self.t)
+        low, high = (0, 40) if self.spec.task_id in self.dark_tasks else (100, 256)
+        return rng.integers(low, high, (224, 224, 3), dtype=np.uint8)
+
+    def begin(self, spec):
+        self.spec, self.t = spec, 0
+        return self._image()
+
+    def step(self, action):
+        self.t += 1
+        return self._image(), False
+
+    def close(self):
+        pass
+
+
+def make_bright_slot(settings, dark_tasks=()):
+    return BrightSlot(dark_tasks)

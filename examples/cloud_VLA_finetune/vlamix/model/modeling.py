@@ -49,6 +49,72 @@ logger = logging.getLogger(__name__)
 
 #: ``logits`` modes of :meth:`OpenVLAForActionPrediction.forward`.
 LOGITS_MODES = ("all", "labeled", "last", "none")
+#: Attention implementations of the language model that :func:`attention_mask_4d` builds masks for.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced a NaN/Inf logit while decoding; the decoded action would be arbitrary.
+
+    Attributes:
+        rows: batch rows (ints) whose logits were not finite at some decoding step.
+    """
+
+    def __init__(self, rows: list[int], steps: int):
+        self.rows = list(rows)
+        super().__init__(
+            f"non-finite action logits in batch row(s) {self.rows} (within {steps} decoding step(s)); "
+            "the decoded action would be arbitrary, so none is returned"
+        )
+
+
+def attention_mask_4d(
+    token_mask: torch.Tensor,
+    query_length: int,
+    dtype: torch.dtype,
+    *,
+    causal: bool = True,
+    implementation: str = "sdpa",
+) -> torch.Tensor:
+    """The language model's attention mask, built so that NO query row is fully masked.
+
+    Query ``i`` of the last ``query_length`` positions (absolute position ``p = K - Q + i``) attends key ``j``
+    when key ``j`` is a token (``token_mask[b, j] == 1``) and, if ``causal``, ``j <= p``. A query that is itself
+    padding (a left pad of a batched prompt, a right pad of a training batch) attends to its own position only.
+    Such a row would otherwise attend to nothing: transformers 5.x (``masking_utils.sdpa_mask``) no longer
+    un-masks it, and some CUDA SDPA kernels return NaN for it; one NaN in a pad row then reaches the real tokens
+    of the next layer through ``0 * NaN`` and turns the logits into NaN. Pad keys stay masked for every real
+    query, so the real tokens' outputs are those of the unpadded sequence.
+
+    Args:
+        token_mask: int/bool [B, K], 1 = token, 0 = padding, over every key position (cache + new tokens).
+        query_length: Q, the number of new positions (K for a prefill, 1 for a KV-cache decoding step).
+        dtype: compute dtype of the attention (used by "eager").
+        causal: causal attention (OpenVLA); False = bidirectional over all non-pad keys (OpenVLA-OFT).
+        implementation: "sdpa" -> bool [B, 1, Q, K] (True = attend); "eager" -> additive float ``dtype``
+            [B, 1, Q, K] (0 = attend, ``finfo(dtype).min`` = masked), as transformers' eager attention adds it.
+    Returns:
+        the mask, on ``token_mask``'s device.
+    Raises:
+        ValueError: unknown implementation, or ``query_length`` outside [1, K].
+    """
+    if implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"implementation: got {implementation!r}; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    B, K = token_mask.shape
+    if not 1 <= query_length <= K:
+        raise ValueError(f"query_length must be in [1, {K}], got {query_length}")
+    keys = token_mask.to(torch.bool)  # [B, K]
+    q_pos = torch.arange(K - query_length, K, device=token_mask.device)  # [Q] absolute positions
+    k_pos = torch.arange(K, device=token_mask.device)  # [K]
+    allowed = keys[:, None, None, :].expand(B, 1, query_length, K)
+    if causal:
+        allowed = allowed & (k_pos[None, :] <= q_pos[:, None])[None, None]
+    self_only = ~keys[:, K - query_length :]  # [B, Q] pad queries
+    diagonal = (k_pos[None, :] == q_pos[:, None])[None, None]  # [1, 1, Q, K]
+    allowed = torch.where(self_only[:, None, :, None], diagonal, allowed)
+    if implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 # ============================================================================ vision towers
@@ -296,6 +362,26 @@ class OpenVLAForActionPrediction(nn.Module):
         vb = self.vision_backbone
         return [vb.featurizer] + ([vb.fused_featurizer] if vb.fused_featurizer is not None else [])
 
+    @property
+    def attn_implementation(self) -> str:
+        """The language model's attention implementation ("sdpa" or "eager")."""
+        return str(self.language_model.config._attn_implementation)
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        """Switch the language model between "sdpa" and "eager" attention (same weights, same outputs).
+
+        Raises:
+            ValueError: another implementation (our masks are built for these two only).
+        """
+        if implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation: got {implementation!r}; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
+        self.language_model.set_attn_implementation(implementation)
+
+    def llm_attention_mask(self, token_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+        """4-D mask of the language model for the last ``query_length`` of the ``token_mask`` [B, K] positions:
+        :func:`attention_mask_4d` (no fully masked query row) for this model's attention implementation."""
+        return attention_mask_4d(token_mask, query_length, self.dtype, causal=True, implementation=self.attn_implementation)
+
     def _apply(self, fn, recurse: bool = True):
         # ``.to(dtype)`` would also cast the rotary inverse frequencies; keep them float32 as transformers builds them.
         result = super()._apply(fn, recurse)
@@ -411,7 +497,7 @@ class OpenVLAForActionPrediction(nn.Module):
         )
         out = self.language_model.model(
             inputs_embeds=embeds,
-            attention_mask=mask,
+            attention_mask=self.llm_attention_mask(mask, embeds.shape[1]),
             position_ids=position_ids,
             use_cache=False,
             output_hidden_states=output_hidden_states,
@@ -456,6 +542,7 @@ class OpenVLAForActionPrediction(nn.Module):
         *,
         action_dim: int = 7,
         return_logits: bool = False,
+        check_finite: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Batched greedy decoding of ``action_dim`` tokens with a KV cache.
 
@@ -468,10 +555,14 @@ class OpenVLAForActionPrediction(nn.Module):
             pixel_values: float [B, 6, 224, 224]. input_ids: int64 [B, L] ending with the action prefix (the empty
                 token 29871 for the Llama tokenizer). attention_mask: [B, L] or None (all ones).
             action_dim: tokens to generate (7). return_logits: also return the logits of every step.
+            check_finite: raise :class:`NonFiniteLogitsError` when a row's logits are not all finite at some step
+                (one device sync per call, after the last step); False only for diagnostics.
         Returns:
             int64 [B, action_dim] token ids, and float [B, action_dim, V] logits if ``return_logits``.
         Raises:
             ValueError: a row does not end with an attended token (right padding).
+            NonFiniteLogitsError: a NaN/Inf logit (argmax over it would pick an arbitrary id, and the action
+                de-tokenised from it would look valid); its ``rows`` name the batch rows.
         """
         if attention_mask is not None and not bool((attention_mask[:, -1] != 0).all()):
             raise ValueError("predict_action_ids needs LEFT-padded prompts (the last position of every row attended)")
@@ -479,10 +570,13 @@ class OpenVLAForActionPrediction(nn.Module):
         llm = self.language_model.model
         lm_head = self.get_output_embeddings()
         cache = DynamicCache(config=self.language_model.config)
-        out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = llm(inputs_embeds=embeds, attention_mask=self.llm_attention_mask(mask, embeds.shape[1]),
+                  position_ids=position_ids, past_key_values=cache, use_cache=True)
         step_logits = lm_head(out.last_hidden_state[:, -1])  # [B, V]
         ids, all_logits = [], []
+        finite = torch.ones(step_logits.shape[0], dtype=torch.bool, device=step_logits.device)  # [B], no sync per step
         for step in range(action_dim):
+            finite &= torch.isfinite(step_logits).all(dim=-1)
             next_ids = step_logits.argmax(dim=-1)  # [B]
             ids.append(next_ids)
             if return_logits:
@@ -493,12 +587,14 @@ class OpenVLAForActionPrediction(nn.Module):
             position_ids = position_ids[:, -1:] + 1
             out = llm(
                 inputs_embeds=self.get_input_embeddings()(next_ids[:, None]),
-                attention_mask=mask,
+                attention_mask=self.llm_attention_mask(mask, 1),
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
             )
             step_logits = lm_head(out.last_hidden_state[:, -1])
+        if check_finite and not bool(finite.all()):
+            raise NonFiniteLogitsError(torch.nonzero(~finite).flatten().tolist(), action_dim)
         token_ids = torch.stack(ids, dim=1)
         if return_logits:
             return token_ids, torch.stack(all_logits, dim=1)
