@@ -21,8 +21,10 @@ GPU part (``--model openvla-7b-random --device cuda``): the OpenVLA-7B architect
 weights in bf16 (``benchmarks/bench_openvla7b_gpu.py``'s builder: official shapes, nothing
 downloaded) behind ``VLAPolicy``, driven by the same rollout runtime (:func:`evaluate` with env
 workers) with synthetic env slots (random 224 px images, ``--env-ms`` of CPU work per step, since
-LIBERO's assets do not travel to the GPU machine) at 1, 8 and 16 environments: env-steps/s, policy
-latency per batch, GPU memory peak. Prompts use the tiny preset's tokenizer (the Llama tokenizer
+LIBERO's assets do not travel to the GPU machine) at policy batches of 1 (1 worker x 1 env, lock-step),
+8 (4 workers x 4 envs) and 16 (8 workers x 4 envs; double buffering serves half the slots per call,
+:func:`vlamix.eval.server.policy_batch_size`): env-steps/s, policy latency per batch, the batch the
+rows record (``max_served_batch``), full batches, GPU memory peak. Prompts use the tiny preset's tokenizer (the Llama tokenizer
 is not downloaded), so prompt lengths differ slightly from the real ones.
 
 Prints ONE JSON object on stdout (progress on stderr). Not part of the test suite.
@@ -219,7 +221,10 @@ def run_gpu(args) -> dict:
         policy.act(images[:b], ["pick up the black bowl"] * b, "libero_spatial")
     if cuda:
         torch.cuda.synchronize(device)
-    for n_envs, workers, epw in ((1, 1, 1), (8, 4, 2), (16, 8, 2)):
+    # (policy batch per call, workers, envs per worker): lock-step 1 x 1; double buffering 4 x 4 = 16 slots in
+    # two groups of 8, and 8 x 4 = 32 slots in two groups of 16 (vlamix.eval.server.policy_batch_size)
+    for batch, workers, epw in ((1, 1, 1), (8, 4, 4), (16, 8, 4)):
+        n_envs = workers * epw
         episodes = n_envs * args.gpu_episodes_per_env
         specs = [EpisodeSpec("libero_spatial", 0, k, k, "pick up the black bowl and place it on the plate")
                  for k in range(episodes)]
@@ -232,18 +237,20 @@ def run_gpu(args) -> dict:
                         slot_factory=functools.partial(_synthetic_slot_env, env_ms=args.env_ms))
         wall = time.perf_counter() - t0
         steps = sum(r["steps"] for r in rows)
-        full = [b for b, _, _ in stats["batch_log"] if b == n_envs]
-        out["runs"][f"{n_envs}_envs"] = {
-            "workers": workers, "envs_per_worker": epw, "episodes": episodes, "env_steps": steps,
+        full = [b for b, _, _ in stats["batch_log"] if b == batch]
+        out["runs"][f"batch_{batch}"] = {
+            "workers": workers, "envs_per_worker": epw, "env_slots": n_envs, "policy_batch": rows[0]["policy_batch"],
+            "max_served_batch": max(r["batch_size"] for r in rows), "episodes": episodes, "env_steps": steps,
             "wall_s": round(wall, 2), "env_steps_per_s": round(steps / wall, 2),
             "policy_latency_per_batch_ms": round(1000 * stats["policy_s"] / max(1, stats["rounds"]), 1),
             "policy_actions_per_s": round(steps / stats["policy_s"], 2), "full_batches": len(full),
             "rounds": stats["rounds"], "gpu_peak_mem_gb": peak(),
             "errors": sum(1 for r in rows if r["error"]),
         }
-        logger.info("%d envs: %s", n_envs, out["runs"][f"{n_envs}_envs"])
-    r1, r16 = out["runs"]["1_envs"], out["runs"]["16_envs"]
-    out["gpu_speedup_8_vs_1"] = round(out["runs"]["8_envs"]["env_steps_per_s"] / r1["env_steps_per_s"], 2)
+        assert rows[0]["policy_batch"] == batch, (rows[0]["policy_batch"], batch)
+        logger.info("policy batch %d: %s", batch, out["runs"][f"batch_{batch}"])
+    r1, r16 = out["runs"]["batch_1"], out["runs"]["batch_16"]
+    out["gpu_speedup_8_vs_1"] = round(out["runs"]["batch_8"]["env_steps_per_s"] / r1["env_steps_per_s"], 2)
     out["gpu_speedup_16_vs_1"] = round(r16["env_steps_per_s"] / r1["env_steps_per_s"], 2)
     out["gpu_policy_actions_per_s_16_vs_1"] = round(r16["policy_actions_per_s"] / r1["policy_actions_per_s"], 2)
     out["gpu_peak_mem_gb"] = max(r["gpu_peak_mem_gb"] for r in out["runs"].values()) if cuda else None

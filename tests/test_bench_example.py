@@ -139,13 +139,16 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path):
     points = expand_grid(load_job(JOB_7B))
     hps = [dict(p.basemodel.hyperparameters) for p in points]
     ratios = [(h["mixture"][SPATIAL], h["mixture"][OBJECT]) for h in hps]
+    from vlamix.eval.server import policy_batch_size
+
+    assert {policy_batch_size(h["eval_workers"], h["envs_per_worker"]) for h in hps} == {16}
     assert ratios == [(1, 0), (3, 1), (2, 1), (1, 1), (1, 2), (1, 3), (0, 1)]
     for h in hps:
         assert h["model"] == "./models/openvla-7b" and h["data_dir"] == "./data/modified_libero_rlds"
         assert h["demos"] == "none" and h["precision"] == "bf16"
         assert h["trials_per_task"] == 50 and h["eval_tasks"] is None
-        # one batched policy on the GPU (bf16 by default there) for 8 env workers x 2 LIBERO envs
-        assert (h["eval_workers"], h["envs_per_worker"], h["eval_device"], h["eval_dtype"]) == (8, 2, "auto", "auto")
+        # one batched policy on the GPU (bf16 by default there) for 8 env workers x 4 LIBERO envs: batch 16 per call
+        assert (h["eval_workers"], h["envs_per_worker"], h["eval_device"], h["eval_dtype"]) == (8, 4, "auto", "auto")
         assert h["eval_suites"] == ["libero_spatial", "libero_object"]
     # without the checkpoint and the RLDS data the job fails before any point runs
     if not os.path.isdir("./data/modified_libero_rlds"):

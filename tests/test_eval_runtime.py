@@ -53,8 +53,10 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
                     slot_factory=_fake(tmp_path), stats=stats, progress=False, videos="all", videos_per_task=2)
     # every fake episode succeeds at its own length only if it got the actions for its own images
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
-    assert all(r["attempts"] == 1 and r["error"] is None and (r["batch_size"], r["env_slots"]) == (2, 4)
+    assert all(r["attempts"] == 1 and r["error"] is None and (r["policy_batch"], r["env_slots"]) == (2, 4)
                for r in rows)
+    # batch_size is the batch each episode was really served in: 2 while both slots of its group ran
+    assert [r["batch_size"] for r in rows[:4]] == [2] * 4 and all(r["batch_size"] in (1, 2) for r in rows)
     # slots take episodes in plan order, each exactly once
     assert [key for _, key, _ in stats["assign_log"]] == [s.key for s in specs]
     # two env slots per worker: double buffering between the slot groups {0, 2} and {1, 3}, which the
@@ -80,13 +82,34 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
     assert sorted(os.listdir(tmp_path / "videos")) == sorted(os.path.basename(r["video"]) for r in videos)
 
 
+def test_the_policy_batch_is_the_slot_group_and_odd_env_counts_are_refused(tmp_path):
+    from vlamix.eval.server import policy_batch_size
+
+    # 8 workers x 4 envs: 32 slots in two groups of 16, so every policy call can get 16 images
+    assert policy_batch_size(8, 4) == 16 and policy_batch_size(8, 2) == 8 and policy_batch_size(3, 1) == 3
+    specs = _specs(tasks=2, trials=8)  # 16 episodes on 2 workers x 4 slots: groups of 4
+    stats = {}
+    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=4, max_steps=8, slot_factory=_fake(tmp_path),
+                    stats=stats, progress=False)
+    assert [len(g) for g in stats["groups"]] == [4, 4]
+    assert max(b for b, _, _ in stats["batch_log"]) == 4 == rows[0]["policy_batch"] == rows[0]["batch_size"]
+    assert all(r["success"] for r in rows)
+    with pytest.raises(ValueError, match="envs_per_worker must be 1 .* or an even number"):
+        evaluate(ImagePolicy, specs, workers=2, envs_per_worker=3, slot_factory=_fake(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match="envs_per_worker"):
+        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "envs_per_worker": 3, "demos": "scripted"})
+    assert BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_workers": 8, "envs_per_worker": 4,
+                                  "demos": "scripted"}).policy_batch_size() == 16
+
+
 def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
     specs = _specs(tasks=2, trials=3)  # 6 episodes on 3 workers x 1 slot
     stats = {}
     rows = evaluate(ImagePolicy, specs, workers=3, envs_per_worker=1, max_steps=8, slot_factory=_fake(tmp_path),
                     stats=stats, progress=False)
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
-    assert stats["groups"] == [[0, 1, 2]] and all((r["batch_size"], r["env_slots"]) == (3, 3) for r in rows)
+    assert stats["groups"] == [[0, 1, 2]] and all((r["policy_batch"], r["env_slots"]) == (3, 3) for r in rows)
+    assert [r["batch_size"] for r in rows[:3]] == [3] * 3
     # lock-step: the policy acts on every slot that did not just end, in the same round
     waiting_rounds = [(b, e) for b, e, pending in stats["batch_log"] if pending > 0]
     assert waiting_rounds and all(b + e == 3 for b, e in waiting_rounds)
@@ -327,7 +350,7 @@ def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch
     monkeypatch.setattr("vlamix.eval.plan.plan_episodes", lambda *a, **k: two)
     monkeypatch.setattr("vlamix.sim.record.ensure_demo_datasets", lambda cfg: None)  # the offline held-out set
     monkeypatch.setattr("vlamix.eval.offline.offline_metrics", lambda *a, **k: {})
-    algo = VLADataSelect(mixture={SPATIAL: 1}, eval_device="cpu", eval_dtype="bf16", envs_per_worker=3,
+    algo = VLADataSelect(mixture={SPATIAL: 1}, eval_device="cpu", eval_dtype="bf16", envs_per_worker=4,
                          eval_episode_timeout_s=60, eval_max_attempts=4, eval_videos="failures",
                          eval_videos_per_task=1, runs_dir=str(tmp_path))
     os.makedirs(tmp_path / "ckpt" / "eval")
@@ -336,7 +359,7 @@ def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch
     result = algo.predict()
     assert {k: calls[0][k] for k in ("device", "dtype", "envs_per_worker", "episode_timeout_s", "max_attempts",
                                      "videos", "videos_per_task")} == {
-        "device": "cpu", "dtype": "bf16", "envs_per_worker": 3, "episode_timeout_s": 60, "max_attempts": 4,
+        "device": "cpu", "dtype": "bf16", "envs_per_worker": 4, "episode_timeout_s": 60, "max_attempts": 4,
         "videos": "failures", "videos_per_task": 1}
     assert result["summary"]["n_errors"] == 1 and result["summary"]["too_many_errors"] is True
 
@@ -430,8 +453,8 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
     assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
         [(r["success"], r["steps"], r["action_digest"]) for r in ref]
     assert len({r["action_digest"] for r in rows}) == 2  # the digests tell the episodes apart
-    assert all((r["device"], r["dtype"], r["batch_size"], r["env_slots"], r["unnorm_key"]) ==
-               ("cpu", "fp32", 1, 2, "libero_spatial_no_noops")
+    assert all((r["device"], r["dtype"], r["batch_size"], r["policy_batch"], r["env_slots"], r["unnorm_key"]) ==
+               ("cpu", "fp32", 1, 1, 2, "libero_spatial_no_noops")
                for r in rows)
     assert all(r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
     # failure videos of the policy camera, one frame per observation

@@ -168,7 +168,7 @@ def test_nan_logits_in_one_episode_become_its_error_row_not_an_action(tmp_path):
 
     specs = [EpisodeSpec("libero_spatial", t, 0, 0, f"task {t}") for t in range(3)]
     # fake env: task 0's images are dark (pixel values < 40), the others are not
-    rows = evaluate(_NanForDarkImages, specs, workers=1, envs_per_worker=3, max_steps=2, progress=False,
+    rows = evaluate(_NanForDarkImages, specs, workers=3, envs_per_worker=1, max_steps=2, progress=False,
                     slot_factory=functools.partial(eval_fakes.make_bright_slot, dark_tasks=(0,)))
     by_task = {r["task_id"]: r for r in rows}
     assert by_task[0]["error"] is not None and "NonFiniteLogitsError" in by_task[0]["error"]

@@ -132,8 +132,10 @@ class BenchConfig:
     Rollout runtime (:mod:`vlamix.eval.server`, :mod:`vlamix.eval.envs`)
         eval_device: where the rollout policy runs: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
         eval_dtype: policy dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16" (CUDA only).
-        envs_per_worker: LIBERO environments per env-worker process; the policy batch is
-            ``eval_workers * envs_per_worker`` images.
+        envs_per_worker: LIBERO environments per env-worker process, 1 or an even number. The policy
+            batch (images per policy call, :meth:`policy_batch_size`) is ``eval_workers`` with 1 (lock-step),
+            ``eval_workers * envs_per_worker / 2`` with 2 or more (double buffering: the policy acts on
+            one half of the slots while the workers step the other half); batch 16 = 8 workers x 4 envs.
         eval_episode_timeout_s: seconds of an episode's environment work before its worker is
             replaced and the episode rerun (None = no limit).
         eval_max_attempts: runs of an episode after worker deaths, timeouts or env errors before it is
@@ -416,6 +418,11 @@ class BenchConfig:
                     f"actions; give {base}_no_noops a weight > 0 in the mixture or leave '{suite}' out of eval_suites",
                 )
 
+    def policy_batch_size(self) -> int:
+        """Images per policy call in rollouts (:func:`vlamix.eval.server.policy_batch_size` of
+        ``eval_workers`` and ``envs_per_worker``); every episode row records the batch it was served in."""
+        return self.eval_workers * self.envs_per_worker // (2 if self.envs_per_worker >= 2 else 1)
+
     def resolved_eval_suites(self) -> tuple[str, ...]:
         if self.eval_suites is not None:
             return tuple(self.eval_suites)
@@ -524,6 +531,9 @@ class BenchConfig:
         if self.eval_dtype == "fp16" and self.eval_device == "cpu":
             raise ConfigError("eval_dtype", "fp16 needs a CUDA eval_device; allowed on the CPU: auto, fp32, bf16")
         _check_int("envs_per_worker", self.envs_per_worker, 1)
+        if self.envs_per_worker > 1 and self.envs_per_worker % 2:
+            raise ConfigError("envs_per_worker", f"must be 1 (lock-step) or an even number (double buffering: two equal "
+                              f"slot groups), got {self.envs_per_worker}")
         if self.eval_episode_timeout_s is not None:
             _check_positive("eval_episode_timeout_s", self.eval_episode_timeout_s)
         _check_int("eval_max_attempts", self.eval_max_attempts, 1)

@@ -49,7 +49,7 @@ from vlamix.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.envs import make_libero_slot, model_to_env_action, seed_everything  # noqa: F401  (re-exported)
 from vlamix.eval.image import MODEL_IMAGE_SIZE
 from vlamix.eval.plan import EpisodeSpec, base_suite, plan_episodes, suite_max_steps  # noqa: F401  (re-exported)
-from vlamix.eval.server import VIDEO_MODES, BatchedRollout
+from vlamix.eval.server import VIDEO_MODES, BatchedRollout, policy_batch_size
 from vlamix.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 ROW_FIELDS = (
     "suite", "task_id", "instruction", "episode_index", "init_state_index", "episode_key", "success", "steps",
     "action_digest", "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
-    "env_slots", "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
+    "policy_batch", "env_slots", "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
 )
 #: Row fields that must equal the requested settings for a stored row to be reused ("device" is
 #: compared by device type: a row from cuda:0 is reused on cuda:1, not on the CPU).
@@ -236,11 +236,12 @@ def evaluate(
             :class:`vlamix.eval.policy.VLAPolicy` on ``device`` in ``dtype`` with LoRA merged, or a
             zero-argument factory returning an object with ``act`` (:class:`vlamix.eval.policy.Policy`).
         episodes: from :func:`plan_episodes`; keys (``spec.key``) must be unique.
-        workers: env-worker processes (>= 1). envs_per_worker: environments per worker (>= 1); with
-            one, all slots step in lock-step and the policy batch is up to ``workers`` images; with 2
-            or more, a worker's slots form two groups that alternate (double buffering: the policy
+        workers: env-worker processes (>= 1). envs_per_worker: environments per worker, 1 or an even
+            number; with one, all slots step in lock-step and the policy batch is up to ``workers`` images;
+            with 2 or more, a worker's slots form two equal groups that alternate (double buffering: the policy
             runs on one group's images while the workers step the other group), and the policy batch
-            is up to half the ``workers * envs_per_worker`` slots (:class:`vlamix.eval.server.BatchedRollout`).
+            is up to half the ``workers * envs_per_worker`` slots (:func:`vlamix.eval.server.policy_batch_size`;
+            batch 16 per call = 8 workers x 4 envs).
         out_jsonl: rows are appended here as they finish (None: not written). Episodes that already
             have a row with the same settings (:data:`SETTING_FIELDS`) are not run again.
         seed: per-episode RNG and env seed. max_steps: policy-step limit for every suite (None: the
@@ -269,8 +270,9 @@ def evaluate(
         trajectory), ``seed``, ``max_steps``,
         ``num_steps_wait``, ``policy_options``, ``device`` (e.g. "cuda:0"; None for factories),
         ``dtype`` ("bf16", ...; None for factories), ``unnorm_key`` (the norm-stats key used, or
-        None), ``batch_size`` (the largest policy batch: all env slots, or half of them when double
-        buffered), ``env_slots`` (``workers * envs_per_worker``), ``attempts``, ``error`` (None or
+        None), ``batch_size`` (the largest policy call this episode was served in, as it ran),
+        ``policy_batch`` (the most images a call can get: :func:`vlamix.eval.server.policy_batch_size`,
+        all env slots in lock-step, half of them when double buffered), ``env_slots`` (``workers * envs_per_worker``), ``attempts``, ``error`` (None or
         "Type: message"), ``video`` (path relative to the JSONL folder, or None), ``wall_s``,
         ``policy_s`` (seconds of the batched policy calls the episode was in), ``sim_s`` (=
         ``physics_s`` + ``render_s``), ``preprocess_s``, ``versions`` (simulator versions).
@@ -290,6 +292,7 @@ def evaluate(
                                  ("max_attempts", max_attempts, 1), ("videos_per_task", videos_per_task, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    policy_batch_size(workers, envs_per_worker)  # ValueError for an odd envs_per_worker >= 3 (unequal slot groups)
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be None or an integer >= 1, got {max_steps!r}")
     if episode_timeout_s is not None and (isinstance(episode_timeout_s, bool) or

@@ -69,6 +69,7 @@ class _Episode:
     image: np.ndarray | None = None
     video_tmp: str | None = None
     digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
+    max_batch: int = 0  # largest policy call this episode was served in
     env_s: float = 0.0  # seconds of this episode's commands in its worker (what the timeout limits)
 
 
@@ -78,6 +79,24 @@ class _Worker:
     proc: Any
     conn: Any
     busy: Any  # shared doubles [slot running a command or -1, its start on the monotonic clock]
+
+
+def policy_batch_size(workers: int, envs_per_worker: int) -> int:
+    """The most images one policy call gets: ``workers * envs_per_worker`` in lock-step (one env per
+    worker), half of them with double buffering (``envs_per_worker >= 2``: the policy acts on one slot
+    group while the workers step the other). A job that wants batch 16 per call on the GPU therefore
+    needs 32 env slots, e.g. 8 workers x 4 envs.
+
+    Raises:
+        ValueError: ``workers < 1``, or ``envs_per_worker`` not 1 or an even number (an odd number >= 3
+            would split the slots into unequal groups, so every other call would be smaller than the other).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if isinstance(envs_per_worker, bool) or not isinstance(envs_per_worker, int) or envs_per_worker < 1 or (
+            envs_per_worker > 1 and envs_per_worker % 2):
+        raise ValueError(f"envs_per_worker must be 1 (lock-step) or an even number (double buffering), got {envs_per_worker!r}")
+    return workers * envs_per_worker // (2 if envs_per_worker >= 2 else 1)
 
 
 def video_name(spec: Any, success: bool) -> str:
@@ -106,7 +125,8 @@ class BatchedRollout:
         videos: "none" | "failures" | "all"; videos_per_task: MP4s kept per task at most;
         video_dir: where they go (required unless videos is "none").
         mp_context: multiprocessing context (default ``spawn``).
-    Attributes after :meth:`run`: ``batch_log`` (one ``(batch_size, ended_this_round, pending)`` per
+    Attributes: ``policy_batch`` (:func:`policy_batch_size`: the most images one policy call gets).
+    After :meth:`run`: ``batch_log`` (one ``(batch_size, ended_this_round, pending)`` per
     round; with double buffering the batch is the other group's), ``assign_log`` (``(slot,
     spec.key, attempt)`` per begin), ``groups`` (the slot groups rounds alternate between: one group of
     all slots, or two with ``envs_per_worker >= 2``), ``policy_s``, ``env_s`` (seconds waiting for
@@ -138,6 +158,7 @@ class BatchedRollout:
             raise ValueError("videos need a video_dir")
         self.policy = policy
         self.n_workers, self.envs_per_worker = int(workers), int(envs_per_worker)
+        self.policy_batch = policy_batch_size(self.n_workers, self.envs_per_worker)
         self.n_slots = self.n_workers * self.envs_per_worker
         self.settings = settings
         self.max_steps_of, self.row_base, self.on_row = max_steps_of, row_base, on_row
@@ -216,7 +237,8 @@ class BatchedRollout:
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
                "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
-               "attempts": ep.attempt + 1, "batch_size": max(len(g) for g in self.groups), "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
+               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_batch": self.policy_batch,
+               "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
                "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
@@ -454,6 +476,7 @@ class BatchedRollout:
             for slot, action in zip(slots, actions):
                 ep = self._slots[slot]
                 ep.policy_s += dt
+                ep.max_batch = max(ep.max_batch, len(slots))
                 if isinstance(action, str):
                     self._finish(slot, False, action)
                 else:
