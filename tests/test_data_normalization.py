@@ -74,6 +74,21 @@ def test_unnormalize_matches_official_openvla_outputs(reference_dir):
     np.testing.assert_allclose(out, expected["actions"], rtol=0, atol=1e-9)
 
 
+def test_constant_dims_normalise_to_zero_masked_or_not_as_openvla():
+    """OpenVLA's BOUNDS_Q99 (``normalize_action_and_proprio``): clip(2 (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)
+    where the mask is true, x where it is false, then 0 wherever min == max, whatever the mask says."""
+    stats = dict(STATS, min=[-0.5, -0.9, -0.25, -2.0, -0.1, -3.0, 1.0], max=[0.5, 0.2, 0.75, 1.0, 0.3, 3.0, 1.0])
+    stats["q01"] = list(stats["q01"])
+    stats["q01"][1] = stats["q99"][1] = 0.2  # q01 == q99 but min != max: no special case
+    a = np.array([[0.1, 0.3, 0.3, 0.0, 0.0, 0.0, 0.7]], np.float32)
+    out = normalize_actions(a, stats)
+    assert out[0, 6] == 0.0  # the unmasked gripper is constant in the data (min == max == 1): 0, as OpenVLA
+    q01, q99 = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
+    expected_1 = np.clip(2 * (np.float32(0.3) - q01[1]) / (q99[1] - q01[1] + np.float32(1e-8)) - 1, -1, 1)
+    assert out[0, 1] == expected_1 == 1.0  # clipped, not zeroed
+    assert unnormalize_actions(np.zeros((1, 7), np.float32), stats)[0, 6] == 0.0  # no min == max case at evaluation
+
+
 def test_constant_masked_dim_normalises_to_zero_and_back():
     stats = dict(STATS, min=[-0.5, 0.2, -0.25, -2.0, -0.1, -3.0, 0.0], max=[0.5, 0.2, 0.75, 1.0, 0.3, 3.0, 1.0])
     stats["q01"] = list(stats["q01"])

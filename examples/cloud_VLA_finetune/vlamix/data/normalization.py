@@ -13,9 +13,14 @@ Conventions:
     action: float [..., 7] = EEF delta xyz (3) + delta roll-pitch-yaw (3) + gripper (1).
     Statistics are those of *model-space* actions (after the LIBERO transform), as in OpenVLA.
     Normalised = ``clip(2 (a - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)`` where ``mask`` is true
-    (the 6 arm dims); the gripper (mask false) passes through unchanged. As in OpenVLA, a masked dim
-    with ``min == max`` (constant in the data) normalises to 0.
-    Un-normalised = ``0.5 (a + 1) (q99 - q01) + q01`` where ``mask`` is true, else ``a``.
+    (the 6 arm dims); the gripper (mask false) passes through unchanged. Then, as in OpenVLA, EVERY
+    dim with ``min == max`` (constant in the data) is set to 0, masked or not (OpenVLA's
+    ``zeros_mask = metadata[key]["min"] == metadata[key]["max"]`` ignores the mask; a dim with
+    ``q01 == q99`` but ``min != max`` gets no special case).
+    Un-normalised = ``0.5 (a + 1) (q99 - q01) + q01`` where ``mask`` is true, else ``a``, with no
+    ``min == max`` case (OpenVLA's ``predict_action``): a constant masked dim un-normalises to its
+    constant; a constant UNmasked dim (e.g. a gripper that never moves in the data) was trained on 0
+    and passes the predicted value through, as in OpenVLA.
     Proprio = ``observation/state`` float32 [8] (OpenVLA-OFT's ``["EEF_state", "gripper_state"]``;
     OpenVLA itself trains without proprio and stores zeros there). Proprio is never normalised here.
 
@@ -321,7 +326,8 @@ def action_bounds(stats: Mapping[str, Any], dtype=np.float32) -> tuple[np.ndarra
         dtype: dtype of the returned bounds.
     Returns:
         ``(q01, q99, mask, constant)``: bounds [7] of ``dtype``; ``mask`` bool [7] (default all true,
-        as in OpenVLA); ``constant`` bool [7] = masked dims with ``min == max`` (normalised to 0).
+        as in OpenVLA); ``constant`` bool [7] = dims with ``min == max``, masked or not (normalised to 0:
+        ``prismatic/vla/datasets/rlds/utils/data_utils.py::normalize_action_and_proprio``).
     Raises:
         ValueError: q01/q99 missing or not 7 entries.
     """
@@ -333,7 +339,7 @@ def action_bounds(stats: Mapping[str, Any], dtype=np.float32) -> tuple[np.ndarra
         raise ValueError(f"action statistics must have {ACTION_DIM} entries in q01, q99 and mask")
     constant = np.zeros(ACTION_DIM, dtype=bool)
     if "min" in action and "max" in action:
-        constant = mask & (np.asarray(action["min"], dtype=np.float64) == np.asarray(action["max"], dtype=np.float64))
+        constant = np.asarray(action["min"], dtype=np.float64) == np.asarray(action["max"], dtype=np.float64)
     return q01, q99, mask, constant
 
 
@@ -345,8 +351,8 @@ def normalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarr
         stats: per-dataset statistics (``{"action": {...}}``) or action statistics
             (``q01``, ``q99``, optional ``mask``, optional ``min``/``max``).
     Returns:
-        float32 (float64 for float64 input) [..., 7]; unmasked dims unchanged; masked dims with
-        ``min == max`` set to 0 (OpenVLA).
+        float32 (float64 for float64 input) [..., 7]; unmasked dims unchanged; then every dim with
+        ``min == max`` (masked or not) set to 0 (OpenVLA).
     Raises:
         ValueError: last dim is not 7, or the statistics lack q01/q99.
     """
