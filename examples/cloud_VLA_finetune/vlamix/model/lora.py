@@ -72,13 +72,44 @@ def apply_lora(model: nn.Module, rank: int = 32, alpha: int = 16, dropout: float
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the LoRA updates into the base weights and return the plain model (no peft wrappers).
+    """Fold the LoRA updates into the base weights, in place, and return the plain model (no peft wrappers).
 
-    A model without adapters is returned unchanged.
+    Per adapted layer: ``W <- cast(float32(W) + s * float32(B) @ float32(A))`` with ``s = alpha / r``, i.e. the
+    update is computed and added in float32 and the result is rounded to the weight's dtype ONCE. peft's own
+    ``merge_and_unload`` computes the update in the adapter dtype on CUDA (it upcasts only on the CPU) and adds it
+    to the bf16 weight in bf16, which moved tiny-model actions by up to 0.94 (normalised units) against the
+    unmerged adapter in a bf16 run. One layer at a time, so the extra memory is one float32 copy of the largest
+    adapted weight (180 MB for Llama-2-7B's MLP), never a second copy of the model; the base weights keep their
+    storage. A model without adapters is returned unchanged.
+
+    Raises:
+        NotImplementedError: an adapter type this recipe does not cover (DoRA, fan-in-fan-out layers, non-linear
+            LoRA layers), rather than merging it wrongly.
     """
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()
-    return model
+    if not isinstance(model, PeftModel):
+        return model
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            if not isinstance(module, LoraLinear) or module.fan_in_fan_out:
+                raise NotImplementedError(f"merge_lora: {name} is a {type(module).__name__}; only nn.Linear LoRA layers merge here")
+            weight = module.get_base_layer().weight
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    continue
+                if module.use_dora.get(adapter, False):
+                    raise NotImplementedError(f"merge_lora: {name} uses DoRA")
+                a = module.lora_A[adapter].weight.to(device=weight.device, dtype=torch.float32)  # [r, in]
+                b = module.lora_B[adapter].weight.to(device=weight.device, dtype=torch.float32)  # [out, r]
+                merged = weight.float().addmm_(b, a, alpha=float(module.scaling[adapter]))  # [out, in], float32
+                weight.copy_(merged)  # the single rounding to the weight's dtype
+                del merged
+    return model.unload()  # drop the adapters and wrappers; the base layers keep the merged weights
 
 
 def is_lora_model(model: nn.Module) -> bool:
