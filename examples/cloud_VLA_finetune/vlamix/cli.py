@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--num-steps-wait", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
-    p.add_argument("--center-crop", action="store_true", help="centre crop as OpenVLA's LIBERO eval (image-aug checkpoints)")
+    p.add_argument("--center-crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="centre crop as OpenVLA's LIBERO eval; default: follow the checkpoint (crop when it was trained "
+                        "with image augmentation, as official OpenVLA LIBERO checkpoints were)")
     p.add_argument("--unnorm-key", default=None, help="norm-stats key (default: <suite>_no_noops, then <suite>)")
     p.add_argument("--instruction", nargs="+", default=["original"],
                    help="instruction variants: original, empty, unwrapped, empty_unwrapped (evaluation kit)")

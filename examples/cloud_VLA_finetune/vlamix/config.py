@@ -44,7 +44,9 @@ STRATEGY_PARAMS = {
     "doremi_transfer": ("balance_by_size", "mixing_update_every", "dro_eta", "dro_smoothing", "dro_reference",
                         "dro_reference_batches"),
 }  # fmt: skip
-PRECISIONS = ("fp32", "bf16")
+#: Training precision: "auto" = fp32 for the built-in tiny presets on a machine without CUDA, else bf16
+#: (OpenVLA-7B in fp32 needs 30 GB for its weights alone; :meth:`BenchConfig.resolved_precision`).
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Rollout runtime choices (eval_dtype, eval_videos).
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
 EVAL_VIDEOS = ("none", "failures", "all")
@@ -118,8 +120,13 @@ class BenchConfig:
     Training
         train_steps: optimiser steps. batch_size: frames per micro-batch.
         grad_accumulation_steps: micro-batches per optimiser step. learning_rate: AdamW lr.
-        precision: "fp32" or "bf16" autocast. gradient_checkpointing: recompute activations.
+        precision: "auto" (default: fp32 for the built-in tiny presets on a machine without CUDA, bf16
+            otherwise: OpenVLA-7B in fp32 needs 30 GB for its weights alone), "fp32" or "bf16" (weights in
+            bf16 and bf16 autocast). gradient_checkpointing: recompute activations.
         shuffle_buffer_size: frames in each dataset's shuffle buffer. seed: data and init seed.
+        image_aug: OpenVLA's training image augmentation (random 90%-area crop, brightness, contrast,
+            saturation, hue; :mod:`vlamix.data.augment`), seeded per frame; recorded in the checkpoint,
+            and evaluation centre-crops when it is on (``center_crop: null``).
     Evaluation
         eval_suites: LIBERO task suites to roll out in (default: the suites of the datasets trained
             on: non-zero weight, through dataset_whitelist / dataset_blacklist). A listed suite whose
@@ -128,7 +135,10 @@ class BenchConfig:
         eval_max_steps: episode step limit (None = the suite's reference limit).
         num_steps_wait: dummy-action steps before the policy acts (reference: 10).
         eval_workers: parallel rollout processes. eval_seed: seed of the environments.
-        center_crop: centre-crop the camera image as OpenVLA's LIBERO evaluation does.
+        center_crop: centre-crop the camera image (90% of the area, resized back) as OpenVLA's LIBERO
+            evaluation does for checkpoints trained with image augmentation: true, false, or null
+            ("auto", the default) = follow the checkpoint (``image_aug`` of the run that trained it;
+            official OpenVLA folders, trained with augmentation, crop).
     Rollout runtime (:mod:`vlamix.eval.server`, :mod:`vlamix.eval.envs`)
         eval_device: where the rollout policy runs: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
         eval_dtype: policy dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16" (CUDA only).
@@ -207,10 +217,13 @@ class BenchConfig:
     batch_size: int = 8
     grad_accumulation_steps: int = 1
     learning_rate: float = 5e-4
-    precision: str = "fp32"
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     shuffle_buffer_size: int = 1000
     seed: int = 7
+    # OpenVLA's training image augmentation (vlamix.data.augment; finetune.py image_aug); evaluation
+    # centre-crops when it is on (center_crop null = follow the checkpoint)
+    image_aug: bool = False
 
     eval_suites: tuple[str, ...] | None = None
     eval_tasks: int | None = 2
@@ -219,7 +232,7 @@ class BenchConfig:
     num_steps_wait: int = 10
     eval_workers: int = 2
     eval_seed: int = 7
-    center_crop: bool = False
+    center_crop: bool | None = None
 
     # Rollout runtime (vlamix.eval.server / envs: one batched policy, env workers, faults, videos)
     eval_device: str = "auto"
@@ -269,6 +282,8 @@ class BenchConfig:
         if isinstance(kwargs.get("eval_instruction"), (str, list)):
             value = kwargs["eval_instruction"]
             kwargs["eval_instruction"] = (value,) if isinstance(value, str) else tuple(value)
+        if kwargs.get("center_crop") == "auto":  # YAML users may write auto for null (follow the checkpoint)
+            kwargs["center_crop"] = None
         if isinstance(kwargs.get("eval_instruction_suites"), list):
             kwargs["eval_instruction_suites"] = tuple(kwargs["eval_instruction_suites"])
         if isinstance(kwargs.get("heldout_tasks"), Mapping):
@@ -327,6 +342,9 @@ class BenchConfig:
             out.pop("heldout_tasks", None)
         if out.get("finetune_mode") == "lora":  # the default: train keys of earlier runs stay valid
             del out["finetune_mode"]
+        if not out.get("image_aug"):  # off by default: train keys of earlier runs stay valid
+            out.pop("image_aug", None)
+        out["precision"] = self.resolved_precision()  # "auto" trains what it resolves to
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -418,6 +436,15 @@ class BenchConfig:
                     f"actions; give {base}_no_noops a weight > 0 in the mixture or leave '{suite}' out of eval_suites",
                 )
 
+    def resolved_precision(self) -> str:
+        """``precision``, with "auto" resolved: "fp32" for a built-in tiny preset on a machine without CUDA
+        (the embedded default, unchanged), "bf16" otherwise (a checkpoint folder such as OpenVLA-7B, or CUDA)."""
+        return resolve_precision(self.precision, self.model)
+
+    def resolved_center_crop(self) -> bool:
+        """``center_crop``, with null (auto) resolved for the checkpoint this config trains: ``image_aug``."""
+        return bool(self.image_aug) if self.center_crop is None else bool(self.center_crop)
+
     def policy_batch_size(self) -> int:
         """Images per policy call in rollouts (:func:`vlamix.eval.server.policy_batch_size` of
         ``eval_workers`` and ``envs_per_worker``); every episode row records the batch it was served in."""
@@ -489,6 +516,7 @@ class BenchConfig:
         _check_positive("learning_rate", self.learning_rate)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_bool("gradient_checkpointing", self.gradient_checkpointing)
+        _check_bool("image_aug", self.image_aug)
         _check_int("shuffle_buffer_size", self.shuffle_buffer_size, 1)
         _check_int("seed", self.seed, 0)
         suites = self.resolved_eval_suites()
@@ -503,7 +531,8 @@ class BenchConfig:
         _check_int("num_steps_wait", self.num_steps_wait, 0)
         _check_int("eval_workers", self.eval_workers, 1)
         _check_int("eval_seed", self.eval_seed, 0)
-        _check_bool("center_crop", self.center_crop)
+        if self.center_crop is not None:
+            _check_bool("center_crop", self.center_crop)
         self._validate_racing()
         self._validate_rollout_runtime()
         self._validate_before_work()
@@ -819,6 +848,16 @@ def _check_eval_device(value: Any) -> None:
             raise ConfigError("eval_device", f"{value!r} requested but CUDA is not available on this machine; allowed here: auto, cpu")
         if value != "cuda" and int(value[5:]) >= torch.cuda.device_count():
             raise ConfigError("eval_device", f"{value!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def resolve_precision(precision: str, model: str) -> str:
+    """``precision`` with "auto" resolved for ``model``: "fp32" for a built-in tiny preset on a machine
+    without CUDA, "bf16" otherwise (see :data:`PRECISIONS`)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "fp32" if model in BUILTIN_MODELS and not torch.cuda.is_available() else "bf16"
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -142,6 +142,7 @@ def eval_key(cfg: BenchConfig) -> str:
     """Stable 12-hex-digit key of the evaluation settings that determine the episodes (:data:`EPISODE_FIELDS`)."""
     values = {k: v for k, v in cfg.to_dict().items() if k in EPISODE_FIELDS}
     values["eval_suites"] = list(cfg.resolved_eval_suites())
+    values["center_crop"] = cfg.resolved_center_crop()  # null follows the checkpoint: what runs is in the key
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -333,7 +334,8 @@ class VLADataSelect:
                 seed=cfg.eval_seed,
                 num_steps_wait=cfg.num_steps_wait,
                 max_steps=cfg.eval_max_steps,
-                center_crop=cfg.center_crop,
+                # null: the checkpoint this point trained follows image_aug; one loaded from elsewhere follows its record
+                center_crop=cfg.resolved_center_crop() if self.run_dir is not None or cfg.center_crop is not None else None,
                 policy_cache=policy_cache,
                 **rollout_runtime_kwargs(cfg),
             )

@@ -338,6 +338,8 @@ class MixtureLoader:
         self.rank = int(rank)
         self.image_size = int(image_size)
         self.shuffle_buffer_size = int(cfg.shuffle_buffer_size)
+        #: OpenVLA's training image augmentation on the train split (:mod:`vlamix.data.augment`).
+        self.image_aug = bool(getattr(cfg, "image_aug", False)) and split == "train"
         raw = _checked_mixture(cfg.mixture)
         chosen, removed = selected_datasets([n for n, w in raw.items() if w > 0], cfg.dataset_whitelist, cfg.dataset_blacklist)
         if not chosen:
@@ -562,9 +564,11 @@ class MixtureLoader:
         to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], info.index, self._keep.get(info.index))
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
         frames = frames.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
+        if self.image_aug:  # the frame's ordinal in this stream seeds its augmentation (a resumed run skips to it)
+            frames = frames.enumerate().map(lambda i, frame: {**frame, "_ordinal": i})
         if skip:
             frames = frames.skip(skip)
-        return self._decoded(tf, frames)
+        return self._decoded(tf, frames, aug_seed=_derive_seed(self.seed, self.rank, index + 1, 1) if self.image_aug else None)
 
     def _heldout_frames(self, index: int):
         """Frame dataset of the held-out episodes of dataset ``index`` (stored order, unfiltered)."""
@@ -577,8 +581,9 @@ class MixtureLoader:
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
         return self._decoded(tf, frames)
 
-    def _decoded(self, tf, frames):
-        frames = frames.map(_frame_transform(tf, self.image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def _decoded(self, tf, frames, aug_seed: int | None = None):
+        frames = frames.map(_frame_transform(tf, self.image_size, aug_seed), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         return frames.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -711,14 +716,22 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep
     return fn
 
 
-def _frame_transform(tf, size: int):
-    """Decode the JPEG and resize with Lanczos-3 + antialias, round, clip, uint8 (dlimp resize_image)."""
+def _frame_transform(tf, size: int, aug_seed: int | None = None):
+    """Decode the JPEG and resize with Lanczos-3 + antialias, round, clip, uint8 (dlimp resize_image); with
+    ``aug_seed``, then OpenVLA's image augmentation seeded by ``(aug_seed, frame["_ordinal"])``
+    (:func:`vlamix.data.augment.augment_image`; the ordinal is dropped from the frame)."""
+    from vlamix.data.augment import augment_image
 
     def fn(frame):
         image = tf.io.decode_image(frame["image"], channels=3, expand_animations=False, dtype=tf.uint8)
         image = tf.image.resize(image, (size, size), method="lanczos3", antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image.set_shape((size, size, 3))
+        frame = dict(frame)
+        if aug_seed is not None:
+            seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.cast(frame.pop("_ordinal"), tf.int64)])
+            image = augment_image(tf, image, seed)
+            image.set_shape((size, size, 3))
         return {**frame, "image": image}
 
     return fn

@@ -113,7 +113,7 @@ def offline_metrics(
     from vlamix.model.checkpoint import load_vla
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _DTYPES[cfg.precision]
+    dtype = _DTYPES[cfg.resolved_precision()]
     if loader is None:
         from vlamix.data.mixture import MixtureLoader
 

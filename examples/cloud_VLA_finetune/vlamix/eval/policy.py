@@ -154,7 +154,8 @@ class VLAPolicy:
         unnorm_key: norm-stats key for un-normalisation; None picks one per suite from its base
             suite (:func:`vlamix.eval.plan.base_suite`, then :func:`resolve_unnorm_key`).
         center_crop: centre-crop each image (90% area) and resize back before the processor, as
-            OpenVLA's LIBERO eval does for checkpoints trained with random-crop augmentation.
+            OpenVLA's LIBERO eval does for checkpoints trained with random-crop augmentation; None (default)
+            follows the checkpoint (:func:`vlamix.model.checkpoint.checkpoint_image_aug`).
         dtype: model dtype (torch.dtype or "auto"/"fp32"/"bf16"/"fp16"); "auto" = bf16 on CUDA, fp32 on CPU.
         merge_adapter: fold a LoRA adapter into the weights (evaluation runs a plain model: no
             adapter overhead per layer; same outputs up to rounding).
@@ -169,12 +170,14 @@ class VLAPolicy:
         checkpoint: str,
         device: str = "cpu",
         unnorm_key: str | None = None,
-        center_crop: bool = False,
+        center_crop: bool | None = None,
         dtype: Any = None,
         merge_adapter: bool = True,
     ):
-        from vlamix.model.checkpoint import load_vla
+        from vlamix.model.checkpoint import checkpoint_image_aug, load_vla
 
+        if center_crop is None:
+            center_crop = checkpoint_image_aug(checkpoint)
         device = resolve_device(device)
         name = dtype_name(dtype, device)
         model, processor = load_vla(checkpoint, device=device, dtype=_torch_dtype(name, device),

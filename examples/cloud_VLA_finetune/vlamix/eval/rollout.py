@@ -211,7 +211,7 @@ def evaluate(
     seed: int = 7,
     max_steps: int | None = None,
     num_steps_wait: int = NUM_STEPS_WAIT,
-    center_crop: bool = False,
+    center_crop: bool | None = None,
     unnorm_key: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -246,7 +246,9 @@ def evaluate(
             have a row with the same settings (:data:`SETTING_FIELDS`) are not run again.
         seed: per-episode RNG and env seed. max_steps: policy-step limit for every suite (None: the
             suite's reference limit). num_steps_wait: dummy-action steps first (reference: 10).
-        center_crop, unnorm_key: :class:`VLAPolicy` options (checkpoint paths only).
+        center_crop, unnorm_key: :class:`VLAPolicy` options (checkpoint paths only); ``center_crop`` None
+            follows the checkpoint (:func:`vlamix.model.checkpoint.checkpoint_image_aug`: crop a checkpoint trained
+            with image augmentation, e.g. official OpenVLA LIBERO folders); rows record the resolved value.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (checkpoint paths only).
         dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16" (checkpoint paths only).
         episode_timeout_s: wall-clock seconds per episode (None: no limit); max_attempts: runs of an
@@ -313,6 +315,10 @@ def evaluate(
     if is_path:
         dev = resolve_device(device)
         dt = dtype_name(dtype, dev)
+        if center_crop is None:
+            from vlamix.model.checkpoint import checkpoint_image_aug
+
+            center_crop = checkpoint_image_aug(os.fspath(policy))
         policy_kwargs = {"device": dev, "dtype": dt, "unnorm_key": unnorm_key, "center_crop": center_crop}
     elif center_crop or unnorm_key is not None or device != "auto" or dtype != "auto":
         raise ValueError("center_crop, unnorm_key, device and dtype apply to checkpoint paths only, not to a policy factory")

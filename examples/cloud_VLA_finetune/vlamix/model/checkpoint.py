@@ -156,6 +156,7 @@ def save_vla(
     *,
     base_model: str | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    training: dict[str, Any] | None = None,
 ) -> str:
     """Write a checkpoint folder that :func:`load_vla` reads back to identical outputs.
 
@@ -171,6 +172,9 @@ def save_vla(
         processor: its processor.
         out_dir: folder (created). norm_stats: ``{dataset: {"action": {...}, ...}}``; None = the model's.
         base_model: see above. max_shard_bytes: shard size limit of the weights.
+        training: how the model was trained (JSON-able, e.g. ``{"image_aug": true, "precision": "bf16"}``), stored
+            under ``"training"`` in ``vlamix_checkpoint.json``; evaluation reads ``image_aug`` from it
+            (:func:`checkpoint_image_aug`).
     Returns:
         ``out_dir``.
     """
@@ -187,6 +191,8 @@ def save_vla(
     processor.save_pretrained(out_dir)
 
     meta: dict[str, Any] = {"format": "vlamix-openvla", "lora": is_lora_model(model)}
+    if training is not None:
+        meta["training"] = dict(training)
     if is_lora_model(model):
         save_lora_adapter(model, os.path.join(out_dir, ADAPTER_DIR))
         if base_model is not None:
@@ -201,6 +207,22 @@ def save_vla(
         _save_weights(core.state_dict(), out_dir, max_shard_bytes)
     atomic_write_json(os.path.join(out_dir, CHECKPOINT_META_NAME), meta)
     return out_dir
+
+
+def checkpoint_image_aug(path_or_name: str) -> bool:
+    """Whether the checkpoint was trained with image augmentation (so evaluation should centre-crop).
+
+    Built-in presets: False. Our folders: ``training.image_aug`` of ``vlamix_checkpoint.json`` (False when absent:
+    vlamix had no augmentation before it was recorded). Folders without ``vlamix_checkpoint.json`` (official
+    OpenVLA checkpoints, e.g. ``openvla/openvla-7b-finetuned-libero-spatial``, fine-tuned with ``image_aug=True``,
+    openvla ``experiments/robot/libero/run_libero_eval.py`` ``center_crop=True``): True.
+    """
+    if path_or_name in BUILTIN_MODELS:
+        return False
+    folder = str(path_or_name)
+    if not os.path.isfile(os.path.join(folder, CHECKPOINT_META_NAME)):
+        return True
+    return bool(_read_meta(folder).get("training", {}).get("image_aug", False))
 
 
 # ============================================================================ helpers

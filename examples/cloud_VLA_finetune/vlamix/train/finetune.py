@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vlamix.config import BenchConfig, ConfigError
+from vlamix.config import BenchConfig, ConfigError, resolve_precision
 from vlamix.constants import TRAIN_LOG_NAME
 from vlamix.io import atomic_dir, fault_point, filter_jsonl
 from vlamix.train.distributed import (
@@ -75,6 +75,7 @@ _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _RESUME_FIELDS = (
     "mixture", "balance_by_size", "heldout_fraction", "model", "lora_rank", "lora_alpha", "lora_dropout",
     "finetune_mode", "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
+    "image_aug",
     "strategy", "mixing_level", "temperature", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
     "dro_reference", "dro_reference_batches", "exp3_smoothing", "curriculum", "filter_nonfinite",
     "filter_action_limit", "filter_min_motion", "filter_motion_window", "dataset_whitelist", "dataset_blacklist",
@@ -162,7 +163,8 @@ class FineTuner:
         self.save_merged = bool(save_merged)
         self.ctx = ctx if ctx is not None else init_distributed(device)
         self._owns_ctx = ctx is None
-        self.dtype = _PRECISION_DTYPES[cfg.precision]
+        self.precision = cfg.resolved_precision()  # "auto": fp32 for the tiny presets without CUDA, else bf16
+        self.dtype = _PRECISION_DTYPES[self.precision]
         self.step = 0
         try:
             self._setup(resume_from, loader)
@@ -229,7 +231,7 @@ class FineTuner:
         model.train()
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info("model %s (%s) with LoRA rank %d, finetune_mode %s: %d trainable parameters on %s",
-                    cfg.model, cfg.precision, cfg.lora_rank, cfg.finetune_mode, n_train, self.ctx.device)
+                    cfg.model, self.precision, cfg.lora_rank, cfg.finetune_mode, n_train, self.ctx.device)
         return model, processor
 
     def _build_loader(self) -> BatchSource:
@@ -381,7 +383,7 @@ class FineTuner:
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -598,7 +600,10 @@ class FineTuner:
                 # full fine-tuning changed the base weights: store them instead of a reference to the base
                 keep_base = self.cfg.model in BUILTIN_MODELS or self.cfg.finetune_mode == "full"
                 base_model = None if keep_base else self.cfg.model
-                save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model)
+                training = {"image_aug": bool(self.cfg.image_aug), "precision": self.precision,
+                            "finetune_mode": self.cfg.finetune_mode, "lora_rank": self.cfg.lora_rank}
+                save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model,
+                         training=training)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
                     json.dump(self.cfg.to_dict(), f, indent=2)
                 fault_point("checkpoint:weights_written")
@@ -615,7 +620,8 @@ class FineTuner:
                 if final and self.save_merged:
                     # Training is over: fold LoRA into the weights in place (no copy of a 7B model).
                     merged = merge_lora(self.model)
-                    save_vla(merged, self.processor, os.path.join(stage, MERGED_DIR), norm_stats=self.norm_stats or None)
+                    save_vla(merged, self.processor, os.path.join(stage, MERGED_DIR), norm_stats=self.norm_stats or None,
+                             training=training)
                     logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
             logger.info("saved checkpoint %s", ckpt)
         barrier(self.ctx)
@@ -668,6 +674,9 @@ def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     mine = cfg.to_dict()
+    mine["precision"] = cfg.resolved_precision()
+    if saved.get("precision") == "auto":  # compare what each run trains in
+        saved["precision"] = resolve_precision("auto", saved.get("model", cfg.model))
     for name in _RESUME_FIELDS:
         if name in saved and saved[name] != mine[name]:
             raise ConfigError(
