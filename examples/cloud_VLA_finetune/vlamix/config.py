@@ -441,6 +441,59 @@ class BenchConfig:
         (the embedded default, unchanged), "bf16" otherwise (a checkpoint folder such as OpenVLA-7B, or CUDA)."""
         return resolve_precision(self.precision, self.model)
 
+    def check_memory(self, available: dict[str, float] | None = None) -> list[Any]:
+        """Refuse a point whose training or rollouts cannot fit this machine's memory, before any work.
+
+        Training runs on CUDA when available, else the CPU; rollouts on ``eval_device`` in ``eval_dtype``
+        ("auto": bf16 on CUDA, fp32 on the CPU), with ``eval_workers`` env workers in CPU RAM. Estimates:
+        :mod:`vlamix.model.memory`.
+
+        Args:
+            available: device -> free bytes (tests); default :func:`vlamix.model.memory.available_bytes`.
+        Returns:
+            the :class:`vlamix.model.memory.MemoryEstimate` of each stage (training, rollouts).
+        Raises:
+            ConfigError: naming the field to change first (``precision`` when it is fp32, else
+                ``gradient_checkpointing`` when it is off, else ``batch_size``; ``eval_dtype`` for rollouts),
+                with the estimate, what is available, and the fields that lower it.
+        """
+        import torch
+
+        from vlamix.eval.policy import dtype_name
+        from vlamix.model.memory import GIB, available_bytes, estimate_policy, estimate_training, model_shape
+
+        shape = model_shape(self.model)
+        cuda = torch.cuda.is_available()
+        train_device = "cuda" if cuda else "cpu"
+        eval_device = ("cuda" if cuda else "cpu") if self.eval_device == "auto" else self.eval_device
+        precision = self.resolved_precision()
+        estimates = [
+            estimate_training(shape, precision=precision, finetune_mode=self.finetune_mode, lora_rank=self.lora_rank,
+                              batch_size=self.batch_size, gradient_checkpointing=self.gradient_checkpointing,
+                              device=train_device),
+            estimate_policy(shape, dtype=dtype_name(self.eval_dtype, eval_device), batch=self.policy_batch_size(),
+                            device=eval_device, env_workers=self.eval_workers),
+        ]
+        for est in estimates:
+            free = (available or {}).get(est.device)
+            free = available_bytes(est.device) if free is None else free
+            if est.total <= free:
+                continue
+            if est.stage == "rollouts":
+                field_name, fix = "eval_dtype", "eval_dtype bf16 (half the weights), fewer eval_workers or envs_per_worker"
+            elif precision == "fp32":
+                field_name, fix = "precision", "precision bf16 (or auto: half the weights), gradient_checkpointing true, a smaller batch_size"
+            elif not self.gradient_checkpointing:
+                field_name, fix = "gradient_checkpointing", "gradient_checkpointing true, a smaller batch_size with grad_accumulation_steps"
+            else:
+                field_name, fix = "batch_size", "a smaller batch_size with grad_accumulation_steps, lora_rank"
+            raise ConfigError(
+                field_name, f"model '{self.model}' ({shape.n_params / 1e9:.2f} B parameters) does not fit: estimated peak "
+                f"{est.describe()} > {free / GIB:.1f} GiB available on {est.device}; lower it with {fix} "
+                f"(estimate: vlamix.model.memory)",
+            )
+        return estimates
+
     def resolved_center_crop(self) -> bool:
         """``center_crop``, with null (auto) resolved for the checkpoint this config trains: ``image_aug``."""
         return bool(self.image_aug) if self.center_crop is None else bool(self.center_crop)
@@ -618,8 +671,7 @@ class BenchConfig:
         self._validate_unnorm_sources(suites)
         if self.model not in BUILTIN_MODELS:
             _check_model_folder(self.model)
-        if self.demos == "scripted":
-            self._validate_scripted_demos()
+            self.check_memory()  # the tiny presets fit anywhere; a checkpoint folder may be OpenVLA-7B
         if importlib.util.find_spec("libero") is None:
             return
         for suite in suites:
