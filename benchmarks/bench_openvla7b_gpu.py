@@ -36,9 +36,10 @@ import torch
 
 logger = logging.getLogger("bench_openvla7b_gpu")
 
-#: BOS + "In: What action should the robot take to pick up the bowl?\nOut:" + the empty token 29871
-#: (Llama-2 ids, from the reference fixture's README); prompts in LIBERO are about this long.
-PROMPT_IDS = [1, 512, 29901, 1724, 3158, 881, 278, 19964, 2125, 304, 5839, 701, 278, 12580, 29973, 13, 3744, 29901, 29871]
+#: BOS + "In: What action should the robot take to pick up the bowl?\nOut:" + the empty token 29871 (Llama-2 ids:
+#: "bowl" is "▁bow" 12580 + "l" 29880, checked with the Llama-2 vocabulary); LIBERO prompts are about this long.
+PROMPT_IDS = [1, 512, 29901, 1724, 3158, 881, 278, 19964, 2125, 304, 5839, 701, 278, 12580, 29880, 29973, 13, 3744, 29901,
+              29871]
 EOS_ID = 2
 ACTION_DIM = 7
 

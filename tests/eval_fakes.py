@@ -86,10 +86,11 @@ class ImagePolicy:
     """act: one action per image, computed from its first pixel (so the env can check it got its own)."""
 
     def __init__(self):
-        self.batches = []
+        self.batches, self.suites = [], []
 
     def act(self, images, instructions, suite):
         self.batches.append(len(images))
+        self.suites.append(suite)
         return np.stack([expected_action(im) for im in images])
 
 

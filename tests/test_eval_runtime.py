@@ -102,6 +102,16 @@ def test_the_policy_batch_is_the_slot_group_and_odd_env_counts_are_refused(tmp_p
                                   "demos": "scripted"}).policy_batch_size() == 16
 
 
+def test_episodes_of_different_suites_share_one_policy_call(tmp_path):
+    specs = [EpisodeSpec(suite, 0, 0, 0, "task 0") for suite in ("libero_spatial", "libero_object", "libero_goal")]
+    stats, policy = {}, ImagePolicy()
+    rows = evaluate(lambda: policy, specs, workers=3, envs_per_worker=1, max_steps=8, slot_factory=_fake(tmp_path),
+                    stats=stats, progress=False)
+    assert all(r["success"] and r["batch_size"] == 3 for r in rows)
+    assert max(policy.batches) == 3 and len(policy.batches) == stats["rounds"] - 1  # one call per round, not per suite
+    assert policy.suites[0] == ["libero_spatial", "libero_object", "libero_goal"]
+
+
 def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
     specs = _specs(tasks=2, trials=3)  # 6 episodes on 3 workers x 1 slot
     stats = {}
@@ -403,15 +413,21 @@ def test_variants_reach_the_processor_only_when_not_original():
             n = len(instructions)
             return {"pixel_values": torch.zeros(n, 3, 2, 2), "input_ids": torch.ones(n, 2, dtype=torch.long)}
 
+    from vlamix.model.action_tokenizer import ActionTokenizer
+
     class Model(torch.nn.Module):
-        norm_stats = {"libero_spatial_no_noops": {}}
+        norm_stats = {"libero_spatial_no_noops": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7}}}
+        action_tokenizer = ActionTokenizer()
 
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def predict_action(self, pixel_values, input_ids, unnorm_key):
-            return torch.zeros(len(input_ids), 7)
+        def predict_action_ids(self, pixel_values, input_ids, action_dim):
+            return torch.full((len(input_ids), action_dim), self.action_tokenizer.first_action_id)
+
+        def get_action_stats(self, key):
+            return self.norm_stats[key]["action"]
 
     proc = Proc()
     pol = policy_mod.VLAPolicy.from_model(Model(), proc)

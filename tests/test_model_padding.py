@@ -175,3 +175,18 @@ def test_nan_logits_in_one_episode_become_its_error_row_not_an_action(tmp_path):
     assert by_task[0]["success"] is False
     assert by_task[1]["error"] is None and by_task[2]["error"] is None
     assert by_task[1]["steps"] == 2 and by_task[2]["steps"] == 2  # the others kept acting
+
+
+def test_one_policy_call_serves_rows_of_different_suites_with_their_own_norm_stats():
+    """The server sends every waiting episode in one call; each row is un-normalised with its suite's statistics."""
+    stats = {"libero_spatial_no_noops": NORM_STATS["libero_spatial_no_noops"],
+             "libero_goal_no_noops": {"action": dict(NORM_STATS["libero_goal_no_noops"]["action"], q01=[-2.0] * 6 + [0.0],
+                                                     q99=[2.0] * 6 + [1.0])}}
+    model, processor = build_tiny(seed=7, norm_stats=stats)
+    policy = VLAPolicy.from_model(model, processor)
+    images, instructions = _images(4), _instructions()
+    suites = ["libero_spatial", "libero_goal", "libero_spatial", "libero_goal"]
+    mixed = policy.act(images, instructions, suites)
+    for i, suite in enumerate(suites):
+        np.testing.assert_array_equal(mixed[i], policy.act(images[i : i + 1], instructions[i : i + 1], suite)[0])
+    assert not np.array_equal(mixed[1], policy.act(images[1:2], instructions[1:2], "libero_spatial")[0])

@@ -3,7 +3,7 @@
 A policy maps a batch of processed camera images and instructions to un-normalised actions in
 model space (the space of OpenVLA's ``libero_dataset_transform``):
 
-    act(images: uint8 [B, 224, 224, 3], instructions: list[str] (B), suite: str)
+    act(images: uint8 [B, 224, 224, 3], instructions: list[str] (B), suite: str or list[str] (B))
         -> float64 [B, 7] = EEF delta xyz (3) + delta roll-pitch-yaw (3) + gripper (1),
            gripper in [0, 1] with 1 = open, 0 = close.
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class Policy(Protocol):
     """What a rollout needs from a policy (see the module docstring for shapes and units)."""
 
-    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str) -> np.ndarray: ...
+    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str | Sequence[str]) -> np.ndarray: ...
 
 
 class UnnormKeyError(KeyError):
@@ -227,31 +227,38 @@ class VLAPolicy:
         except (AttributeError, StopIteration):
             return None
 
-    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str,
+    def act(self, images: np.ndarray, instructions: Sequence[str], suite: str | Sequence[str],
             variants: Sequence[str] | None = None) -> np.ndarray:
-        """Predict one action per image.
+        """Predict one action per image, in one forward pass for the whole batch.
 
         Args:
             images: uint8 [B, H, W, 3] RGB (rollouts pass the 224x224 output of
                 :func:`vlamix.eval.image.preprocess_image`).
             instructions: B language instructions (the processor lower-cases them).
-            suite: LIBERO task suite, selects the un-normalisation statistics.
+            suite: LIBERO task suite of every row (str), or one per row (B names): selects each row's
+                un-normalisation statistics (:meth:`unnorm_key_for`); the model runs once either way.
             variants: per-image instruction variant (LIBERO-PRO); forwarded to the processor's
                 ``inference_inputs(..., variants=...)`` only when one is not "original".
         Returns:
             float64 [B, 7] un-normalised actions in model space (gripper in [0, 1], 1 = open).
         Raises:
-            ValueError: wrong image dtype/shape or instruction count; UnnormKeyError: see
-            :func:`resolve_unnorm_key`; RuntimeError: the model returned a wrong shape.
+            ValueError: wrong image dtype/shape, instruction or suite count; UnnormKeyError: see
+            :func:`resolve_unnorm_key`; NonFiniteLogitsError: a NaN/Inf logit in some row
+            (:meth:`vlamix.model.modeling.OpenVLAForActionPrediction.predict_action_ids`).
         """
         import torch
+
+        from vlamix.data.normalization import unnormalize_actions
 
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
         if isinstance(instructions, str) or len(instructions) != images.shape[0]:
             raise ValueError(f"need one instruction per image ({images.shape[0]}), got {instructions!r}")
-        key = self.unnorm_key_for(suite)
+        suites = [suite] * images.shape[0] if isinstance(suite, str) else list(suite)
+        if len(suites) != images.shape[0]:
+            raise ValueError(f"need one suite, or one per image ({images.shape[0]}), got {suite!r}")
+        keys = [self.unnorm_key_for(s) for s in suites]
         if self.center_crop:
             images = self.processor.center_crop(images)
         if variants is not None and any(v != "original" for v in variants):
@@ -268,11 +275,13 @@ class VLAPolicy:
                 if value.is_floating_point() and dtype is not None:
                     value = value.to(dtype)
             moved[name] = value
-        with torch.inference_mode():
-            actions = self.model.predict_action(**moved, unnorm_key=key)
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().float().cpu().numpy()
-        actions = np.asarray(actions, dtype=np.float64)
+        with torch.inference_mode():  # as the model's predict_action, with one un-normalisation per row's key
+            ids = self.model.predict_action_ids(**moved, action_dim=ACTION_DIM)
+        normalized = self.model.action_tokenizer.decode(ids.cpu().numpy())
+        actions = np.empty((images.shape[0], ACTION_DIM), dtype=np.float64)
+        for key in dict.fromkeys(keys):
+            rows = [i for i, k in enumerate(keys) if k == key]
+            actions[rows] = unnormalize_actions(normalized[rows], self.model.get_action_stats(key))
         if actions.shape != (images.shape[0], ACTION_DIM):
             raise RuntimeError(f"predict_action returned shape {list(actions.shape)}, expected [{images.shape[0]}, {ACTION_DIM}]")
         return actions

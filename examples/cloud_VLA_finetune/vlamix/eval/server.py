@@ -7,8 +7,8 @@
    every running episode gets a ``step`` command with the action chosen last round;
 2. the commands go to the workers, which execute them in parallel and answer;
 3. episodes that ended (success, step limit, error) become rows; the policy images of all other
-   episodes go to the policy as ONE batch per task suite (``policy.act(images uint8 [B, 224, 224, 3],
-   instructions, suite)``), and the actions come back for the next round.
+   episodes go to the policy as ONE batch, whatever their task suites (``policy.act(images uint8
+   [B, 224, 224, 3], instructions, suite or suites)``), and the actions come back for the next round.
 
 **Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
 odd slot index within the worker), and the rounds alternate between them: while the workers step
@@ -111,9 +111,11 @@ class BatchedRollout:
     """Run episodes on env-worker processes with one batched policy in this process.
 
     Args:
-        policy: object with ``act(images uint8 [B, S, S, 3], instructions list[str], suite str) ->
-            float [B, 7]`` (model-space actions); called with ``variants=[...]`` as well when some
-            episode's ``instruction_variant`` is not "original".
+        policy: object with ``act(images uint8 [B, S, S, 3], instructions list[str], suite) ->
+            float [B, 7]`` (model-space actions); ``suite`` is one task-suite name when every row is of the
+            same suite, else a list of B names (one call per round serves every waiting episode, so the batch
+            is what the slots give); called with ``variants=[...]`` as well when some episode's
+            ``instruction_variant`` is not "original".
         workers: env-worker processes (>= 1). envs_per_worker: env slots per worker (>= 1).
         settings: picklable dict for the workers (``slot_factory``, ``resolution``, ``seed``,
             ``num_steps_wait``, ``image_size``).
@@ -453,41 +455,42 @@ class BatchedRollout:
             ep.action = None
 
     def _act(self, slots: Sequence[int]) -> int:
-        """One policy call per suite on the episodes of ``slots`` waiting for an action. Returns the batch size."""
+        """ONE policy call on the episodes of ``slots`` waiting for an action, whatever their suites (the policy
+        un-normalises each row with its suite's statistics). Returns the batch size."""
         waiting = [s for s in slots if (ep := self._slots[s]) is not None and ep.action is None and ep.image is not None]
-        groups: dict[str, list[int]] = {}
-        for slot in waiting:
-            groups.setdefault(self._slots[slot].spec.suite, []).append(slot)
-        for suite, slots in groups.items():
-            t0 = time.perf_counter()
-            try:
-                actions = self._call(suite, slots)
-            except Exception as err:  # noqa: BLE001 - isolate the episode that fails
-                logger.error("batched policy call failed (%s: %s); calling it per episode", type(err).__name__, err)
-                actions = []
-                for slot in slots:
-                    try:
-                        actions.append(self._call(suite, [slot])[0])
-                    except Exception as one:  # noqa: BLE001
-                        logger.error("policy failed on episode %s:\n%s", self._slots[slot].spec.key, traceback.format_exc())
-                        actions.append(f"{type(one).__name__}: {one}")
-            dt = time.perf_counter() - t0
-            self.policy_s += dt
-            for slot, action in zip(slots, actions):
-                ep = self._slots[slot]
-                ep.policy_s += dt
-                ep.max_batch = max(ep.max_batch, len(slots))
-                if isinstance(action, str):
-                    self._finish(slot, False, action)
-                else:
-                    ep.action, ep.image = action, None
-                    ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
+        if not waiting:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            actions = self._call(waiting)
+        except Exception as err:  # noqa: BLE001 - isolate the episode that fails
+            logger.error("batched policy call failed (%s: %s); calling it per episode", type(err).__name__, err)
+            actions = []
+            for slot in waiting:
+                try:
+                    actions.append(self._call([slot])[0])
+                except Exception as one:  # noqa: BLE001
+                    logger.error("policy failed on episode %s:\n%s", self._slots[slot].spec.key, traceback.format_exc())
+                    actions.append(f"{type(one).__name__}: {one}")
+        dt = time.perf_counter() - t0
+        self.policy_s += dt
+        for slot, action in zip(waiting, actions):
+            ep = self._slots[slot]
+            ep.policy_s += dt
+            ep.max_batch = max(ep.max_batch, len(waiting))
+            if isinstance(action, str):
+                self._finish(slot, False, action)
+            else:
+                ep.action, ep.image = action, None
+                ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
         return len(waiting)
 
-    def _call(self, suite: str, slots: list[int]) -> np.ndarray:
+    def _call(self, slots: list[int]) -> np.ndarray:
         eps = [self._slots[s] for s in slots]
         images = np.stack([ep.image for ep in eps])
         instructions = [ep.spec.instruction for ep in eps]
+        suites = [ep.spec.suite for ep in eps]
+        suite = suites[0] if len(set(suites)) == 1 else suites  # one name, or one per row
         variants = [getattr(ep.spec, "instruction_variant", "original") for ep in eps]
         if any(v != "original" for v in variants):
             out = self.policy.act(images, instructions, suite, variants=variants)
