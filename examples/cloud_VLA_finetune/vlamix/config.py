@@ -135,6 +135,8 @@ class BenchConfig:
         eval_max_steps: episode step limit (None = the suite's reference limit).
         num_steps_wait: dummy-action steps before the policy acts (reference: 10).
         eval_workers: parallel rollout processes. eval_seed: seed of the environments.
+        offline_max_frames: held-out frames the offline metrics (action-token accuracy, L1) use at most;
+            null = every held-out frame (the same frames for every point of a job either way).
         center_crop: centre-crop the camera image (90% of the area, resized back) as OpenVLA's LIBERO
             evaluation does for checkpoints trained with image augmentation: true, false, or null
             ("auto", the default) = follow the checkpoint (``image_aug`` of the run that trained it;
@@ -233,6 +235,8 @@ class BenchConfig:
     eval_workers: int = 2
     eval_seed: int = 7
     center_crop: bool | None = None
+    # held-out frames of the offline metrics at most (null = all); the CPU 7B route takes a few
+    offline_max_frames: int | None = None
 
     # Rollout runtime (vlamix.eval.server / envs: one batched policy, env workers, faults, videos)
     eval_device: str = "auto"
@@ -584,6 +588,8 @@ class BenchConfig:
         _check_int("num_steps_wait", self.num_steps_wait, 0)
         _check_int("eval_workers", self.eval_workers, 1)
         _check_int("eval_seed", self.eval_seed, 0)
+        if self.offline_max_frames is not None:
+            _check_int("offline_max_frames", self.offline_max_frames, 1)
         if self.center_crop is not None:
             _check_bool("center_crop", self.center_crop)
         self._validate_racing()

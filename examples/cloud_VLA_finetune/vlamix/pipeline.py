@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: Fields that only change evaluation; a change in them reuses the trained checkpoint.
 EVAL_FIELDS = frozenset(
     {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop",
-     "eval_instruction", "eval_instruction_suites"}
+     "eval_instruction", "eval_instruction_suites", "offline_max_frames"}
     # rollout runtime (vlamix.eval.server)
     | {"eval_device", "eval_dtype", "envs_per_worker", "eval_episode_timeout_s", "eval_max_attempts",
        "eval_max_error_fraction", "eval_videos", "eval_videos_per_task"}
@@ -361,7 +361,7 @@ class VLADataSelect:
         flag_errors(summary, cfg.eval_max_error_fraction)
         offline_cfg = fixed_heldout_config(cfg, self.train_index)  # the same held-out frames for every point
         ensure_demo_datasets(offline_cfg)
-        offline = offline_metrics(self.checkpoint, offline_cfg)
+        offline = offline_metrics(self.checkpoint, offline_cfg, max_frames=cfg.offline_max_frames)
         result = {
             "summary": summary,
             "episodes": rows,

@@ -172,16 +172,18 @@ def offline_metrics(
             "n_frames": a["frames"]}
         for n, a in per.items()
     }
+    ran_on = {"device": str(dev), "dtype": str(dtype).replace("torch.", "")}
     if frames == 0:
         logger.warning("no held-out frames (heldout_fraction = %s); offline metrics are NaN", cfg.heldout_fraction)
         return {"action_token_accuracy": float("nan"), "action_l1": float("nan"), "n_frames": 0,
-                "datasets": names, "per_dataset": per_dataset}
+                "datasets": names, "per_dataset": per_dataset, **ran_on}
     result = {
         "action_token_accuracy": correct / tokens,
         "action_l1": abs_err_sum / (frames * ACTION_DIM),
         "n_frames": frames,
         "datasets": names,
         "per_dataset": per_dataset,
+        **ran_on,
     }
     logger.info("offline metrics of %s: %s", checkpoint_dir, result)
     return result

@@ -601,7 +601,8 @@ class FineTuner:
                 keep_base = self.cfg.model in BUILTIN_MODELS or self.cfg.finetune_mode == "full"
                 base_model = None if keep_base else self.cfg.model
                 training = {"image_aug": bool(self.cfg.image_aug), "precision": self.precision,
-                            "finetune_mode": self.cfg.finetune_mode, "lora_rank": self.cfg.lora_rank}
+                            "device": self.ctx.device.type, "finetune_mode": self.cfg.finetune_mode,
+                            "lora_rank": self.cfg.lora_rank}
                 save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model,
                          training=training)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
