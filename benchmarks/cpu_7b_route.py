@@ -14,7 +14,7 @@ workspace. Stages, each in its own process (its peak RSS is that process tree's,
 2. ``train_interrupted``: ``vlamix run -f`` of one point (``model: <folder>``, the default job's recorded LIBERO
    RLDS mixture spatial:object:goal = 2:2:1, LoRA rank 32, ``image_aug: true``, precision auto = bf16, gradient
    checkpointing, batch 1, 2 steps); the process is SIGKILLed while it writes the step-2 checkpoint
-   (``VLAMIX_FAULT_AT``), as a preempted job would be.
+   (``VLAMIX_FAULT_AT``), as a preempted job would be (``--short``: right after the step-1 checkpoint is complete).
 3. ``resume_and_evaluate``: the same command again: the run resumes from ``step_000001``, trains step 2, saves,
    merges the LoRA adapter for evaluation (float32 per layer, one rounding, in place), rolls out one short
    episode per suite (``--policy-steps``) through the batched server with two env workers (the first policy
@@ -30,7 +30,7 @@ with the estimate (this script does not skip).
 Usage (from the repository root; ``bash scripts/setup.sh`` first)::
 
     .venv/bin/python benchmarks/cpu_7b_route.py                      # 10 policy steps per episode
-    .venv/bin/python benchmarks/cpu_7b_route.py --policy-steps 2     # the short form that .ci/run runs
+    .venv/bin/python benchmarks/cpu_7b_route.py --short --policy-steps 2   # the short form that .ci/run runs
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def check_manifest(folder: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ job
-def write_job(job_dir: str, model_folder: str, policy_steps: int, offline_frames: int) -> str:
-    """The job (benchmarkingjob + algorithm file) of one OpenVLA-7B point; paths relative to the repository root."""
+def write_job(job_dir: str, model_folder: str, runs_dir: str, policy_steps: int, offline_frames: int) -> str:
+    """The job (benchmarkingjob + algorithm file) of one OpenVLA-7B point; paths relative to the repository root.
+    ``runs_dir``: the point's training runs, the route's own (so that every invocation trains afresh)."""
     os.makedirs(job_dir, exist_ok=True)
     hp = {
         "mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 2, "libero_goal_no_noops": 1},
@@ -139,7 +140,7 @@ def write_job(job_dir: str, model_folder: str, policy_steps: int, offline_frames
         "gradient_checkpointing": True, "batch_size": 1, "train_steps": 2, "shuffle_buffer_size": 100,
         "eval_suites": [["libero_spatial", "libero_object", "libero_goal"]], "eval_tasks": 1, "trials_per_task": 1,
         "eval_max_steps": policy_steps, "eval_workers": 2, "envs_per_worker": 1, "eval_device": "cpu",
-        "eval_dtype": "bf16", "offline_max_frames": offline_frames,
+        "eval_dtype": "bf16", "offline_max_frames": offline_frames, "runs_dir": "./" + os.path.relpath(runs_dir, ROOT),
     }
     algorithm = {"algorithm": {"paradigm_type": "singletasklearning", "initial_model_url": "", "modules": [{
         "type": "basemodel", "name": "VLADataSelect", "url": f"{EXAMPLE}/testalgorithms/vla_dataselect/basemodel.py",
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=os.path.join("workspace", JOB_NAME + "_model"),
                         help="where the model folder is cached (relative to the repository root)")
     parser.add_argument("--policy-steps", type=int, default=10, help="policy steps per episode (after 10 wait steps)")
+    parser.add_argument("--short", action="store_true", help="the form .ci/run runs: killed after the step-1 checkpoint "
+                        "(not mid-write), so one LoRA step per process instead of 2 + 1")
     parser.add_argument("--offline-frames", type=int, default=2, help="held-out frames of the offline metrics")
     parser.add_argument("--tokenizer", choices=("auto", "llama", "tiny"), default="auto",
                         help="auto: the Llama-2 tokenizer when benchmarks/llama_tokenizer.py has cached it, else tiny")
@@ -271,17 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     out["stages"]["model_folder"] = {**stage, **record, "disk_gib": disk_gib(folder)}
 
     # 2. + 3. the point through `vlamix run -f`, killed mid-checkpoint, then resumed
-    job = write_job(os.path.join(ws, "job"), folder, args.policy_steps, args.offline_frames)
-    runs_dir = os.path.join(ROOT, "workspace", "vlamix_runs")
-    before = set(glob.glob(os.path.join(runs_dir, "*")))
+    runs_dir = os.path.join(ws, "runs")
+    shutil.rmtree(runs_dir, ignore_errors=True)  # the route trains afresh: a finished run would be reused
     shutil.rmtree(os.path.join(ROOT, "workspace", JOB_NAME), ignore_errors=True)
+    job = write_job(os.path.join(ws, "job"), folder, runs_dir, args.policy_steps, args.offline_frames)
     vlamix = [os.path.join(os.path.dirname(python), "vlamix"), "run", "-f", os.path.relpath(job, ROOT)]
-    killed = run_stage(vlamix, env={"VLAMIX_FAULT_AT": "checkpoint:weights_written@2"},
-                       log=os.path.join(logs, "train_interrupted.log"))
+    # full form: killed while the step-2 checkpoint is half written (it must be ignored), resumed from step 1;
+    # short form: killed right after the step-1 checkpoint is complete, resumed from it (one step saved)
+    fault = "checkpoint:saved@1" if args.short else "checkpoint:weights_written@2"
+    killed = run_stage(vlamix, env={"VLAMIX_FAULT_AT": fault}, log=os.path.join(logs, "train_interrupted.log"))
+    killed["fault"] = fault
     out["stages"]["train_interrupted"] = killed
-    new = sorted(set(glob.glob(os.path.join(runs_dir, "*"))) - before) or sorted(
-        glob.glob(os.path.join(runs_dir, "*")), key=os.path.getmtime)[-1:]
-    run_dir = new[-1] if new else None
+    run_dirs = [d for d in glob.glob(os.path.join(runs_dir, "*")) if os.path.isdir(d)]  # not the .lock files
+    run_dir = run_dirs[0] if len(run_dirs) == 1 else None
     resumable = sorted(glob.glob(os.path.join(run_dir, "step_*"))) if run_dir else []
     killed["checkpoints_left"] = [os.path.basename(s) for s in resumable]
     resumed = run_stage(vlamix, log=os.path.join(logs, "resume_and_evaluate.log"))
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         out.update(collect(ws, run_dir, folder))
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
     checks = {
-        "killed_mid_checkpoint": killed["exit_code"] == -9 and killed["checkpoints_left"] == ["step_000001"],
+        "killed_with_step_1_left": killed["exit_code"] == -9 and killed["checkpoints_left"] == ["step_000001"],
+        "resumed_from_step_1": out.get("train", {}).get("steps_logged", [None]).count(1) == 1,
         "resumed_and_finished": resumed["exit_code"] == 0 and out.get("checkpoints") == ["step_000001", "step_000002"],
         "trained_bf16_cpu_with_image_aug": out.get("train", {}).get("precision") == "bf16"
         and out.get("train", {}).get("device") == "cpu" and out.get("train", {}).get("image_aug") is True,

@@ -625,6 +625,7 @@ class FineTuner:
                              training=training)
                     logger.info("saved merged model %s", os.path.join(ckpt, MERGED_DIR))
             logger.info("saved checkpoint %s", ckpt)
+            fault_point("checkpoint:saved")
         barrier(self.ctx)
         return ckpt
 
