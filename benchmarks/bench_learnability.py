@@ -83,9 +83,10 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     optimiser, data and RNG state) and the cell's training wall time is the earlier row's plus
     this segment's.
     """
-    from vlamix.config import BenchConfig
-    from vlamix.constants import DATASET_TO_SUITE
+    from vlamix.pipeline.config import BenchConfig
+    from vlamix.core.constants import DATASET_TO_SUITE
     from vlamix.eval.rollout import evaluate_checkpoint
+    from vlamix.eval.settings import RolloutConfig
     from vlamix.eval.stats import summarize
     from vlamix.train.finetune import finetune
 
@@ -107,7 +108,8 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     tail = [r for r in log if r["step"] <= cell["train_steps"]][-20:]
     from vlamix.eval.offline import offline_metrics
 
-    heldout = offline_metrics(ckpt, cfg, device="cpu")
+    heldout = offline_metrics(ckpt, precision=cfg.resolved_precision(), data=cfg.data, mixing=cfg.mixing,
+                              batch_size=cfg.train.batch_size, device="cpu")
     row = {
         "cell": cell_key(cell, args.model), "model": args.model, **cell, "dataset": args.dataset,
         "data_dir": args.data_dir, "task_id": args.task_id,
@@ -120,7 +122,8 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     if args.trials > 0:
         t1 = time.perf_counter()
         rows = evaluate_checkpoint(ckpt, suite, [args.task_id], args.trials,
-                                   out_jsonl=os.path.join(run_dir, f"episodes_s{cell['train_steps']}.jsonl"), workers=args.workers, seed=args.seed)
+                                   out_jsonl=os.path.join(run_dir, f"episodes_s{cell['train_steps']}.jsonl"),
+                                   rollout=RolloutConfig(eval_workers=args.workers), seed=args.seed)
         summary = summarize(rows)
         row.update({
             "eval_seconds": round(time.perf_counter() - t1, 1), "episodes": summary["n_episodes"],
@@ -150,7 +153,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlamix.config import BUILTIN_MODELS
+    from vlamix.model.settings import BUILTIN_MODELS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="libero_object_no_noops", help="RLDS dataset name (one task's demos)")

@@ -41,7 +41,7 @@ SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
 
 
 def _cfg(data_dir: str, **changes):
-    from vlamix.config import BenchConfig
+    from vlamix.pipeline.config import BenchConfig
 
     values = {"mixture": {SPATIAL: 2, OBJECT: 1}, "data_dir": data_dir, "demos": "none", "batch_size": 8, "seed": 7}
     values.update(changes)
@@ -66,14 +66,13 @@ def _window_gaps(loader, batches: int, window: int, on_window=None) -> list[dict
 
 def bench_proportions(data_dir: str, batches: int, window: int) -> dict:
     from vlamix.data.mixture import MixtureLoader
-    from vlamix.mixing.dynamic import MixingController
 
-    static = MixtureLoader(_cfg(data_dir))
+    static = MixtureLoader.for_point(_cfg(data_dir))
     static_rows = _window_gaps(static, batches, window)
 
     cfg = _cfg(data_dir, strategy="doremi", mixing_update_every=1, dro_eta=0.5, dro_smoothing=0.05)
-    loader = MixtureLoader(cfg)
-    controller = MixingController(cfg, loader.group_names, loader.initial_weights)
+    loader = MixtureLoader.for_point(cfg)
+    controller = cfg.mixing.strategy_class()(cfg.mixing, loader.group_names, loader.initial_weights)
     controller.set_reference([1.0] * len(loader.group_names))
     planted = np.linspace(2.0, 1.0, len(loader.group_names))  # group 0 has the highest excess loss
 
@@ -104,8 +103,8 @@ def _fps(loader, batches: int, warmup: int) -> float:
 def bench_loader(data_dir: str, batches: int, warmup: int) -> dict:
     from vlamix.data.mixture import MixtureLoader
 
-    off = MixtureLoader(_cfg(data_dir, filter_nonfinite=False))
-    on = MixtureLoader(_cfg(data_dir, filter_action_limit=1.0, filter_min_motion=0.05, filter_motion_window=3))
+    off = MixtureLoader.for_point(_cfg(data_dir, filter_nonfinite=False))
+    on = MixtureLoader.for_point(_cfg(data_dir, filter_action_limit=1.0, filter_min_motion=0.05, filter_motion_window=3))
     fps_off, fps_on = _fps(off, batches, warmup), _fps(on, batches, warmup)
     return {
         "frames_per_s_no_filter": fps_off,

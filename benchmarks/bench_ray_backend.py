@@ -84,11 +84,11 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=False)
     from vlamix.bench import job as bench_job
     from vlamix.bench import ray_backend
-    from vlamix.config import BenchConfig
+    from vlamix.pipeline.config import BenchConfig
     from vlamix.sim.record import ensure_demo_datasets
 
     t = time.time()
-    ensure_demo_datasets(BenchConfig.from_dict({k: v[0] for k, v in grid(args).items()}))
+    ensure_demo_datasets(BenchConfig.from_dict({k: v[0] for k, v in grid(args).items()}).data)
     record_s = time.time() - t
     job_file = os.path.join(EXAMPLE_REL, "benchmarkingjob.yaml")
     out = {"grid": {k: v for k, v in grid(args).items() if k != "data_dir"}, "record_demos_s": round(record_s, 1),

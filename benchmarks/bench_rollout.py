@@ -98,6 +98,7 @@ def run_cpu(args) -> dict:
     from vlamix.eval.envs import LiberoSlot
     from vlamix.eval.policy import VLAPolicy
     from vlamix.eval.rollout import evaluate, plan_episodes, run_episode
+    from vlamix.eval.settings import RolloutConfig
 
     work = tempfile.mkdtemp(prefix="bench_rollout_")
     folder = _tiny_checkpoint(os.path.join(work, "ckpt"), args.model_seed)
@@ -123,15 +124,15 @@ def run_cpu(args) -> dict:
     for workers in args.workers:
         logger.info("(b) per-worker evaluator (%s), %d workers", LEGACY_COMMIT, workers)
         t0 = time.perf_counter()
-        rows = legacy.evaluate(folder, specs, workers=workers, max_steps=args.max_steps, device="cpu")
+        rows = legacy.evaluate(folder, specs, workers=workers, device="cpu", max_steps=args.max_steps)
         out["runs"][f"per_worker_{workers}w"] = _summary(f"per_worker_{workers}w", rows, time.perf_counter() - t0)
         for epw in args.envs_per_worker:
             name = f"vectorised_{workers}w" + (f"_{epw}e" if epw > 1 else "")
             logger.info("(c) vectorised evaluator, %d workers x %d envs", workers, epw)
             t0 = time.perf_counter()
             stats: dict = {}
-            rows = evaluate(folder, specs, workers=workers, envs_per_worker=epw, max_steps=args.max_steps, device="cpu",
-                            dtype="fp32", progress=False, stats=stats)
+            rows = evaluate(folder, specs, RolloutConfig(eval_workers=workers, envs_per_worker=epw, eval_device="cpu", eval_dtype="fp32"), max_steps=args.max_steps,
+                            progress=False, stats=stats)
             run = _summary(name, rows, time.perf_counter() - t0)
             run["policy_share"] = round(stats["policy_s"] / stats["wall_s"], 3)
             run["envs_per_worker"], run["double_buffered"] = epw, len(stats["groups"]) > 1
@@ -193,6 +194,7 @@ def run_gpu(args) -> dict:
 
     from vlamix.eval.policy import VLAPolicy
     from vlamix.eval.rollout import EpisodeSpec, evaluate
+    from vlamix.eval.settings import RolloutConfig
     from vlamix.model.processor import VLAProcessor
     from vlamix.model.tokenizer import build_tiny_tokenizer
 
@@ -232,7 +234,7 @@ def run_gpu(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         stats: dict = {}
         t0 = time.perf_counter()
-        rows = evaluate(lambda: policy, specs, workers=workers, envs_per_worker=epw, max_steps=args.gpu_steps,
+        rows = evaluate(lambda: policy, specs, RolloutConfig(eval_workers=workers, envs_per_worker=epw), max_steps=args.gpu_steps,
                         num_steps_wait=0, progress=False, stats=stats,
                         slot_factory=functools.partial(_synthetic_slot_env, env_ms=args.env_ms))
         wall = time.perf_counter() - t0

@@ -169,7 +169,6 @@ def _build(c: Check):
     from vlamix.model.processor import VLAProcessor
     from vlamix.model.tokenizer import build_tiny_tokenizer
 
-    torch = c.torch
     t0 = time.perf_counter()
     model, config = _build_model("tiny" if c.smoke else "openvla_7b", c.device, c.dtype, seed=0)
     model.norm_stats = NORM_STATS
@@ -247,6 +246,7 @@ def stage_rollouts(c: Check) -> dict:
     from bench_rollout import _synthetic_slot_env
 
     from vlamix.eval.rollout import EpisodeSpec, evaluate
+    from vlamix.eval.settings import RolloutConfig
 
     env_ms = 0.0 if c.smoke else 25.0
     steps = 6 if c.smoke else 20
@@ -256,7 +256,7 @@ def stage_rollouts(c: Check) -> dict:
         specs = [EpisodeSpec("libero_spatial", 0, k, k, INSTRUCTIONS[k % 16]) for k in range(n)]
         stats: dict = {}
         t0 = time.perf_counter()
-        rows = evaluate(lambda: c.policy, specs, workers=workers, envs_per_worker=epw, max_steps=steps, num_steps_wait=0,
+        rows = evaluate(lambda: c.policy, specs, RolloutConfig(eval_workers=workers, envs_per_worker=epw), max_steps=steps, num_steps_wait=0,
                         progress=False, stats=stats, slot_factory=functools.partial(_synthetic_slot_env, env_ms=env_ms))
         wall = time.perf_counter() - t0
         env_steps = sum(r["steps"] for r in rows)
@@ -336,7 +336,7 @@ class _ArrayLoader:
 
 
 def stage_trainer_path(c: Check, work: str) -> dict:
-    from vlamix.config import BenchConfig
+    from vlamix.pipeline.config import BenchConfig
     from vlamix.eval.policy import VLAPolicy
     from vlamix.model.checkpoint import load_vla
     from vlamix.train.finetune import FineTuner

@@ -10,7 +10,7 @@
 # modules of requirements-ianvs.txt (pins that change nothing in requirements.txt); .ci/run uses it.
 #
 # timm and torchvision are installed with --no-deps: timm's dependency on torchvision would otherwise
-# pull a CUDA torchvision (and possibly another torch). On a CPU torch, vlamix._compat makes the
+# pull a CUDA torchvision (and possibly another torch). On a CPU torch, vlamix.core.compat makes the
 # CUDA torchvision build importable (no torchvision operator is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,7 +39,7 @@ def expert_attempt(suite: str, task_id: int, index: int = 0) -> dict:
         (int, env steps taken), ``actions`` (float array ``(steps, 7)``), ``gripper`` (its last
         column: -1 open / +1 close) and ``failure`` (None or the expert's failure reason).
     """
-    from vlamix.constants import SUITE_MAX_STEPS
+    from vlamix.core.constants import SUITE_MAX_STEPS
     from vlamix.sim.expert import ExpertConfig, ScriptedExpert
     from vlamix.sim.libero_env import task_info
     from vlamix.sim.record import make_recording_env, run_attempt, settle, start_seed

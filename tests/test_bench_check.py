@@ -90,6 +90,23 @@ def test_check_rejects_unknown_hyperparameter_naming_it(root, capsys):
     assert "'train_step': unknown field" in err and "grid point 1/1" in err
 
 
+def test_a_hyperparameter_listed_twice_is_an_error_naming_it(root, capsys, monkeypatch):
+    # before: accepted; Ianvs's get_full_combinations keeps the later entry, so lora_rank 8 ran as 16, silently
+    path = root / ALGO_YAML
+    set_grid(root, {"mixture": [{"libero_spatial_no_noops": 1}], "lora_rank": [8]})
+    algo = yaml.safe_load(path.read_text())
+    algo["algorithm"]["modules"][0]["hyperparameters"].append({"lora_rank": {"values": [16]}})
+    path.write_text(yaml.safe_dump(algo))
+    assert cli.main(["check", "-f", JOB_YAML]) == 2
+    err = capsys.readouterr().err
+    assert "'lora_rank' is listed twice" in err and "vla_algorithm.yaml" in err
+    from vlamix.bench.spec import JobConfigError
+
+    monkeypatch.setattr(ianvs, "_checked", {})
+    with pytest.raises(JobConfigError, match="'lora_rank' is listed twice"):
+        ianvs.check_job_once(JOB_YAML)  # what the first basemodel construction runs under ianvs -f
+
+
 def test_ianvs_job_file_only_inside_an_ianvs_process(root, monkeypatch):
     monkeypatch.delitem(sys.modules, ianvs.IANVS_MAIN_MODULE, raising=False)
     assert ianvs.ianvs_job_file(["-f", JOB_YAML]) is None  # not an Ianvs process
@@ -107,7 +124,7 @@ def test_check_job_once_checks_once_and_raises_naming_the_point(root, monkeypatc
     assert ianvs.check_job_once() is True
     assert ianvs.check_job_once() is False  # the second grid point does not check again
     set_grid(root, {"mixture": [{"libero_spatial_no_noops": 1}], "trials_per_task": [1, -1]})
-    from vlamix.config import ConfigError
+    from vlamix.core.errors import ConfigError
 
     shutil.copy(root / JOB_YAML, root / "job2.yaml")
     with pytest.raises(ConfigError) as info:

@@ -13,7 +13,8 @@ import os
 import pytest
 import yaml
 
-from vlamix.bench.dataset import IndexFileError, index_names, load_index
+from vlamix.bench.dataset import IndexFileError, load_index
+from vlamix.core.index import index_names
 from vlamix.bench.job import expand_grid
 from vlamix.bench.rank import RankRow, sort_rows
 from vlamix.bench.spec import JobConfigError, expand_hyperparameters, load_job, parse_rank

@@ -16,8 +16,9 @@ import sys
 
 import pytest
 
+from vlamix.bench import command as bench_command
 from vlamix.bench import job as bench_job
-from vlamix.config import ConfigError
+from vlamix.core.errors import ConfigError
 from bench_constants import METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -270,7 +271,7 @@ def test_all_points_failing_leaves_header_only_rank_files_and_exit_status_1(ianv
     assert len(result.failed) == 2
     header, rows = read_csv(result.rank_files["all"])
     assert rows == [] and header[:3] == ["rank", "algorithm", "success_rate"]
-    assert bench_job.main(["-f", "fake_job.yaml"]) == 1
+    assert bench_command.main(["-f", "fake_job.yaml"]) == 1
 
 
 def test_metric_added_later_is_computed_from_the_saved_prediction(ianvs_root):
@@ -303,7 +304,7 @@ def test_a_metric_file_that_raises_stops_the_job_before_any_point(ianvs_root):
         bench_job.run_job("fake_job.yaml", print_leaderboard=False)
     assert sys.path == path_before
     assert calls(ianvs_root) == []
-    assert bench_job.main(["-f", "fake_job.yaml"]) == 2
+    assert bench_command.main(["-f", "fake_job.yaml"]) == 2
 
 
 def test_module_loading_leaves_no_trace_on_sys_path_or_stem_modules(ianvs_root):
@@ -345,12 +346,12 @@ def test_unknown_hyperparameter_is_rejected_unless_allowed(ianvs_root):
 
 
 def test_cli_exit_status_and_leaderboard(ianvs_root, capsys):
-    assert bench_job.main(["-f", "fake_job.yaml"]) == 0
+    assert bench_command.main(["-f", "fake_job.yaml"]) == 0
     out = capsys.readouterr().out
     assert "success_rate" in out and "0.75" in out and "+--" in out  # prettytable
     algo = ianvs_root / EXAMPLE_REL / "testalgorithms" / "fake" / "fake_algorithm.yaml"
     algo.write_text(FAKE_ALGORITHM.replace("TRIALS", "-1"))
-    assert bench_job.main(["-f", "fake_job.yaml"]) == 2
+    assert bench_command.main(["-f", "fake_job.yaml"]) == 2
 
 
 def _sedna_modules():

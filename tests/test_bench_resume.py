@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from vlamix import pipeline
-from vlamix.pipeline import COMPLETE_MARKER, VLADataSelect, episodes_path, eval_key, train_key
+from vlamix.pipeline.config import eval_key, train_key
+from vlamix.pipeline.point import COMPLETE_MARKER, VLADataSelect, episodes_path
 
 HPS = {"mixture": {"libero_spatial_no_noops": 1}, "eval_tasks": 1, "trials_per_task": 1, "eval_max_steps": 3}
 
@@ -20,7 +20,7 @@ HPS = {"mixture": {"libero_spatial_no_noops": 1}, "eval_tasks": 1, "trials_per_t
 def recorder(monkeypatch):
     calls = []
 
-    def fake_evaluate(policy, episodes, workers=1, out_jsonl=None, **kwargs):
+    def fake_evaluate(policy, episodes, rollout=None, out_jsonl=None, **kwargs):
         calls.append(out_jsonl)
         specs = list(episodes)
         os.makedirs(os.path.dirname(out_jsonl), exist_ok=True)
@@ -29,14 +29,11 @@ def recorder(monkeypatch):
                 fh.write(json.dumps({"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index}) + "\n")
         return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": False} for s in specs]
 
-    import vlamix.eval.offline
-    import vlamix.eval.rollout
+    import vlamix.pipeline.point
 
-    monkeypatch.setattr(vlamix.eval.rollout, "evaluate", fake_evaluate)
-    import vlamix.sim.record
-
-    monkeypatch.setattr(vlamix.eval.offline, "offline_metrics", lambda ckpt, cfg: {"action_l1": 0.5})
-    monkeypatch.setattr(vlamix.sim.record, "ensure_demo_datasets", lambda cfg: None)  # the held-out set's datasets
+    monkeypatch.setattr(vlamix.pipeline.point, "evaluate", fake_evaluate)
+    monkeypatch.setattr(vlamix.pipeline.point, "offline_metrics", lambda ckpt, **kw: {"action_l1": 0.5})
+    monkeypatch.setattr(vlamix.pipeline.point, "ensure_demo_datasets", lambda data: None)  # the held-out set's datasets
     return calls
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from vlamix.bench.job import expand_grid, validate_grid
 from vlamix.bench.spec import load_job
-from vlamix.pipeline import train_key
+from vlamix.pipeline.config import train_key
 from bench_constants import METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -44,7 +44,7 @@ def test_sweep_job_expands_to_the_six_intended_points(path):
             "temperature T=inf by task", "temperature T=1 by task + loss inverse_frequency",
         ]  # fmt: skip
         assert len({train_key(c) for c in configs}) == 6  # six trainings, none reused
-        assert configs[0].model == "tiny" and configs[0].demos == "scripted"
+        assert configs[0].get("model") == "tiny" and configs[0].get("demos") == "scripted"
     else:
         assert hps[0]["model"] == "./models/openvla-7b" and hps[0]["demos"] == "none" and hps[0]["precision"] == "bf16"
         assert (hps[0]["batch_size"], hps[0]["grad_accumulation_steps"], hps[0]["train_steps"]) == (8, 2, 10000)

@@ -37,23 +37,21 @@ def test_evaluate_unknown_suite_is_bad_input(capsys):
 
 
 def test_evaluate_fails_when_every_episode_errored(tmp_path, monkeypatch, capsys):
-    import vlamix.eval.rollout as rollout
-
-    def all_errored(checkpoint, specs, **kwargs):  # stand-in for the rollout runtime: every worker crashed
+    def all_errored(checkpoint, specs, rollout=None, **kwargs):  # stand-in for the rollout runtime: every worker crashed
         return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": False, "steps": 0,
                  "error": "EGL context lost"} for s in specs]
 
-    monkeypatch.setattr(rollout, "evaluate", all_errored)
+    monkeypatch.setattr(cli, "evaluate", all_errored)
     args = ["evaluate", "--checkpoint", "tiny", "--tasks", "1", "--trials", "2", "--out", str(tmp_path / "e.jsonl")]
     assert cli.main(args) == 1  # before: 0 with success_rate 0.0, as if the policy had failed
     assert "all 2 episodes" in _error_line(capsys)
 
-    def one_ok(checkpoint, specs, **kwargs):
+    def one_ok(checkpoint, specs, rollout=None, **kwargs):
         rows = all_errored(checkpoint, specs)
         rows[0]["error"] = None
         return rows
 
-    monkeypatch.setattr(rollout, "evaluate", one_ok)
+    monkeypatch.setattr(cli, "evaluate", one_ok)
     assert cli.main(args) == 0
 
 
@@ -74,7 +72,9 @@ def example_root(tmp_path, monkeypatch):
 def _set(root, **values):
     path = root / EXAMPLE_REL / "testalgorithms" / "vla_dataselect" / "vla_algorithm.yaml"
     algo = yaml.safe_load(path.read_text())
-    algo["algorithm"]["modules"][0]["hyperparameters"] += [{k: {"values": [v]}} for k, v in values.items()]
+    hps = algo["algorithm"]["modules"][0]["hyperparameters"]
+    for k, v in values.items():  # replace the field's entry (a field listed twice is an error) or add one
+        hps[:] = [e for e in hps if k not in e] + [{k: {"values": [v]}}]
     path.write_text(yaml.safe_dump(algo))
 
 

@@ -2,15 +2,17 @@
 
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
-from vlamix.pipeline import VLADataSelect, train_key
+from configs import checked
+from vlamix.core.errors import ConfigError
+from vlamix.pipeline.config import train_key
+from vlamix.pipeline.point import VLADataSelect
 
 GOOD = {"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1}}
 
 
 def _field_of(values):
     with pytest.raises(ConfigError) as info:
-        BenchConfig.from_dict(values)
+        checked(values)
     return info.value.field, str(info.value)
 
 
@@ -50,12 +52,12 @@ def test_missing_data_dir_names_data_dir(tmp_path):
 def test_existing_real_data_passes_with_demos_none(tmp_path):
     for name in GOOD["mixture"]:
         (tmp_path / name / "1.0.0").mkdir(parents=True)
-    cfg = BenchConfig.from_dict({**GOOD, "demos": "none", "data_dir": str(tmp_path)})
-    assert cfg.dataset_path("libero_object_no_noops") == str(tmp_path / "libero_object_no_noops" / "1.0.0")
+    cfg = checked({**GOOD, "demos": "none", "data_dir": str(tmp_path)})
+    assert cfg.data.dataset_path("libero_object_no_noops") == str(tmp_path / "libero_object_no_noops" / "1.0.0")
 
 
 def test_weights_normalise_without_size_balancing():
-    cfg = BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1, "libero_goal_no_noops": 0}})
+    cfg = checked({"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1, "libero_goal_no_noops": 0}})
     assert cfg.mixture_weights() == pytest.approx({"libero_spatial_no_noops": 2 / 3, "libero_object_no_noops": 1 / 3})
     # datasets with weight 0 are not evaluated by default; the others' suites are, in config order
     assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
@@ -63,7 +65,7 @@ def test_weights_normalise_without_size_balancing():
 
 
 def test_train_key_ignores_evaluation_fields():
-    a = BenchConfig.from_dict(GOOD)
+    a = checked(GOOD)
     assert train_key(a) == train_key(a.replace(trials_per_task=7, eval_workers=1))
     assert train_key(a) != train_key(a.replace(mixture={"libero_spatial_no_noops": 1, "libero_object_no_noops": 1}))
     assert train_key(a) != train_key(a.replace(lora_rank=8))

@@ -9,9 +9,11 @@ folder, no training run folder.
 
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
-from vlamix.io import DuplicateKeyError, load_yaml
-from vlamix.pipeline import VLADataSelect, train_key
+from configs import checked
+from vlamix.core.errors import ConfigError
+from vlamix.core.io import DuplicateKeyError, load_yaml
+from vlamix.pipeline.config import BenchConfig, train_key
+from vlamix.pipeline.point import VLADataSelect
 
 SPATIAL = {"libero_spatial_no_noops": 1}
 
@@ -64,16 +66,16 @@ def test_bad_value_fails_before_any_work(tmp_path, values, field, words):
 
 def test_an_unseen_suite_is_allowed_when_one_dataset_gives_the_norm_stats(tmp_path):
     # one trained dataset: its statistics un-normalise every suite (OpenVLA's single-key rule)
-    cfg = BenchConfig.from_dict({"mixture": SPATIAL, "data_dir": str(tmp_path), "eval_suites": ["libero_spatial", "libero_object"]})
+    cfg = checked({"mixture": SPATIAL, "data_dir": str(tmp_path), "eval_suites": ["libero_spatial", "libero_object"]})
     assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
     # the default suites are those trained on: a dataset the whitelist removes is not evaluated
     two = {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1, "libero_goal_no_noops": 1}
-    cfg = BenchConfig.from_dict({"mixture": two, "data_dir": str(tmp_path),
+    cfg = checked({"mixture": two, "data_dir": str(tmp_path),
                                  "dataset_whitelist": ["libero_spatial_no_noops", "libero_object_no_noops"]})
     assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_object")
     # a perturbed suite uses the statistics of its base suite's dataset
     two = {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1}
-    cfg = BenchConfig.from_dict({"mixture": two, "data_dir": str(tmp_path), "eval_suites": ["libero_object_swap"]})
+    cfg = checked({"mixture": two, "data_dir": str(tmp_path), "eval_suites": ["libero_object_swap"]})
     assert cfg.resolved_eval_suites() == ("libero_object_swap",)
 
 
@@ -81,28 +83,30 @@ def test_an_unseen_suite_is_allowed_when_one_dataset_gives_the_norm_stats(tmp_pa
 def test_model_folder_without_config_or_tokenizer_is_rejected(tmp_path, files, words):
     # before: accepted; a warning at load, then RuntimeError "no tokenizer" at the first training batch
     with pytest.raises(ConfigError) as info:
-        BenchConfig.from_dict({"mixture": SPATIAL, "model": _model_folder(tmp_path, *files)})
+        checked({"mixture": SPATIAL, "model": _model_folder(tmp_path, *files)})
     assert info.value.field == "model"
     for word in words:
         assert word in str(info.value)
 
 
-def test_complete_model_folder_and_recorded_dataset_pass(tmp_path):
+def test_complete_model_folder_and_recorded_dataset_pass(tmp_path, monkeypatch):
+    # "{}" is OpenVLA-7B's shape; the memory check has its own tests (test_model_memory.py), so any machine fits here
+    monkeypatch.setattr("vlamix.pipeline.checks.available_bytes", lambda device: 1024**5)
     model = _model_folder(tmp_path, "config.json", "tokenizer_config.json")
-    cfg = BenchConfig.from_dict({"mixture": SPATIAL, "model": model, "eval_tasks": 10, "trials_per_task": 50})
-    assert cfg.model == model
+    cfg = checked({"mixture": SPATIAL, "model": model, "eval_tasks": 10, "trials_per_task": 50})
+    assert cfg.get("model") == model
     # a present dataset needs no expert: libero_90 with its data in place is valid with demos: scripted
     info = tmp_path / "data" / "libero_90_no_noops" / "1.0.0" / "dataset_info.json"
     info.parent.mkdir(parents=True)
     info.write_text("{}")
-    cfg = BenchConfig.from_dict({"mixture": {"libero_90_no_noops": 1}, "data_dir": str(tmp_path / "data")})
+    cfg = checked({"mixture": {"libero_90_no_noops": 1}, "data_dir": str(tmp_path / "data")})
     assert cfg.selected_datasets() == ["libero_90_no_noops"]
 
 
 def test_curriculum_ignored_by_the_strategy_still_gives_a_train_key():
     phases = [{"step": 0, "weights": {"libero_spatial_no_noops": 1}}]
-    cfg = BenchConfig.from_dict({"mixture": SPATIAL, "curriculum": phases})
-    assert train_key(cfg) == train_key(BenchConfig.from_dict({"mixture": SPATIAL}))
+    cfg = checked({"mixture": SPATIAL, "curriculum": phases})
+    assert train_key(cfg) == train_key(checked({"mixture": SPATIAL}))
 
 
 def test_duplicate_yaml_keys_are_rejected_with_both_lines(tmp_path):
@@ -112,12 +116,10 @@ def test_duplicate_yaml_keys_are_rejected_with_both_lines(tmp_path):
     assert "'libero_spatial_no_noops'" in str(info.value) and "line 4" in str(info.value) and "line 2" in str(info.value)
     assert load_yaml("a: 1\nb: {a: 2}\n") == {"a": 1, "b": {"a": 2}}  # the same key in two mappings is fine
 
-    from vlamix.train.finetune import load_config_file
-
     path = tmp_path / "point.yaml"
     path.write_text(text)
     with pytest.raises(DuplicateKeyError, match="point.yaml"):
-        load_config_file(str(path))
+        BenchConfig.from_file(str(path))
 
 
 def test_duplicate_key_in_a_job_yaml_is_a_job_error(tmp_path):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from synthetic_rlds import synthetic_episode
-from vlamix.config import BenchConfig
+from configs import checked
 from vlamix.data.augment import OPENVLA_IMAGE_AUG, augment_image
 from vlamix.data.mixture import MixtureLoader
 from vlamix.data.rlds_writer import write_rlds
+from vlamix.eval.settings import RolloutConfig
 
 SPATIAL = "libero_spatial_no_noops"
 
@@ -35,7 +36,7 @@ def _cfg(data_dir, **kw):
     values = dict(mixture={SPATIAL: 1}, data_dir=data_dir, demos="none", batch_size=4, shuffle_buffer_size=8, seed=3,
                   heldout_fraction=0.25)
     values.update(kw)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _run(tf, image, seed, **recipe):
@@ -74,8 +75,8 @@ def test_unknown_op_is_refused(tf):
 
 
 def test_the_loader_augments_training_images_only_and_resumes_exactly(data_dir):
-    plain = MixtureLoader(_cfg(data_dir))
-    aug = MixtureLoader(_cfg(data_dir, image_aug=True))
+    plain = MixtureLoader.for_point(_cfg(data_dir))
+    aug = MixtureLoader.for_point(_cfg(data_dir, image_aug=True))
     a, b = [plain.next_batch() for _ in range(3)], [aug.next_batch() for _ in range(3)]
     for x, y in zip(a, b):  # the same frames ...
         assert x["instruction"] == y["instruction"] and np.array_equal(x["action"], y["action"])
@@ -83,18 +84,18 @@ def test_the_loader_augments_training_images_only_and_resumes_exactly(data_dir):
     assert all(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, b))  # ... with augmented images
     state = aug.state_dict()
     rest = [aug.next_batch() for _ in range(3)]
-    resumed = MixtureLoader(_cfg(data_dir, image_aug=True)).load_state_dict(state)
+    resumed = MixtureLoader.for_point(_cfg(data_dir, image_aug=True)).load_state_dict(state)
     assert all(np.array_equal(x["image"], resumed.next_batch()["image"]) for x in rest)
-    again = MixtureLoader(_cfg(data_dir, image_aug=True))
+    again = MixtureLoader.for_point(_cfg(data_dir, image_aug=True))
     assert all(np.array_equal(x["image"], again.next_batch()["image"]) for x in b)  # deterministic per seed
-    held_plain = next(iter(MixtureLoader(_cfg(data_dir), "heldout")))["image"]
-    held_aug = next(iter(MixtureLoader(_cfg(data_dir, image_aug=True), "heldout")))["image"]
+    held_plain = next(iter(MixtureLoader.for_point(_cfg(data_dir), "heldout")))["image"]
+    held_aug = next(iter(MixtureLoader.for_point(_cfg(data_dir, image_aug=True), "heldout")))["image"]
     np.testing.assert_array_equal(held_plain, held_aug)  # offline metrics see the images unchanged
 
 
 def test_image_aug_is_in_the_train_key_and_center_crop_follows_it(data_dir, tmp_path):
     from vlamix.model.checkpoint import CHECKPOINT_META_NAME, build_tiny, checkpoint_image_aug, save_vla
-    from vlamix.pipeline import eval_key, train_key
+    from vlamix.pipeline.config import eval_key, train_key
 
     base = _cfg(data_dir)
     aug = _cfg(data_dir, image_aug=True)
@@ -104,7 +105,7 @@ def test_image_aug_is_in_the_train_key_and_center_crop_follows_it(data_dir, tmp_
     assert eval_key(base) == eval_key(_cfg(data_dir, center_crop=False))  # null = off here: same episodes
     assert eval_key(aug) == eval_key(_cfg(data_dir, image_aug=True, center_crop=True)) != eval_key(base)
     assert _cfg(data_dir, image_aug=True, center_crop=False).resolved_center_crop() is False  # explicit wins
-    assert _cfg(data_dir, center_crop="auto").center_crop is None
+    assert _cfg(data_dir, center_crop="auto").get("center_crop") is None
     # checkpoints record image_aug; folders without our record (official OpenVLA LIBERO checkpoints) crop
     model, processor = build_tiny()
     ours = save_vla(model, processor, str(tmp_path / "ours"), training={"image_aug": True})
@@ -132,9 +133,9 @@ def test_rollouts_record_the_crop_the_checkpoint_asks_for(tmp_path, monkeypatch)
         built.append(kwargs["center_crop"])
         raise Stop
 
-    monkeypatch.setattr("vlamix.eval.policy.VLAPolicy", fake_policy)
+    monkeypatch.setattr("vlamix.eval.rollout.VLAPolicy", fake_policy)
     spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
     for crop, expected in ((None, True), (False, False)):
         with pytest.raises(RuntimeError, match="could not build"):
-            evaluate(folder, [spec], device="cpu", center_crop=crop, progress=False)
+            evaluate(folder, [spec], RolloutConfig(eval_device="cpu"), center_crop=crop, progress=False)
         assert built[-1] is expected

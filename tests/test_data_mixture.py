@@ -1,13 +1,13 @@
 """Mixture loader: proportions, held-out split, determinism, resume, normalisation, errors."""
 
-import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.data.mixture import MixtureLoader, MixtureSampler, heldout_count, mixture_weights
 from vlamix.data.normalization import libero_transform_actions, load_or_compute_stats, normalize_actions
 from vlamix.data.reader import open_rlds
@@ -39,7 +39,7 @@ def data_dir(tmp_path_factory):
 def _cfg(data_dir, mixture, **kw):
     values = dict(mixture=mixture, data_dir=data_dir, demos="none", batch_size=8, shuffle_buffer_size=16, seed=3)
     values.update(kw)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _stored_instructions(data_dir, name):
@@ -87,20 +87,20 @@ def test_heldout_count_rule():
 # ------------------------------------------------------------------------------------ weights
 def test_weights_are_proportions_unless_balance_by_size(data_dir):
     cfg = _cfg(data_dir, {SPATIAL: 2, OBJECT: 1, GOAL: 0})
-    assert mixture_weights(cfg) == pytest.approx({SPATIAL: 2 / 3, OBJECT: 1 / 3})
+    assert mixture_weights(cfg.data) == pytest.approx({SPATIAL: 2 / 3, OBJECT: 1 / 3})
     balanced = _cfg(data_dir, {SPATIAL: 1, OBJECT: 1}, balance_by_size=True, heldout_fraction=0.0)
     frames = {SPATIAL: sum(LENGTHS[SPATIAL]), OBJECT: sum(LENGTHS[OBJECT])}
     total = sum(frames.values())
     expected = {k: v / total for k, v in frames.items()}
-    assert mixture_weights(balanced) == pytest.approx(expected)
-    loader = MixtureLoader(balanced)
+    assert mixture_weights(balanced.data) == pytest.approx(expected)
+    loader = MixtureLoader.for_point(balanced)
     assert loader.weights == pytest.approx(expected)
     assert loader.num_frames == frames
 
 
 # ------------------------------------------------------------------------------------ loader
 def test_batches_follow_weights_and_hold_normalised_model_space_actions(data_dir):
-    loader = MixtureLoader(_cfg(data_dir, {SPATIAL: 3, OBJECT: 2, GOAL: 1}))
+    loader = MixtureLoader.for_point(_cfg(data_dir, {SPATIAL: 3, OBJECT: 2, GOAL: 1}))
     assert loader.dataset_names == (SPATIAL, OBJECT, GOAL)
     batches = [loader.next_batch() for _ in range(25)]
     b = batches[0]
@@ -142,8 +142,8 @@ def test_batches_follow_weights_and_hold_normalised_model_space_actions(data_dir
 
 def test_heldout_episodes_never_in_training(data_dir):
     cfg = _cfg(data_dir, {SPATIAL: 1, OBJECT: 1, GOAL: 1}, heldout_fraction=0.25)
-    train = MixtureLoader(cfg)
-    heldout = MixtureLoader(cfg, split="heldout")
+    train = MixtureLoader.for_point(cfg)
+    heldout = MixtureLoader.for_point(cfg, split="heldout")
     expected_heldout, expected_train = set(), set()
     for d in train.datasets:
         names = _stored_instructions(data_dir, d.name)
@@ -166,16 +166,16 @@ def test_heldout_episodes_never_in_training(data_dir):
 
 def test_same_seed_same_sequence_and_resume(data_dir):
     cfg = _cfg(data_dir, {SPATIAL: 2, GOAL: 1})
-    a = MixtureLoader(cfg)
+    a = MixtureLoader.for_point(cfg)
     first = [a.next_batch() for _ in range(6)]
     state = a.state_dict()
     a.set_weights({SPATIAL: 1, GOAL: 3})
     state_after_change = a.state_dict()
     rest = [a.next_batch() for _ in range(6)]
 
-    b = MixtureLoader(cfg)
+    b = MixtureLoader.for_point(cfg)
     replay = [b.next_batch() for _ in range(6)]
-    other = MixtureLoader(cfg.replace(seed=4))
+    other = MixtureLoader.for_point(cfg.replace(seed=4))
     different = [other.next_batch() for _ in range(6)]
 
     def same(x, y):
@@ -189,22 +189,22 @@ def test_same_seed_same_sequence_and_resume(data_dir):
     assert all(same(x, y) for x, y in zip(first, replay))
     assert not all(same(x, y) for x, y in zip(first, different))
 
-    resumed = MixtureLoader(cfg).load_state_dict(state_after_change)
+    resumed = MixtureLoader.for_point(cfg).load_state_dict(state_after_change)
     assert resumed.batches_consumed == 6 and resumed.weights == pytest.approx({SPATIAL: 0.25, GOAL: 0.75})
     assert all(same(x, y) for x, y in zip(rest, [resumed.next_batch() for _ in range(6)]))
-    resumed_old = MixtureLoader(cfg).load_state_dict(state)
+    resumed_old = MixtureLoader.for_point(cfg).load_state_dict(state)
     assert resumed_old.weights == pytest.approx({SPATIAL: 2 / 3, GOAL: 1 / 3})
     with pytest.raises(ValueError, match="seed"):
-        MixtureLoader(cfg.replace(seed=5)).load_state_dict(state)
+        MixtureLoader.for_point(cfg.replace(seed=5)).load_state_dict(state)
 
 
 def test_errors_name_the_field(data_dir, tmp_path):
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(_cfg(str(tmp_path), {SPATIAL: 1}, demos="scripted"))
+        MixtureLoader.for_point(_cfg(str(tmp_path), {SPATIAL: 1}, demos="scripted"))
     assert err.value.field == "data_dir" and SPATIAL in str(err.value)
     (tmp_path / SPATIAL / "1.0.0").mkdir(parents=True)  # a folder, but not an RLDS dataset
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(_cfg(str(tmp_path), {SPATIAL: 1}, demos="scripted"))
+        MixtureLoader.for_point(_cfg(str(tmp_path), {SPATIAL: 1}, demos="scripted"))
     assert err.value.field == "data_dir"
     # an RLDS dataset with no episodes (tfds cannot write one; make it by emptying a copy)
     empty = tmp_path / "empty" / GOAL / "1.0.0"
@@ -216,16 +216,16 @@ def test_errors_name_the_field(data_dir, tmp_path):
         if ".tfrecord-" in f.name or f.name.startswith(("dataset_statistics_", "episodes_")):
             f.unlink()
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(_cfg(str(tmp_path / "empty"), {GOAL: 1}))
+        MixtureLoader.for_point(_cfg(str(tmp_path / "empty"), {GOAL: 1}))
     assert err.value.field == "data_dir" and "no episodes" in str(err.value)
-    bad = dataclasses.replace(_cfg(data_dir, {SPATIAL: 1}), mixture={"libero_kitchen_no_noops": 1.0})
+    bad = _cfg(data_dir, {SPATIAL: 1}).without_checks(mixture={"libero_kitchen_no_noops": 1.0})
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(bad)
+        MixtureLoader.for_point(bad)
     assert err.value.field == "mixture" and "libero_kitchen_no_noops" in str(err.value)
     loader_cfg = _cfg(data_dir, {SPATIAL: 1})
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(loader_cfg, split="test")
+        MixtureLoader.for_point(loader_cfg, split="test")
     assert err.value.field == "split"
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(loader_cfg).set_weights({GOAL: 1.0})
+        MixtureLoader.for_point(loader_cfg).set_weights({GOAL: 1.0})
     assert err.value.field == "mixture"

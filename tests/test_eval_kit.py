@@ -11,19 +11,12 @@ import os
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.eval import paired
 from vlamix.eval.breakdown import breakdown, tag_rows, training_split
-from vlamix.eval.plan import (
-    INSTRUCTION_VARIANTS,
-    EpisodeSpec,
-    SuiteUnavailableError,
-    base_suite,
-    list_suites,
-    perturbation,
-    plan_episodes,
-    suite_max_steps,
-)
+from vlamix.eval.plan import EpisodeSpec, plan_episodes
+from vlamix.core.suites import INSTRUCTION_VARIANTS, SuiteUnavailableError, base_suite, list_suites, perturbation, suite_max_steps
 from vlamix.eval.stats import summarize, wilson_interval
 
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
@@ -60,10 +53,10 @@ def test_registered_suite_without_files_fails_in_planning_and_config():
     with pytest.raises(SuiteUnavailableError, match="libero_spatial_env.*not installed"):
         plan_episodes("libero_spatial_env", 1, 1)
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_suites": ["libero_spatial", "libero_spatial_temp"]})
+        checked({"mixture": {SPATIAL: 1}, "eval_suites": ["libero_spatial", "libero_spatial_temp"]})
     assert err.value.field == "eval_suites" and "libero_spatial_temp" in str(err.value)
     # a perturbation suite with its files is a valid evaluation suite
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_suites": ["libero_spatial", "libero_spatial_swap"]})
+    cfg = checked({"mixture": {SPATIAL: 1}, "eval_suites": ["libero_spatial", "libero_spatial_swap"]})
     assert cfg.resolved_eval_suites() == ("libero_spatial", "libero_spatial_swap")
 
 
@@ -101,12 +94,12 @@ def test_episode_spec_positional_construction_unchanged():
 
 
 def test_eval_instruction_config_field():
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_instruction": "empty"})
-    assert cfg.eval_instruction == ("empty",)
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_instruction": ["original", "unwrapped"]})
+    cfg = checked({"mixture": {SPATIAL: 1}, "eval_instruction": "empty"})
+    assert cfg.get("eval_instruction") == ("empty",)
+    cfg = checked({"mixture": {SPATIAL: 1}, "eval_instruction": ["original", "unwrapped"]})
     assert cfg.to_dict()["eval_instruction"] == ["original", "unwrapped"]
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_instruction": ["original", "nothing"]})
+        checked({"mixture": {SPATIAL: 1}, "eval_instruction": ["original", "nothing"]})
     assert err.value.field == "eval_instruction"
 
 
@@ -255,43 +248,42 @@ def test_error_episodes_do_not_count_in_breakdown():
 
 
 def test_seen_unseen_tagging_with_heldout_tasks():
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1, OBJECT: 0}, "demos": "scripted", "demo_tasks": 3,
+    cfg = checked({"mixture": {SPATIAL: 1, OBJECT: 0}, "demos": "scripted", "demo_tasks": 3,
                                  "heldout_tasks": {SPATIAL: [1]}, "eval_suites": ["libero_spatial", "libero_object"]})
-    assert cfg.heldout_tasks == {SPATIAL: (1,)}
-    assert training_split(cfg, "libero_spatial", 0) == "seen"
-    assert training_split(cfg, "libero_spatial", 1) == "unseen"   # held out
-    assert training_split(cfg, "libero_spatial", 3) == "unseen"   # never recorded (demo_tasks 3)
-    assert training_split(cfg, "libero_object", 0) == "unseen"    # weight 0
-    assert training_split(cfg, "libero_spatial_swap", 0) == "seen"
-    assert training_split(cfg, "libero_spatial_task", 0) == "unseen"  # a new task
+    assert cfg.get("heldout_tasks") == {SPATIAL: (1,)}
+    assert training_split(cfg.data, "libero_spatial", 0) == "seen"
+    assert training_split(cfg.data, "libero_spatial", 1) == "unseen"   # held out
+    assert training_split(cfg.data, "libero_spatial", 3) == "unseen"   # never recorded (demo_tasks 3)
+    assert training_split(cfg.data, "libero_object", 0) == "unseen"    # weight 0
+    assert training_split(cfg.data, "libero_spatial_swap", 0) == "seen"
+    assert training_split(cfg.data, "libero_spatial_task", 0) == "unseen"  # a new task
     specs = plan_episodes(["libero_spatial"], [0, 1], 1)
     rows = [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": True} for s in specs]
-    tagged = tag_rows(rows, specs, cfg)
+    tagged = tag_rows(rows, specs, cfg.data)
     assert [r["split"] for r in tagged] == ["seen", "unseen"]
     assert [r["instruction_variant"] for r in tagged] == ["original", "original"]
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "heldout_tasks": {SPATIAL: [-1]}})
+        checked({"mixture": {SPATIAL: 1}, "heldout_tasks": {SPATIAL: [-1]}})
     assert err.value.field == "heldout_tasks"
 
 
 # ---------------------------------------------------------------------------- rank adapters
 def test_tied_with_best_metric_reads_the_peers_of_its_job(tmp_path):
     from vlamix.bench import metrics
+    from vlamix.pipeline.ledger import record
 
-    job = tmp_path / "job"
-    best = _rows([1] * 36 + [0] * 4)
-    poor = _rows([1] * 10 + [0] * 30)
-    for point, rows in (("p1", best), ("p2", poor)):
-        inf = job / "algo" / point / "output" / "inference"
-        inf.mkdir(parents=True)
-        (inf / metrics.PEER_EPISODES_FILE).write_text(json.dumps({"episodes": rows}))
-    pred = {"episodes": poor, "result_saved_url": str(job / "algo" / "p2" / "output" / "inference") + "/"}
+    ledger = str(tmp_path / "job" / "vlamix_points")
+    best = {"episodes": _rows([1] * 36 + [0] * 4), "train_key": "best"}
+    poor = {"episodes": _rows([1] * 10 + [0] * 30), "train_key": "poor"}
+    paths = {name: record(ledger, pred) for name, pred in (("best", best), ("poor", poor))}
+    pred = {**poor, "ledger": ledger, "ledger_entry": paths["poor"]}
     assert metrics.tied_with_best(None, pred) is False
-    pred_best = {"episodes": best, "result_saved_url": str(job / "algo" / "p1" / "output" / "inference")}
+    pred_best = {**best, "ledger": ledger, "ledger_entry": paths["best"]}
     assert metrics.tied_with_best(None, pred_best) is True
+    assert metrics.tied_with_best(None, {**poor, "ledger": None}) is True  # no peers: nothing to be worse than
     # the columns of a prediction without perturbation suites are NaN, not 0
-    assert math.isnan(metrics.perturbed_success_rate(None, {"episodes": best}))
-    assert metrics.worst_suite_success_rate(None, {"episodes": best}) == pytest.approx(0.9)
+    assert math.isnan(metrics.perturbed_success_rate(None, best))
+    assert metrics.worst_suite_success_rate(None, best) == pytest.approx(0.9)
 
 
 def test_metric_files_are_registered_in_testenv():
@@ -327,7 +319,7 @@ def _data_cfg(rlds_dir, mixture, **kw):
     values = dict(mixture=mixture, data_dir=rlds_dir, demos="none", batch_size=4, shuffle_buffer_size=8, seed=3,
                   heldout_fraction=0.2, eval_suites=["libero_spatial", "libero_object"])
     values.update(kw)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def test_heldout_tasks_are_excluded_from_training(rlds_dir, monkeypatch):
@@ -335,10 +327,10 @@ def test_heldout_tasks_are_excluded_from_training(rlds_dir, monkeypatch):
 
     # the synthetic instructions are not LIBERO's: map task id 1 of spatial to "spatial task 1"
     monkeypatch.setattr(mixture, "heldout_task_instructions",
-                        lambda cfg, name: {"spatial task 1"} if (cfg.heldout_tasks or {}).get(name) else set())
+                        lambda data, name: {"spatial task 1"} if (data.heldout_tasks or {}).get(name) else set())
     seen = {}
     for held in (None, {SPATIAL: [1]}):
-        loader = mixture.MixtureLoader(_data_cfg(rlds_dir, {SPATIAL: 1}, heldout_tasks=held))
+        loader = mixture.MixtureLoader.for_point(_data_cfg(rlds_dir, {SPATIAL: 1}, heldout_tasks=held))
         seen[bool(held)] = set()
         for _ in range(8):
             seen[bool(held)] |= set(loader.next_batch()["instruction"])
@@ -348,20 +340,20 @@ def test_heldout_tasks_are_excluded_from_training(rlds_dir, monkeypatch):
 
 def test_offline_heldout_set_is_identical_for_1_0_and_0_1_points(rlds_dir):
     from vlamix.data.mixture import MixtureLoader
-    from vlamix.eval.offline import fixed_heldout_config
+    from vlamix.pipeline.point import fixed_heldout_config
 
     index = [SPATIAL, OBJECT, "libero_goal_no_noops"]  # goal is not evaluated: not in the set
     frames = {}
     for label, mix in (("1:0", {SPATIAL: 1, OBJECT: 0}), ("0:1", {SPATIAL: 0, OBJECT: 1})):
         cfg = fixed_heldout_config(_data_cfg(rlds_dir, mix), index)
-        assert dict(cfg.mixture) == {SPATIAL: 1, OBJECT: 1}
-        batches = list(MixtureLoader(cfg, split="heldout"))
+        assert dict(cfg.get("mixture")) == {SPATIAL: 1, OBJECT: 1}
+        batches = list(MixtureLoader.for_point(cfg, split="heldout"))
         frames[label] = (sum((b["instruction"] for b in batches), []), np.concatenate([b["action"] for b in batches]))
     assert frames["1:0"][0] == frames["0:1"][0]
     assert {t.split()[0] for t in frames["1:0"][0]} == {"spatial", "object"}
     np.testing.assert_array_equal(frames["1:0"][1], frames["0:1"][1])
     # the point's own held-out split (the old behaviour) would differ
-    own = sum((b["instruction"] for b in MixtureLoader(_data_cfg(rlds_dir, {SPATIAL: 1}), split="heldout")), [])
+    own = sum((b["instruction"] for b in MixtureLoader.for_point(_data_cfg(rlds_dir, {SPATIAL: 1}), split="heldout")), [])
     assert {t.split()[0] for t in own} == {"spatial"}
 
 
@@ -391,11 +383,11 @@ def _point(weights, sr_spatial, sr_object, sr_swap, sr_empty, tmp_path, n=10):
             "offline": {"action_token_accuracy": 0.2 + weights[0] / 10, "action_l1": 0.1,
                         "per_dataset": {SPATIAL: {"action_token_accuracy": 0.3, "action_l1": 0.1, "n_frames": 5},
                                         OBJECT: {"action_token_accuracy": 0.1, "action_l1": 0.2, "n_frames": 5}}},
-            "train_log": str(log)}
+            "train_log": str(log), "train_key": f"key{weights[0]}{weights[1]}"}
 
 
 def test_report_has_every_section_and_readable_ratio_plot(tmp_path):
-    from vlamix.report import write_report
+    from vlamix.report.markdown import write_report
 
     results = [_point((2, 1), 0.9, 0.3, 0.2, 0.8, tmp_path), _point((1, 1), 0.6, 0.6, 0.1, 0.6, tmp_path),
                _point((1, 2), 0.2, 0.3, 0.0, 0.2, tmp_path)]
@@ -438,16 +430,16 @@ def _default_job_points():
 
 
 def test_expert_reference_plans_the_same_episodes_as_the_vla_points():
-    from vlamix.eval.expert_eval import check_hyperparameters
+    from vlamix.pipeline.expert import check_hyperparameters
 
     points = _default_job_points()
     expert = [p for p in points if p.basemodel.name == "ScriptedExpertReference"]
     vla = [p for p in points if p.basemodel.name == "VLADataSelect"]
     assert len(expert) == 1 and len(vla) == 3
     s = check_hyperparameters(dict(expert[0].basemodel.hyperparameters))
-    cfg = BenchConfig.from_dict(dict(vla[0].basemodel.hyperparameters))
+    cfg = checked(dict(vla[0].basemodel.hyperparameters))
     assert plan_episodes(s["eval_suites"], s["eval_tasks"], s["trials_per_task"], s["eval_instruction"]) == plan_episodes(
-        cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction)
+        cfg.resolved_eval_suites(), cfg.get("eval_tasks"), cfg.get("trials_per_task"), cfg.get("eval_instruction"))
     with pytest.raises(ConfigError) as err:
         check_hyperparameters({"mixture": {SPATIAL: 1}})
     assert err.value.field == "mixture"
@@ -459,7 +451,7 @@ def test_expert_reference_plans_the_same_episodes_as_the_vla_points():
 @pytest.mark.libero
 def test_expert_reference_row_succeeds_on_the_default_episodes(monkeypatch, tmp_path):
     from vlamix.bench import metrics
-    from vlamix.eval.expert_eval import ExpertReference
+    from vlamix.pipeline.expert import ExpertReference
 
     monkeypatch.setenv("RESULT_SAVED_URL", str(tmp_path / "job" / "scripted_expert" / "p" / "output" / "inference"))
     pred = ExpertReference(eval_suites=["libero_spatial", "libero_object"], eval_tasks=2, eval_workers=2).predict()
@@ -497,8 +489,8 @@ def test_openvla7b_comparison_evaluates_standard_and_libero_pro_suites_with_abla
 
 
 def test_report_command_reads_points_of_vlamix_run_and_of_ianvs(tmp_path, monkeypatch):
-    from vlamix.bench.metrics import PEER_EPISODES_FILE
     from vlamix.cli import main
+    from vlamix.pipeline.ledger import ledger_of, record
 
     monkeypatch.chdir(os.path.join(EXAMPLE, "..", "..", ".."))  # the repository root plays the Ianvs root
     job = tmp_path / "job.yaml"
@@ -509,9 +501,7 @@ def test_report_command_reads_points_of_vlamix_run_and_of_ianvs(tmp_path, monkey
     b = _point((1, 2), 0.2, 0.3, 0.0, 0.2, tmp_path)
     (job_dir / "vla_dataselect" / "p1").mkdir(parents=True)
     (job_dir / "vla_dataselect" / "p1" / "prediction.json").write_text(json.dumps(a))  # vlamix run
-    ianvs = job_dir / "vla_dataselect" / "uuid-2" / "output" / "inference"
-    ianvs.mkdir(parents=True)
-    (ianvs / PEER_EPISODES_FILE).write_text(json.dumps(b))  # real Ianvs: only the pipeline's file
+    record(ledger_of(str(job_dir)), b)  # real Ianvs: only the pipeline's ledger entry
     assert main(["report", "-f", str(job)]) == 0
     text = (job_dir / "report" / "report.md").read_text()
     assert "spatial:object=2:1" in text and "spatial:object=1:2" in text and "## What the data supports" in text

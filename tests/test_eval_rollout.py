@@ -24,6 +24,7 @@ from vlamix.eval.rollout import (
     plan_episodes,
     read_rows,
 )
+from vlamix.eval.settings import RolloutConfig
 
 
 # ------------------------------------------------------------------------------ test-only policies
@@ -146,18 +147,30 @@ class _FakeProcessor:
                 "attention_mask": torch.ones(len(instructions), 3, dtype=torch.long)}
 
 
+class _FakeTokenizer:
+    """Action ids / 100 as normalised actions."""
+
+    def decode(self, ids):
+        return np.asarray(ids, dtype=np.float64) / 100.0
+
+
 class _FakeModel(torch.nn.Module):
     norm_stats = {"libero_spatial": {}, "libero_spatial_no_noops": {}}
+    action_tokenizer = _FakeTokenizer()
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.seen = []
 
-    def predict_action(self, pixel_values, input_ids, attention_mask, unnorm_key):
-        self.seen.append((unnorm_key, pixel_values.dtype))
-        first = pixel_values[:, 0, 0, 0].reshape(-1, 1)  # depends on the (cropped) image
-        return torch.cat([first.repeat(1, 6), torch.full_like(first, 0.25)], dim=1)
+    def predict_action_ids(self, pixel_values, input_ids, attention_mask, action_dim):
+        self.seen.append(("ids", pixel_values.dtype))
+        first = (pixel_values[:, 0, 0, 0] * 100).round().long().reshape(-1, 1)  # depends on the (cropped) image
+        return torch.cat([first.repeat(1, action_dim - 1), torch.full_like(first, 25)], dim=1)
+
+    def get_action_stats(self, key):
+        self.seen.append(("stats", key))  # identity un-normalisation: q01 -1, q99 1; the gripper passes through
+        return {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}
 
 
 def test_vla_policy_act_batches_crops_and_picks_key():
@@ -169,7 +182,7 @@ def test_vla_policy_act_batches_crops_and_picks_key():
     assert out.shape == (2, 7) and out.dtype == np.float64
     assert out[0, 0] == pytest.approx(1.0) and out[1, 0] == 0.0 and np.all(out[:, 6] == 0.25)
     assert proc.cropped == 1
-    assert model.seen == [("libero_spatial_no_noops", torch.float32)]  # inputs cast to the model dtype
+    assert model.seen == [("ids", torch.float32), ("stats", "libero_spatial_no_noops")]  # inputs cast to the model dtype
     assert not model.training
     with pytest.raises(ValueError, match="one instruction per image"):
         policy.act(images, ["only one"], "libero_spatial")
@@ -199,7 +212,7 @@ def test_plan_episodes_and_rejections():
 def test_evaluate_rejects_bad_arguments_before_starting_workers(tmp_path):
     spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
     with pytest.raises(ValueError, match="workers"):
-        evaluate(_must_not_build, [spec], workers=0)
+        evaluate(_must_not_build, [spec], RolloutConfig(eval_workers=0))
     with pytest.raises(ValueError, match="more than once"):
         evaluate(_must_not_build, [spec, spec])
     with pytest.raises(ValueError, match="checkpoint paths only"):
@@ -209,9 +222,9 @@ def test_evaluate_rejects_bad_arguments_before_starting_workers(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_checkpoint"):
         evaluate(str(tmp_path / "no_such_checkpoint"), [spec])
     with pytest.raises(ValueError, match="envs_per_worker"):
-        evaluate(_must_not_build, [spec], envs_per_worker=0)
-    with pytest.raises(ValueError, match="videos must be one of none, failures, all"):
-        evaluate(_must_not_build, [spec], videos="some")
+        evaluate(_must_not_build, [spec], RolloutConfig(envs_per_worker=0))
+    with pytest.raises(ValueError, match="eval_videos.*allowed: none, failures, all"):
+        evaluate(_must_not_build, [spec], RolloutConfig(eval_videos="some"))
 
 
 # ------------------------------------------------------------------------------ real rollout
@@ -220,7 +233,7 @@ def test_rollout_rows_resume_and_error_rows(tmp_path):
     out = str(tmp_path / "eval" / "episodes.jsonl")
     specs = plan_episodes("libero_spatial", [0], 2)
     # episode 0: 5 policy steps; episode 1: the policy raises on its first call (call 6)
-    rows = evaluate(functools.partial(OpenGripperPolicy, fail_at=6), specs, workers=1, out_jsonl=out,
+    rows = evaluate(functools.partial(OpenGripperPolicy, fail_at=6), specs, RolloutConfig(eval_workers=1), out_jsonl=out,
                     max_steps=5, seed=3)
     assert len(rows) == 2
     r0, r1 = rows
@@ -244,11 +257,11 @@ def test_rollout_rows_resume_and_error_rows(tmp_path):
     assert meta["runs"][-1]["n_run"] == 2 and meta["runs"][-1]["versions"]["robosuite"] == "1.4.0"
 
     # resume: both rows exist with the same settings, so nothing runs (building a policy would raise)
-    again = evaluate(_must_not_build, specs, workers=1, out_jsonl=out, max_steps=5, seed=3)
+    again = evaluate(_must_not_build, specs, RolloutConfig(eval_workers=1), out_jsonl=out, max_steps=5, seed=3)
     assert again == rows and len(read_rows(out)) == 2
     # rows of other settings are not reused: this would have to run, and the worker fails to build
     with pytest.raises(RuntimeError, match="must not be built"):
-        evaluate(_must_not_build, specs[:1], workers=1, out_jsonl=out, max_steps=6, seed=3)
+        evaluate(_must_not_build, specs[:1], RolloutConfig(eval_workers=1), out_jsonl=out, max_steps=6, seed=3)
     assert os.path.getsize(out) == sum(len(json.dumps(r)) + 1 for r in rows)  # nothing lost or added
 
 

@@ -22,11 +22,13 @@ import pytest
 import torch
 
 from eval_fakes import ImagePolicy, episode_length, make_fake_slot
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.eval import policy as policy_mod
-from vlamix.eval.rollout import EpisodeSpec, evaluate, read_rows
+from vlamix.eval.rollout import EpisodeSpec, evaluate
 from vlamix.eval.stats import summarize
-from vlamix.pipeline import flag_errors
+from vlamix.pipeline.point import flag_errors
+from vlamix.eval.settings import RolloutConfig
 
 SPATIAL = "libero_spatial_no_noops"
 
@@ -49,8 +51,8 @@ def test_slot_refill_runs_every_planned_episode_once_and_keeps_the_batch_full(tm
     specs = _specs(tasks=3, trials=3)  # 9 episodes of 2..6 steps on 2 workers x 2 slots
     stats = {}
     out = str(tmp_path / "episodes.jsonl")
-    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=2, out_jsonl=out, max_steps=8,
-                    slot_factory=_fake(tmp_path), stats=stats, progress=False, videos="all", videos_per_task=2)
+    rows = evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, envs_per_worker=2, eval_videos="all", eval_videos_per_task=2), out_jsonl=out, max_steps=8,
+                    slot_factory=_fake(tmp_path), stats=stats, progress=False)
     # every fake episode succeeds at its own length only if it got the actions for its own images
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
     assert all(r["attempts"] == 1 and r["error"] is None and (r["policy_batch"], r["env_slots"]) == (2, 4)
@@ -89,23 +91,23 @@ def test_the_policy_batch_is_the_slot_group_and_odd_env_counts_are_refused(tmp_p
     assert policy_batch_size(8, 4) == 16 and policy_batch_size(8, 2) == 8 and policy_batch_size(3, 1) == 3
     specs = _specs(tasks=2, trials=8)  # 16 episodes on 2 workers x 4 slots: groups of 4
     stats = {}
-    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=4, max_steps=8, slot_factory=_fake(tmp_path),
+    rows = evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, envs_per_worker=4), max_steps=8, slot_factory=_fake(tmp_path),
                     stats=stats, progress=False)
     assert [len(g) for g in stats["groups"]] == [4, 4]
     assert max(b for b, _, _ in stats["batch_log"]) == 4 == rows[0]["policy_batch"] == rows[0]["batch_size"]
     assert all(r["success"] for r in rows)
-    with pytest.raises(ValueError, match="envs_per_worker must be 1 .* or an even number"):
-        evaluate(ImagePolicy, specs, workers=2, envs_per_worker=3, slot_factory=_fake(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="envs_per_worker.*must be 1 .* or an even number"):
+        evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, envs_per_worker=3), slot_factory=_fake(tmp_path), progress=False)
     with pytest.raises(ConfigError, match="envs_per_worker"):
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "envs_per_worker": 3, "demos": "scripted"})
-    assert BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_workers": 8, "envs_per_worker": 4,
+        checked({"mixture": {SPATIAL: 1}, "envs_per_worker": 3, "demos": "scripted"})
+    assert checked({"mixture": {SPATIAL: 1}, "eval_workers": 8, "envs_per_worker": 4,
                                   "demos": "scripted"}).policy_batch_size() == 16
 
 
 def test_episodes_of_different_suites_share_one_policy_call(tmp_path):
     specs = [EpisodeSpec(suite, 0, 0, 0, "task 0") for suite in ("libero_spatial", "libero_object", "libero_goal")]
     stats, policy = {}, ImagePolicy()
-    rows = evaluate(lambda: policy, specs, workers=3, envs_per_worker=1, max_steps=8, slot_factory=_fake(tmp_path),
+    rows = evaluate(lambda: policy, specs, RolloutConfig(eval_workers=3, envs_per_worker=1), max_steps=8, slot_factory=_fake(tmp_path),
                     stats=stats, progress=False)
     assert all(r["success"] and r["batch_size"] == 3 for r in rows)
     assert max(policy.batches) == 3 and len(policy.batches) == stats["rounds"] - 1  # one call per round, not per suite
@@ -115,7 +117,7 @@ def test_episodes_of_different_suites_share_one_policy_call(tmp_path):
 def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
     specs = _specs(tasks=2, trials=3)  # 6 episodes on 3 workers x 1 slot
     stats = {}
-    rows = evaluate(ImagePolicy, specs, workers=3, envs_per_worker=1, max_steps=8, slot_factory=_fake(tmp_path),
+    rows = evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=3, envs_per_worker=1), max_steps=8, slot_factory=_fake(tmp_path),
                     stats=stats, progress=False)
     assert [(r["success"], r["steps"]) for r in rows] == [(True, episode_length(s.task_id, s.episode_index)) for s in specs]
     assert stats["groups"] == [[0, 1, 2]] and all((r["policy_batch"], r["env_slots"]) == (3, 3) for r in rows)
@@ -132,13 +134,13 @@ def test_env_workers_get_their_share_of_the_cpus_for_mesa_rendering_threads(tmp_
     monkeypatch.delenv("LP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     factory = functools.partial(make_env_recording_slot, marker_dir=str(tmp_path))
-    evaluate(ImagePolicy, _specs(tasks=1, trials=4), workers=4, max_steps=8, slot_factory=factory, progress=False)
+    evaluate(ImagePolicy, _specs(tasks=1, trials=4), RolloutConfig(eval_workers=4), max_steps=8, slot_factory=factory, progress=False)
     values = [open(p).read() for p in sorted(tmp_path.glob("lp_*"))]
     assert values == ["2"] * 4  # 8 CPUs / 4 workers, not Mesa's default of one thread per CPU
     for p in tmp_path.glob("lp_*"):
         p.unlink()
     monkeypatch.setenv("LP_NUM_THREADS", "3")  # the user's setting wins
-    evaluate(ImagePolicy, _specs(tasks=1, trials=2), workers=2, max_steps=8, slot_factory=factory, progress=False)
+    evaluate(ImagePolicy, _specs(tasks=1, trials=2), RolloutConfig(eval_workers=2), max_steps=8, slot_factory=factory, progress=False)
     assert [open(p).read() for p in sorted(tmp_path.glob("lp_*"))] == ["3", "3"]
 
 
@@ -150,17 +152,17 @@ def test_a_policy_cache_loads_the_checkpoint_once_across_calls(tmp_path, monkeyp
             built.append((path, kwargs["device"], kwargs["dtype"]))
             super().__init__()
 
-    monkeypatch.setattr(policy_mod, "VLAPolicy", CountingPolicy)
+    monkeypatch.setattr("vlamix.eval.rollout.VLAPolicy", CountingPolicy)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     specs = _specs(tasks=1, trials=4)
     cache = {}
     for part in (specs[:2], specs[2:]):  # two racing rounds
-        rows = evaluate(str(ckpt), part, workers=1, max_steps=8, device="cpu", slot_factory=_fake(tmp_path),
+        rows = evaluate(str(ckpt), part, RolloutConfig(eval_workers=1, eval_device="cpu"), max_steps=8, slot_factory=_fake(tmp_path),
                         progress=False, policy_cache=cache)
         assert all(r["success"] for r in rows)
     assert built == [(str(ckpt), "cpu", "fp32")]  # loaded once, not once per round
-    evaluate(str(ckpt), specs[:1], workers=1, max_steps=8, device="cpu", slot_factory=_fake(tmp_path), progress=False)
+    evaluate(str(ckpt), specs[:1], RolloutConfig(eval_workers=1, eval_device="cpu"), max_steps=8, slot_factory=_fake(tmp_path), progress=False)
     assert len(built) == 2  # without a cache every call loads it
 
 
@@ -170,7 +172,7 @@ def test_killed_worker_is_replaced_and_its_episode_rerun_without_lost_or_duplica
     out = str(tmp_path / "episodes.jsonl")
     stats = {}
     # episode task 0 / trial 1: its worker SIGKILLs itself at step 2 of the first attempt
-    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=2, out_jsonl=out, max_steps=8,
+    rows = evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, envs_per_worker=2), out_jsonl=out, max_steps=8,
                     slot_factory=_fake(tmp_path, **{"0/1": "kill@2"}), stats=stats, progress=False)
     assert stats["restarts"] == 1
     assert all(r["success"] and r["error"] is None for r in rows)
@@ -186,8 +188,8 @@ def test_hung_episode_hits_the_wall_clock_limit_and_errors_are_not_failures(tmp_
     specs = _specs(tasks=1, trials=4)
     out = str(tmp_path / "episodes.jsonl")
     faults = {"0/0": "hang@1", "0/2": "hang@2:always", "0/3": "raise@1:always"}
-    rows = evaluate(ImagePolicy, specs, workers=2, envs_per_worker=1, out_jsonl=out, max_steps=8,
-                    episode_timeout_s=2.0, max_attempts=2, slot_factory=_fake(tmp_path, **faults), progress=False)
+    rows = evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, envs_per_worker=1, eval_episode_timeout_s=2.0, eval_max_attempts=2), out_jsonl=out, max_steps=8,
+                    slot_factory=_fake(tmp_path, **faults), progress=False)
     r0, r1, r2, r3 = rows
     assert (r0["success"], r0["attempts"], r0["error"]) == (True, 2, None)  # hung once, rerun, succeeded
     assert (r1["success"], r1["attempts"], r1["error"]) == (True, 1, None)
@@ -209,11 +211,12 @@ _SIGNAL_SCRIPT = textwrap.dedent("""
     logging.basicConfig(level=logging.INFO)
     from eval_fakes import ImagePolicy, make_fake_slot
     from vlamix.eval.rollout import EpisodeSpec, evaluate
+    from vlamix.eval.settings import RolloutConfig
     if __name__ == "__main__":
         out, marker = sys.argv[1], sys.argv[2]
         specs = [EpisodeSpec("libero_spatial", 0, k, k, "x") for k in range(4)]
         # trial 3 hangs for ever (no timeout): the run can only end by a signal
-        evaluate(ImagePolicy, specs, workers=2, out_jsonl=out, max_steps=8, progress=False,
+        evaluate(ImagePolicy, specs, RolloutConfig(eval_workers=2, eval_episode_timeout_s=None), out_jsonl=out, max_steps=8, progress=False,
                  slot_factory=functools.partial(make_fake_slot, faults={"0/3": "hang@1:always"}, marker_dir=marker))
 """)
 
@@ -305,11 +308,11 @@ def test_cuda_without_cuda_and_bad_dtype_fail_before_anything_loads(monkeypatch)
     assert policy_mod.resolve_device("auto") == "cpu" and policy_mod.dtype_name("auto", "cpu") == "fp32"
     spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
     with pytest.raises(ValueError, match="CUDA is not available"):
-        evaluate("tiny", [spec], device="cuda")
-    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16"):
-        evaluate("tiny", [spec], device="cpu", dtype="fp64")
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        evaluate("tiny", [spec], device="cpu", dtype="fp16")
+        evaluate("tiny", [spec], RolloutConfig(eval_device="cuda"))
+    with pytest.raises(ValueError, match="eval_dtype.*allowed: auto, fp32, bf16, fp16"):
+        evaluate("tiny", [spec], RolloutConfig(eval_device="cpu", eval_dtype="fp64"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA eval_device"):
+        evaluate("tiny", [spec], RolloutConfig(eval_device="cpu", eval_dtype="fp16"))
 
 
 def _stored_row(device, dtype):
@@ -325,7 +328,7 @@ def test_rows_are_reused_only_for_the_same_device_type_and_dtype(fake_cuda, tmp_
         fh.write(json.dumps(_stored_row("cuda:1", "bf16")) + "\n")
     spec = EpisodeSpec("libero_spatial", 0, 0, 0, "x")
     # same device type and dtype: reused, nothing is built ("tiny" would fail: it has no norm stats)
-    rows = evaluate("tiny", [spec], out_jsonl=out, max_steps=3, device="auto")
+    rows = evaluate("tiny", [spec], RolloutConfig(eval_device="auto"), out_jsonl=out, max_steps=3)
     assert rows[0]["device"] == "cuda:1" and rows[0]["success"] is True
 
     built = []
@@ -335,31 +338,31 @@ def test_rows_are_reused_only_for_the_same_device_type_and_dtype(fake_cuda, tmp_
             built.append(kwargs)
             raise _Stop
 
-    monkeypatch.setattr(policy_mod, "VLAPolicy", Recorder)
+    monkeypatch.setattr("vlamix.eval.rollout.VLAPolicy", Recorder)
     for device, dtype in (("cuda", "fp32"), ("cpu", "auto")):  # another dtype / another device: run again
         with pytest.raises(RuntimeError, match="could not build"):
-            evaluate("tiny", [spec], out_jsonl=out, max_steps=3, device=device, dtype=dtype)
+            evaluate("tiny", [spec], RolloutConfig(eval_device=device, eval_dtype=dtype), out_jsonl=out, max_steps=3)
     assert [(b["device"], b["dtype"]) for b in built] == [("cuda:0", "fp32"), ("cpu", "fp32")]
 
 
 def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch):
     from vlamix import cli
-    from vlamix.pipeline import VLADataSelect
+    from vlamix.pipeline.point import VLADataSelect
 
     calls = []
 
-    def fake_evaluate(policy, specs, **kwargs):
-        calls.append(kwargs)
+    def fake_evaluate(policy, specs, rollout=None, **kwargs):
+        calls.append(rollout)
         # one error among two episodes: 0.5 > eval_max_error_fraction (an all-errored point fails instead)
         return [dict(_stored_row("cpu", "bf16"), error="WorkerDied: x"),
                 dict(_stored_row("cpu", "bf16"), episode_index=1, init_state_index=1, episode_key=["libero_spatial", 0, 1])]
 
-    monkeypatch.setattr("vlamix.eval.rollout.evaluate", fake_evaluate)
+    monkeypatch.setattr("vlamix.pipeline.point.evaluate", fake_evaluate)
+    monkeypatch.setattr("vlamix.cli.evaluate", fake_evaluate)
     two = [EpisodeSpec("libero_spatial", 0, k, k, "x") for k in (0, 1)]
-    monkeypatch.setattr("vlamix.eval.rollout.plan_episodes", lambda *a, **k: two)
-    monkeypatch.setattr("vlamix.eval.plan.plan_episodes", lambda *a, **k: two)
-    monkeypatch.setattr("vlamix.sim.record.ensure_demo_datasets", lambda cfg: None)  # the offline held-out set
-    monkeypatch.setattr("vlamix.eval.offline.offline_metrics", lambda *a, **k: {})
+    monkeypatch.setattr("vlamix.pipeline.point.plan_episodes", lambda *a, **k: two)
+    monkeypatch.setattr("vlamix.pipeline.point.ensure_demo_datasets", lambda data: None)  # the offline held-out set
+    monkeypatch.setattr("vlamix.pipeline.point.offline_metrics", lambda *a, **k: {})
     algo = VLADataSelect(mixture={SPATIAL: 1}, eval_device="cpu", eval_dtype="bf16", envs_per_worker=4,
                          eval_episode_timeout_s=60, eval_max_attempts=4, eval_videos="failures",
                          eval_videos_per_task=1, runs_dir=str(tmp_path))
@@ -367,15 +370,15 @@ def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch
     (tmp_path / "ckpt" / "config.json").write_text("{}")  # what `vlamix evaluate` checks a checkpoint folder by
     algo.load(str(tmp_path / "ckpt"))
     result = algo.predict()
-    assert {k: calls[0][k] for k in ("device", "dtype", "envs_per_worker", "episode_timeout_s", "max_attempts",
-                                     "videos", "videos_per_task")} == {
-        "device": "cpu", "dtype": "bf16", "envs_per_worker": 4, "episode_timeout_s": 60, "max_attempts": 4,
-        "videos": "failures", "videos_per_task": 1}
+    ro = calls[0]
+    assert (ro.eval_device, ro.eval_dtype, ro.envs_per_worker, ro.eval_episode_timeout_s, ro.eval_max_attempts,
+            ro.eval_videos, ro.eval_videos_per_task) == ("cpu", "bf16", 4, 60, 4, "failures", 1)
     assert result["summary"]["n_errors"] == 1 and result["summary"]["too_many_errors"] is True
 
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu", "--dtype", "bf16",
                      "--envs-per-worker", "2", "--videos", "all"]) == 0
-    assert (calls[1]["device"], calls[1]["dtype"], calls[1]["envs_per_worker"], calls[1]["videos"]) == ("cpu", "bf16", 2, "all")
+    ro = calls[1]
+    assert (ro.eval_device, ro.eval_dtype, ro.envs_per_worker, ro.eval_videos) == ("cpu", "bf16", 2, "all")
 
 
 @pytest.mark.parametrize("field,value,allowed", [
@@ -389,17 +392,17 @@ def test_predict_and_cli_thread_the_rollout_runtime_fields(tmp_path, monkeypatch
 ])
 def test_bad_rollout_runtime_values_fail_naming_the_field(field, value, allowed):
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, field: value})
+        checked({"mixture": {SPATIAL: 1}, field: value})
     assert err.value.field == field and allowed in str(err.value)
 
 
 def test_cuda_device_without_cuda_fails_naming_the_field(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_device": "cuda"})
+        checked({"mixture": {SPATIAL: 1}, "eval_device": "cuda"})
     assert err.value.field == "eval_device" and "CUDA is not available" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({"mixture": {SPATIAL: 1}, "eval_device": "cpu", "eval_dtype": "fp16"})
+        checked({"mixture": {SPATIAL: 1}, "eval_device": "cpu", "eval_dtype": "fp16"})
     assert err.value.field == "eval_dtype"
 
 
@@ -459,8 +462,8 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
     out = str(tmp_path / "eval" / "episodes.jsonl")
     # one worker with two LIBERO envs: double-buffered rounds (the policy acts for one env while the other steps)
     stats = {}
-    rows = evaluate(folder, specs, workers=1, envs_per_worker=2, max_steps=3, device="cpu", out_jsonl=out,
-                    videos="failures", videos_per_task=1, progress=False, stats=stats)
+    rows = evaluate(folder, specs, RolloutConfig(eval_workers=1, envs_per_worker=2, eval_device="cpu", eval_videos="failures", eval_videos_per_task=1), max_steps=3, out_jsonl=out,
+                    progress=False, stats=stats)
     assert stats["groups"] == [[0], [1]]
     # the batch-1 loop, in a spawned process (this one may have TensorFlow loaded: no rendering here)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -484,7 +487,7 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
 
 
 def test_report_lists_error_counts_and_links_videos(tmp_path):
-    from vlamix.report import write_report
+    from vlamix.report.markdown import write_report
 
     ckpt = tmp_path / "run" / "ckpt"
     rows = [dict(_stored_row("cpu", "fp32"), success=False, video="videos/libero_spatial__task00__trial000__failure.mp4"),

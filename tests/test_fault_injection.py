@@ -1,7 +1,7 @@
 """Fault injection: kill a stage at a chosen point, rerun, and get the results of an uninterrupted run.
 
 Every stage that writes something a later run trusts is killed with SIGKILL (no cleanup, no
-``finally``) at a fault point (:func:`vlamix.io.fault_point`, armed by ``VLAMIX_FAULT_AT`` in a
+``finally``) at a fault point (:func:`vlamix.core.io.fault_point`, armed by ``VLAMIX_FAULT_AT`` in a
 subprocess) or, where the code has no hook, by the test itself. After each kill the test checks that
 nothing half-written reads as finished, then reruns and compares with an uninterrupted run.
 
@@ -24,7 +24,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from vlamix.io import FAULT_ENV, atomic_write_json, read_jsonl
+from configs import checked
+from vlamix.core.io import FAULT_ENV, atomic_write_json, read_jsonl
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -53,7 +54,7 @@ def _killed(proc: subprocess.CompletedProcess) -> None:
 # ----------------------------------------------------------------------------------- atomic writer
 WRITE = """
 import os, sys
-from vlamix.io import atomic_write_json, atomic_dir
+from vlamix.core.io import atomic_write_json, atomic_dir
 path = sys.argv[1]
 if sys.argv[2] == "file":
     atomic_write_json(path, {"version": "new"})
@@ -95,11 +96,11 @@ HPS = dict(mixture={"libero_spatial_no_noops": 1}, train_steps=3, batch_size=2, 
 TRAIN = f"""
 import sys
 from test_train_finetune import InMemoryLoader
-import vlamix.sim.record
-from vlamix.pipeline import VLADataSelect
+import vlamix.pipeline.point
+from vlamix.pipeline.point import VLADataSelect
 from vlamix.train.finetune import FineTuner
 # test stand-ins for the RLDS data (the training, checkpoint and marker code are the real ones)
-vlamix.sim.record.ensure_demo_datasets = lambda cfg: {{}}
+vlamix.pipeline.point.ensure_demo_datasets = lambda data: {{}}
 FineTuner._build_loader = lambda self: InMemoryLoader(seed=5)
 print(VLADataSelect(**{HPS!r}, runs_dir=sys.argv[1]).train())
 """
@@ -114,8 +115,7 @@ def _adapter(ckpt: str) -> dict:
 def test_training_killed_mid_checkpoint_and_before_the_marker_finishes_as_uninterrupted(tmp_path):
     from test_train_finetune import InMemoryLoader
 
-    from vlamix.config import BenchConfig
-    from vlamix.pipeline import COMPLETE_MARKER, finished_checkpoint, latest_resumable_checkpoint
+    from vlamix.pipeline.point import COMPLETE_MARKER, finished_checkpoint, latest_resumable_checkpoint
     from vlamix.train.finetune import FineTuner
 
     runs = tmp_path / "killed"
@@ -133,7 +133,7 @@ def test_training_killed_mid_checkpoint_and_before_the_marker_finishes_as_uninte
     done = _ok(_run(TRAIN, str(runs))).stdout.split()[-1]
     assert finished_checkpoint(run_dir) == done and os.path.basename(done) == "step_000003"
 
-    full = FineTuner(BenchConfig.from_dict(HPS), str(tmp_path / "full"), loader=InMemoryLoader(seed=5), device="cpu").train()
+    full = FineTuner(checked(HPS), str(tmp_path / "full"), loader=InMemoryLoader(seed=5), device="cpu").train()
     log, full_log = read_jsonl(os.path.join(run_dir, "train_log.jsonl")), read_jsonl(tmp_path / "full" / "train_log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]  # each step once: no duplicate rows from the resumes
     assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in full_log], rel=1e-6, abs=1e-7)
@@ -145,7 +145,7 @@ def test_training_killed_mid_checkpoint_and_before_the_marker_finishes_as_uninte
 
 
 def test_an_empty_marker_is_not_a_finished_run(tmp_path):
-    from vlamix.pipeline import COMPLETE_MARKER, finished_checkpoint
+    from vlamix.pipeline.point import COMPLETE_MARKER, finished_checkpoint
 
     (tmp_path / COMPLETE_MARKER).write_text("")  # what a kill during an in-place write leaves
     assert finished_checkpoint(str(tmp_path)) is None  # before: the run folder itself counted as the checkpoint
@@ -279,14 +279,14 @@ def test_a_torn_episode_row_is_run_again_and_earlier_rows_are_kept(tmp_path):
 
 def test_a_grid_point_whose_episodes_all_errored_is_failed_not_zero_percent(tmp_path, monkeypatch):
     # before: success_rate 0.0 written to result.json, a crash of the infrastructure ranked as a policy failure
-    import vlamix.eval.rollout as rollout
-    from vlamix.pipeline import VLADataSelect
+    import vlamix.pipeline.point as point
+    from vlamix.pipeline.point import VLADataSelect
 
-    def all_errored(checkpoint, specs, **kwargs):  # stand-in for the rollout runtime: every env worker crashed
+    def all_errored(checkpoint, specs, rollout=None, **kwargs):  # stand-in for the rollout runtime: every env worker crashed
         return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "success": False,
                  "steps": 0, "error": "EGL context lost"} for s in specs]
 
-    monkeypatch.setattr(rollout, "evaluate", all_errored)
+    monkeypatch.setattr(point, "evaluate", all_errored)
     algo = VLADataSelect(mixture={"libero_spatial_no_noops": 1}, eval_tasks=1, trials_per_task=2, runs_dir=str(tmp_path / "runs"))
     algo.load(str(tmp_path))
     with pytest.raises(RuntimeError, match="all 2 rollout episodes failed"):

@@ -210,7 +210,7 @@ def test_stock_singletask_paradigm_drives_the_basemodel(tmp_path, monkeypatch, c
         from core.testenvmanager.testenv import TestEnv
     except ImportError as err:
         _missing(f"Ianvs (package `core`) is not importable: {err}")
-    from vlamix import pipeline
+    from vlamix.pipeline import point as pipeline
 
     root = make_root(str(tmp_path / "root"), GRID)
     monkeypatch.chdir(root)
@@ -222,15 +222,15 @@ def test_stock_singletask_paradigm_drives_the_basemodel(tmp_path, monkeypatch, c
     def fake_train(self, train_data=None, valid_data=None, **kwargs):
         calls.append(("train", type(train_data).__name__, [os.path.basename(x) for x in train_data.x],
                       os.environ.get("BASE_MODEL_URL")))
-        ckpt = tmp_path / f"ckpt_{self.config.lora_rank}"
+        ckpt = tmp_path / f"ckpt_{self.config.get('lora_rank')}"
         ckpt.mkdir(exist_ok=True)
-        (ckpt / "adapter.txt").write_text(str(self.config.lora_rank))
+        (ckpt / "adapter.txt").write_text(str(self.config.get("lora_rank")))
         self.checkpoint, self.run_dir = str(ckpt), None
         return str(ckpt)
 
     def fake_predict(self, data=None, **kwargs):
         calls.append(("predict", [os.path.basename(x) for x in data], (open(os.path.join(self.checkpoint, "adapter.txt")).read()),
-                      os.environ.get("RESULT_SAVED_URL")))
+                      os.environ.get("RESULT_SAVED_URL"), kwargs.get("ledger")))
         episodes = [{"suite": "libero_spatial", "task_id": 0, "episode_index": i, "success": i == 0} for i in range(4)]
         return {"episodes": episodes, "summary": {"success_rate": 0.25, "n_episodes": 4},
                 "offline": {"action_token_accuracy": 1 / 3, "action_l1": 0.5}, "mixing": {"strategy_label": "static"}}
@@ -259,11 +259,13 @@ def test_stock_singletask_paradigm_drives_the_basemodel(tmp_path, monkeypatch, c
     assert train_x == index("libero_train_index.txt") and "libero_spatial_no_noops" in train_x and base_model_url == ""
     # Ianvs calls preprocess() unconditionally, once per point (twice if it returned something)
     assert sum("preprocess" in r.getMessage() for r in caplog.records) == 2
-    _, test_x, loaded, result_url = calls[1]
+    _, test_x, loaded, result_url, ledger = calls[1]
     assert test_x == index("libero_test_index.txt") and "libero_spatial" in test_x
     # predict ran on the folder save() wrote under Ianvs's point folder and load() got back
     assert loaded == "4" and result_url == os.path.join("workspace", "job", "vla_dataselect", os.path.basename(results[0][1]), "output/inference/")
     assert calls[3][2] == "8"
+    # the adapter hands the pipeline the job ledger, four levels above Ianvs's RESULT_SAVED_URL
+    assert ledger == os.path.join("workspace", "job", "vlamix_points") == calls[3][4]
     for metrics, out_dir in results:
         assert metrics["success_rate"] == 0.25 and metrics["num_episodes"] == 4
         assert metrics["success_rate_ci_low"] == round(metrics["success_rate_ci_low"], 6) > 0.0

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.mixing.loss_weights import LOSS_WEIGHTINGS, expected_weight, loss_weights, named_loss_weights
 from vlamix.mixing.trajectory import SUMMARY_FILE
 from vlamix.mixing.weights import Source, temperature_weights
-from vlamix.pipeline import train_key
+from vlamix.pipeline.config import train_key
 from vlamix.train.finetune import TRAIN_LOG_NAME, FineTuner
 from vlamix.train.loss_weighting import per_frame_loss, weighted_action_loss
 from test_train_finetune import STATS, _frames
@@ -144,7 +145,7 @@ def _cfg(**changes):
     values = {"mixture": {GROUPS[0]: 1, GROUPS[1]: 1}, "train_steps": 2, "batch_size": 2, "lora_rank": 4,
               "lora_alpha": 8, "learning_rate": 2e-3, "seed": 3}  # fmt: skip
     values.update(changes)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _grads(tuner):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.data.mixture import MixtureLoader, heldout_count
 from vlamix.data.reader import open_rlds
 from vlamix.data.rlds_writer import write_rlds
@@ -56,7 +57,7 @@ def _cfg(data_dir, mixture, **kw):
     values = dict(mixture=mixture, data_dir=data_dir, demos="none", batch_size=8, shuffle_buffer_size=16, seed=3,
                   heldout_fraction=0.0)
     values.update(kw)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _stored(data_dir, name):
@@ -83,7 +84,7 @@ def test_loader_drops_planted_steps(data_dir):
     }
 
     cfg = _cfg(data_dir, {SPATIAL: 1}, filter_action_limit=2.0, filter_min_motion=1e-3, filter_motion_window=3)
-    loader = MixtureLoader(cfg)
+    loader = MixtureLoader.for_point(cfg)
     total = sum(SPATIAL_LENGTHS)
     assert loader.filter_counts == {
         SPATIAL: {"total": total, "kept": total - 7, "nonfinite": 0, "out_of_range": 3, "near_zero_motion": 4, "dataset_list": 0}
@@ -101,13 +102,13 @@ def test_loader_drops_planted_steps(data_dir):
     assert seen == kept and batches <= 5
 
     # without the filters every step is a training frame
-    plain = MixtureLoader(_cfg(data_dir, {SPATIAL: 1}))
+    plain = MixtureLoader.for_point(_cfg(data_dir, {SPATIAL: 1}))
     assert plain.filter_counts[SPATIAL]["kept"] == total and plain.sources[0].frames == total
 
 
 def test_task_level_groups_and_set_weights(data_dir):
     cfg = _cfg(data_dir, {OBJECT: 1, GOAL: 1}, strategy="task_balanced")
-    loader = MixtureLoader(cfg)
+    loader = MixtureLoader.for_point(cfg)
     stored = {name: _stored(data_dir, name) for name in (OBJECT, GOAL)}
     first_seen = list(dict.fromkeys(text for name in (OBJECT, GOAL) for text, _ in stored[name]))
     assert loader.mixing_level == "task"
@@ -141,7 +142,7 @@ def test_task_level_groups_and_set_weights(data_dir):
 
 def test_whitelist_removes_a_dataset_and_counts_its_steps(data_dir):
     cfg = _cfg(data_dir, {SPATIAL: 1, OBJECT: 1, GOAL: 1}, dataset_whitelist=[SPATIAL, OBJECT], heldout_fraction=0.25)
-    loader = MixtureLoader(cfg)
+    loader = MixtureLoader.for_point(cfg)
     assert loader.dataset_names == (SPATIAL, OBJECT)
     assert set(loader.weights) == {SPATIAL, OBJECT}
     lengths = open_rlds(f"{data_dir}/{GOAL}/1.0.0").episode_lengths()
@@ -152,15 +153,15 @@ def test_whitelist_removes_a_dataset_and_counts_its_steps(data_dir):
     }
     assert loader.filter_counts[OBJECT]["kept"] == loader.datasets[1].train_frames
     assert set(loader.next_batch()["dataset_index"].tolist()) <= {0, 1}
-    assert MixtureLoader(cfg.replace(dataset_whitelist=None, dataset_blacklist=[GOAL])).dataset_names == (SPATIAL, OBJECT)
+    assert MixtureLoader.for_point(cfg.replace(dataset_whitelist=None, dataset_blacklist=[GOAL])).dataset_names == (SPATIAL, OBJECT)
 
 
 def test_curriculum_phase_naming_no_task_of_the_mixture_fails_before_training(data_dir):
     phases = [{"step": 0, "weights": {PICK: 1}}, {"step": 5, "weights": {PICK: 1, "open the microwave": 1}}]
     cfg = _cfg(data_dir, {OBJECT: 1, GOAL: 1}, strategy="curriculum", mixing_level="task", curriculum=phases)
     with pytest.raises(ConfigError) as err:
-        MixtureLoader(cfg)
+        MixtureLoader.for_point(cfg)
     assert err.value.field == "curriculum" and "open the microwave" in str(err.value)
     ok = _cfg(data_dir, {OBJECT: 1, GOAL: 1}, strategy="curriculum", mixing_level="task",
               curriculum=[phases[0], {"step": 5, "weights": {PICK: 1, TURN: 3}}])
-    assert MixtureLoader(ok).initial_weights == {PICK: 1.0, PUT: 0.0, TURN: 0.0}
+    assert MixtureLoader.for_point(ok).initial_weights == {PICK: 1.0, PUT: 0.0, TURN: 0.0}

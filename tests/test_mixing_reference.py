@@ -1,7 +1,7 @@
 """``dro_reference: auto`` and ``strategy: doremi_transfer`` through the real training path.
 
 Two small RLDS datasets are written with the real writer (synthetic episodes of
-``synthetic_rlds.py``, so no simulator is needed); :func:`vlamix.pipeline.train_run` fine-tunes the
+``synthetic_rlds.py``, so no simulator is needed); :func:`vlamix.pipeline.point.train_run` fine-tunes the
 tiny model on them with the real loader, trainer and DoReMi controller.
 """
 
@@ -11,11 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.data.rlds_writer import write_rlds
-from vlamix.mixing.reference import TRANSFER_FILE, reference_config, time_averaged_weights
+from vlamix.pipeline.reference import TRANSFER_FILE, reference_config, time_averaged_weights
 from vlamix.mixing.trajectory import SUMMARY_FILE
-from vlamix.pipeline import COMPLETE_MARKER, train_key, train_run
+from vlamix.pipeline.config import train_key
+from vlamix.pipeline.point import COMPLETE_MARKER, train_run
 from synthetic_rlds import synthetic_episode
 
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
@@ -38,7 +40,7 @@ def _cfg(data_dir, **changes):
                   strategy="doremi", dro_reference="auto", mixing_update_every=1, dro_eta=4.0, dro_smoothing=0.05,
                   train_steps=4, batch_size=4, shuffle_buffer_size=8, learning_rate=2e-3, lora_rank=4, seed=3)
     values.update(changes)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _runs(runs_dir):
@@ -60,7 +62,7 @@ def doremi_runs(data_dir, tmp_path_factory):
 def test_auto_reference_is_trained_once_for_two_doremi_points(doremi_runs):
     runs_dir, (a, ckpt_a), (b, ckpt_b) = doremi_runs
     ref_key = train_key(reference_config(a))
-    assert ref_key == train_key(reference_config(b)) == train_key(BenchConfig.from_dict({**a.to_dict(), "strategy": "static",
+    assert ref_key == train_key(reference_config(b)) == train_key(checked({**a.to_dict(), "strategy": "static",
                                                                                          "dro_reference": "initial"}))
     # two DoReMi runs and one reference: nothing else was trained
     assert _runs(runs_dir) == sorted([ref_key, train_key(a), train_key(b)])

@@ -10,15 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.data.filters import DROP_REASONS, ActionFilter, selected_datasets
 from vlamix.data.mixture import MixtureSampler
-from vlamix.mixing.dynamic import (
-    MixingController,
-    dro_update,
-    exp3_epsilon,
-    reference_losses_from_run,
-)
+from vlamix.mixing.strategies.doremi import dro_update, reference_losses_from_run
+from vlamix.mixing.strategies.exp3 import exp3_epsilon
 from vlamix.mixing.skills import skill_of, skill_table
 from vlamix.mixing.weights import (
     baseline_group_weights,
@@ -36,8 +33,13 @@ SPATIAL, OBJECT, GOAL = "libero_spatial_no_noops", "libero_object_no_noops", "li
 BASE = {"mixture": {SPATIAL: 2, OBJECT: 1}}
 
 
+def _controller(cfg, groups, initial):
+    """The run's weight controller: the registered strategy class of ``cfg`` (vlamix.mixing.strategies)."""
+    return cfg.mixing.strategy_class()(cfg.mixing, groups, initial)
+
+
 def _cfg(**kw):
-    return BenchConfig.from_dict({**BASE, **kw})
+    return checked({**BASE, **kw})
 
 
 # ============================================================================ closed-form baselines
@@ -312,7 +314,7 @@ def test_filter_argument_errors():
 
 
 def test_from_config_and_even_window():
-    f = ActionFilter.from_config(_cfg(filter_min_motion=1e-3, filter_motion_window=2, filter_action_limit=2.0, filter_nonfinite=False))
+    f = ActionFilter.from_config(_cfg(filter_min_motion=1e-3, filter_motion_window=2, filter_action_limit=2.0, filter_nonfinite=False).data)
     assert f == ActionFilter(min_motion=1e-3, motion_window=2, action_limit=2.0, drop_nonfinite=False)
     # W = 2: window [t, t+1]: 8..10 see only still steps (11 sees 12); 13..14 see no change; 15 sees the flip at 16
     a = _planted_episode()
@@ -334,7 +336,7 @@ def test_selected_datasets_lists():
 
 
 def test_config_white_and_blacklists():
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 2, OBJECT: 1, GOAL: 0}, "dataset_whitelist": [OBJECT, GOAL]})
+    cfg = checked({"mixture": {SPATIAL: 2, OBJECT: 1, GOAL: 0}, "dataset_whitelist": [OBJECT, GOAL]})
     assert cfg.selected_datasets() == [OBJECT]  # GOAL has weight 0
     assert _cfg(dataset_blacklist=[SPATIAL]).selected_datasets() == [OBJECT]
     with pytest.raises(ConfigError) as err:
@@ -378,7 +380,7 @@ def test_dro_smoothing_floor():
 
 def _doremi(k=4, eta=1.0, c=0.1):
     cfg = _cfg(strategy="doremi", mixing_update_every=k, dro_eta=eta, dro_smoothing=c)
-    return MixingController(cfg, ["g0", "g1"], {"g0": 0.5, "g1": 0.5})
+    return _controller(cfg, ["g0", "g1"], {"g0": 0.5, "g1": 0.5})
 
 
 def test_controller_doremi_updates_every_k_steps():
@@ -445,7 +447,7 @@ def test_exp3_epsilon():
 def test_controller_exp3_follows_online_data_mixing():
     groups, initial, alpha, k = ["a", "b", "c"], [0.5, 0.3, 0.2], 0.8, 2
     cfg = _cfg(strategy="exp3", mixing_update_every=k, exp3_smoothing=alpha)
-    ctl = MixingController(cfg, groups, dict(zip(groups, initial)))
+    ctl = _controller(cfg, groups, dict(zip(groups, initial)))
     assert ctl.current() == pytest.approx(dict(zip(groups, initial)))  # before the first update: the mixture
     windows = []
     for t in range(1, 15):
@@ -481,7 +483,7 @@ def test_controller_exp3_follows_online_data_mixing():
 def test_curriculum_phases_and_time_average():
     phases = [{"step": 0, "weights": {SPATIAL: 1, OBJECT: 0}}, {"step": 20, "weights": {SPATIAL: 1, OBJECT: 1}}]
     cfg = _cfg(strategy="curriculum", curriculum=phases)
-    ctl = MixingController(cfg, [SPATIAL, OBJECT], normalised_phase(phases[0]["weights"], [SPATIAL, OBJECT]))
+    ctl = _controller(cfg, [SPATIAL, OBJECT], normalised_phase(phases[0]["weights"], [SPATIAL, OBJECT]))
     assert ctl.current() == {SPATIAL: 1.0, OBJECT: 0.0}
     assert all(ctl.after_step(s) is None for s in range(1, 20))
     assert ctl.after_step(20) == pytest.approx({SPATIAL: 0.5, OBJECT: 0.5})
@@ -495,7 +497,7 @@ def test_curriculum_phases_and_time_average():
 
 
 def test_static_strategies_never_change():
-    ctl = MixingController(_cfg(strategy="temperature"), ["a", "b"], {"a": 3, "b": 1})
+    ctl = _controller(_cfg(strategy="temperature"), ["a", "b"], {"a": 3, "b": 1})
     assert ctl.current() == pytest.approx({"a": 0.75, "b": 0.25})
     ctl.observe([1.0, 1.0], [1, 1])
     assert all(ctl.after_step(s) is None for s in range(1, 31))
@@ -519,12 +521,12 @@ def test_state_dict_round_trip_mid_run(strategy):
             outs.append(ctl.after_step(step))
         return outs
 
-    original = MixingController(cfg, groups, initial)
+    original = _controller(cfg, groups, initial)
     if strategy == "doremi":
         original.set_reference([1.0, 1.5, float("nan")])
     run(original, range(1, 8))  # two updates, then one step into the third window
     state = json.loads(json.dumps(original.state_dict()))  # as written to disk
-    restored = MixingController(cfg, groups, initial)  # a resumed run rebuilds it from the same loader
+    restored = _controller(cfg, groups, initial)  # a resumed run rebuilds it from the same loader
     restored.load_state_dict(state)
     assert restored.current() == original.current()
     a, b = run(original, range(8, 21)), run(restored, range(8, 21))
@@ -532,11 +534,11 @@ def test_state_dict_round_trip_mid_run(strategy):
     for x, y in zip(a, b):
         assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12)
     assert restored.history == original.history
-    other = MixingController(_cfg(strategy="exp3" if strategy == "doremi" else "doremi"), groups, initial)
+    other = _controller(_cfg(strategy="exp3" if strategy == "doremi" else "doremi"), groups, initial)
     with pytest.raises(ValueError):
         other.load_state_dict(state)
     with pytest.raises(ValueError):
-        MixingController(cfg, ["a", "b"], {"a": 1, "b": 1}).load_state_dict(state)
+        _controller(cfg, ["a", "b"], {"a": 1, "b": 1}).load_state_dict(state)
 
 
 # ============================================================================ reference losses of a run
@@ -565,7 +567,7 @@ def test_reference_losses_from_run(tmp_path):
     with pytest.raises(FileNotFoundError):
         reference_losses_from_run(str(tmp_path / "nothing" / "here"), ["a"])
     # the config accepts the run and its checkpoint, and rejects a folder without a log
-    assert _cfg(strategy="doremi", dro_reference=str(checkpoint)).dro_reference == str(checkpoint)
+    assert _cfg(strategy="doremi", dro_reference=str(checkpoint)).get("dro_reference") == str(checkpoint)
     _cfg(strategy="doremi", dro_reference=str(run))
     empty = tmp_path / "empty" / "run"
     empty.mkdir(parents=True)
@@ -625,12 +627,12 @@ def test_bad_strategy_parameters_name_their_field(values, field):
 
 
 def test_good_strategy_parameters_pass():
-    assert _cfg(strategy="temperature", temperature=float("inf")).temperature == float("inf")
-    assert _cfg(strategy="doremi", dro_smoothing=0.0).dro_smoothing == 0.0
+    assert _cfg(strategy="temperature", temperature=float("inf")).get("temperature") == float("inf")
+    assert _cfg(strategy="doremi", dro_smoothing=0.0).get("dro_smoothing") == 0.0
     assert _cfg(strategy="task_balanced").resolved_mixing_level() == "task"
     assert _cfg(strategy="temperature").resolved_mixing_level() == "dataset"
     cfg = _cfg(strategy="curriculum", curriculum=[{"step": 0, "weights": {SPATIAL: 1}}, {"step": 10, "weights": {OBJECT: 1}}])
-    assert isinstance(cfg.curriculum, tuple) and len(cfg.curriculum) == 2
+    assert isinstance(cfg.get("curriculum"), tuple) and len(cfg.get("curriculum")) == 2
 
 
 # ============================================================================ signatures and labels

@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlamix.eval.plan import suite_info
+from vlamix.core.suites import suite_info
 from vlamix.eval.policy import VLAPolicy
 from vlamix.eval.rollout import EpisodeSpec, evaluate
 from vlamix.model.checkpoint import build_tiny
 from vlamix.model.modeling import NonFiniteLogitsError, attention_mask_4d
+from vlamix.eval.settings import RolloutConfig
 
 NORM_STATS = {
     name: {"action": {"q01": [-0.9] * 6 + [0.0], "q99": [0.9] * 6 + [1.0], "mask": [True] * 6 + [False],
@@ -168,7 +169,7 @@ def test_nan_logits_in_one_episode_become_its_error_row_not_an_action(tmp_path):
 
     specs = [EpisodeSpec("libero_spatial", t, 0, 0, f"task {t}") for t in range(3)]
     # fake env: task 0's images are dark (pixel values < 40), the others are not
-    rows = evaluate(_NanForDarkImages, specs, workers=3, envs_per_worker=1, max_steps=2, progress=False,
+    rows = evaluate(_NanForDarkImages, specs, RolloutConfig(eval_workers=3, envs_per_worker=1), max_steps=2, progress=False,
                     slot_factory=functools.partial(eval_fakes.make_bright_slot, dark_tasks=(0,)))
     by_task = {r["task_id"]: r for r in rows}
     assert by_task[0]["error"] is not None and "NonFiniteLogitsError" in by_task[0]["error"]

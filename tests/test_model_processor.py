@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlamix.constants import IGNORE_INDEX
+from vlamix.core.constants import IGNORE_INDEX
 from vlamix.model.action_tokenizer import ActionTokenizer
 from vlamix.model.configuration import VLAConfig
 from vlamix.model.processor import VLAProcessor
@@ -171,7 +171,7 @@ np.save(sys.argv[2], np.stack(out))
 def test_resize_strategies_match_official_torchvision_pipeline(strategy):
     """Official ``PrismaticImageProcessor.apply_transform``: [letterbox pad] -> TVF.resize -> TVF.center_crop -> to_tensor
     -> normalize, on PIL images (SigLIP tower: mean = std = 0.5)."""
-    from vlamix._compat import ensure_torchvision_importable
+    from vlamix.core.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torchvision.transforms.functional as TVF
@@ -192,7 +192,7 @@ def test_resize_strategies_match_official_torchvision_pipeline(strategy):
 
 # ---------------------------------------------------------------------------- instruction variants (evaluation kit)
 def test_instruction_variants_build_the_expected_token_ids(processor):
-    from vlamix.eval.plan import INSTRUCTION_VARIANTS
+    from vlamix.core.suites import INSTRUCTION_VARIANTS
     from vlamix.model import processor as proc
 
     assert proc.INSTRUCTION_VARIANTS == INSTRUCTION_VARIANTS

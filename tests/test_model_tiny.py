@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlamix.constants import IGNORE_INDEX
+from vlamix.core.constants import IGNORE_INDEX
 from vlamix.model.checkpoint import load_vla, save_vla
 from vlamix.model.lora import apply_lora, lora_target_modules, merge_lora
 

@@ -1,4 +1,4 @@
-"""Racing for the evaluation budget, wired into the runner (issue 12, item 4; vlamix.search.racing).
+"""Racing for the evaluation budget, wired into the runner (issue 12, item 4; vlamix.pipeline.racing).
 
 The decision rule of one point against the finished points of its job (:func:`race_point`) on stub
 evaluations, then the real path: the example's own basemodel and metric files through ``vlamix run``
@@ -16,13 +16,15 @@ import shutil
 import pytest
 import yaml
 
+from configs import checked
 from vlamix.bench import job as bench_job
 from vlamix.bench import metrics
-from vlamix.config import BenchConfig, ConfigError
+from vlamix.core.errors import ConfigError
 from vlamix.eval.plan import EpisodeSpec
 from vlamix.eval.stats import wilson_interval
-from vlamix.pipeline import episodes_path, eval_key, train_key
-from vlamix.search.racing import Competitor, best_competitor, plan_key, plan_rounds, race_point
+from vlamix.pipeline.config import eval_key, train_key
+from vlamix.pipeline.point import episodes_path
+from vlamix.pipeline.racing import Competitor, best_competitor, plan_key, plan_rounds, race_point
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE_REL = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
@@ -119,28 +121,28 @@ def test_best_competitor_is_the_highest_lower_bound():
 
 
 def test_competitors_are_the_finished_points_of_the_job_on_the_same_plan(tmp_path):
-    from vlamix.search.racing import finished_competitors
+    from vlamix.pipeline.ledger import record
+    from vlamix.pipeline.racing import finished_competitors
 
     cfg = _cfg().to_dict()
     plan = plan_key(cfg)
 
-    def point(name, k, n, config=cfg, **extra):
-        folder = tmp_path / "job" / "algo" / name / "output" / "inference"
-        folder.mkdir(parents=True)
-        episodes = [{"suite": "libero_spatial", "task_id": 0, "episode_index": i, "success": i < k} for i in range(n)]
-        pred = {"episodes": episodes, "config": config, "mixing": {"strategy_label": name}, **extra}
-        (folder / "vlamix_prediction.json").write_text(json.dumps(pred))
-        return str(folder)
+    ledger = str(tmp_path / "job" / "vlamix_points")
 
-    own = point("own", 0, 3, train_key="mine")
+    def point(name, k, n, config=cfg, **extra):
+        episodes = [{"suite": "libero_spatial", "task_id": 0, "episode_index": i, "success": i < k} for i in range(n)]
+        pred = {"episodes": episodes, "config": config, "mixing": {"strategy_label": name}, "checkpoint": name, **extra}
+        return record(ledger, pred)
+
+    point("own", 0, 3, train_key="mine")
     point("same_plan", 3, 4, train_key="other")
-    point("same_model", 9, 9, train_key="mine")          # an earlier run of this model: not a competitor
-    point("expert", 9, 9, reference=True)                 # the scripted-expert reference row
+    point("same_model", 9, 9, train_key="mine", plan_key="earlier")  # an earlier run of this model: not a competitor
+    point("expert", 9, 9, reference=True, label="expert")  # the scripted-expert reference row
     point("other_plan", 9, 9, config=_cfg(trials_per_task=4).to_dict())
     point("all_errors", 0, 0)
-    (tmp_path / "job" / "algo" / "torn" / "output" / "inference").mkdir(parents=True)
-    (tmp_path / "job" / "algo" / "torn" / "output" / "inference" / "vlamix_prediction.json").write_text("{")
-    found = finished_competitors(own, plan, exclude_train_key="mine")
+    with open(os.path.join(ledger, "torn.json"), "w") as fh:
+        fh.write("{")
+    found = finished_competitors(ledger, plan, exclude_train_key="mine")
     assert [(c.label, c.n_successes, c.n_episodes) for c in found] == [("same_plan", 3, 4)]
     assert found[0].ci_low == pytest.approx(wilson_interval(3, 4)[0])
     assert finished_competitors(None, plan) == []
@@ -148,7 +150,7 @@ def test_competitors_are_the_finished_points_of_the_job_on_the_same_plan(tmp_pat
 
 # ------------------------------------------------------------------------------------------ config
 def _cfg(**kw):
-    return BenchConfig.from_dict({"mixture": {SPATIAL: 2, OBJECT: 1}, "trials_per_task": 3, **kw})
+    return checked({"mixture": {SPATIAL: 2, OBJECT: 1}, "trials_per_task": 3, **kw})
 
 
 def test_racing_fields_change_neither_the_training_key_nor_the_eval_key():
@@ -179,12 +181,12 @@ def test_bad_racing_values_fail_naming_the_field(values, field, words):
 
 
 def test_racing_off_ignores_the_round_size():
-    assert _cfg(racing_round_trials=10).racing is False  # no error: one round is fine without racing
+    assert _cfg(racing_round_trials=10).get("racing") is False  # no error: one round is fine without racing
 
 
 # ------------------------------------------------------------------------------------------ metric, report
 def test_episodes_saved_metric_and_report_section():
-    from vlamix.report_kit import racing_section
+    from vlamix.report.kit import racing_section
 
     assert math.isnan(metrics.episodes_saved(None, {"episodes": []}))
     rec = {"stopped_at_round": 1, "rounds_run": 1, "rounds_planned": 3, "episodes_evaluated": 4, "episodes_planned": 12,
@@ -219,10 +221,7 @@ GOOD = {"2:1": True, "1:1": False, "1:2": True}
 def job_root(tmp_path, monkeypatch):
     """A copy of the example (the Ianvs root) whose job runs GRID through the real basemodel, with fakes for
     training (a checkpoint per train key), rollouts (rows kept and reused by key) and offline metrics."""
-    import vlamix.eval.offline
-    import vlamix.eval.rollout
-    import vlamix.pipeline
-    import vlamix.sim.record
+    import vlamix.pipeline.point
 
     shutil.copytree(os.path.join(REPO, EXAMPLE_REL), tmp_path / EXAMPLE_REL)
     job_yaml = tmp_path / EXAMPLE_REL / "benchmarkingjob.yaml"
@@ -236,12 +235,12 @@ def job_root(tmp_path, monkeypatch):
     def fake_train_run(cfg, runs_dir):
         ckpt = os.path.join(os.path.abspath(runs_dir), train_key(cfg), "step_000001")
         os.makedirs(ckpt, exist_ok=True)
-        ratio = ":".join(str(int(w)) for w in cfg.mixture.values())
+        ratio = ":".join(str(int(w)) for w in cfg.get("mixture").values())
         with open(os.path.join(ckpt, "weights.txt"), "w") as fh:
             fh.write("good" if GOOD[ratio] else "bad")
         return ckpt
 
-    def fake_evaluate(policy, episodes, workers=1, out_jsonl=None, **kwargs):
+    def fake_evaluate(policy, episodes, rollout=None, out_jsonl=None, **kwargs):
         with open(os.path.join(policy, "weights.txt")) as fh:
             good = fh.read() == "good"
         stored = {}
@@ -263,10 +262,10 @@ def job_root(tmp_path, monkeypatch):
                 rows.append(dict(stored[key]))
         return rows
 
-    monkeypatch.setattr(vlamix.pipeline, "train_run", fake_train_run)
-    monkeypatch.setattr(vlamix.eval.rollout, "evaluate", fake_evaluate)
-    monkeypatch.setattr(vlamix.eval.offline, "offline_metrics", lambda ckpt, cfg: {"action_token_accuracy": 0.5, "action_l1": 0.1})
-    monkeypatch.setattr(vlamix.sim.record, "ensure_demo_datasets", lambda cfg: None)
+    monkeypatch.setattr(vlamix.pipeline.point, "train_run", fake_train_run)
+    monkeypatch.setattr(vlamix.pipeline.point, "evaluate", fake_evaluate)
+    monkeypatch.setattr(vlamix.pipeline.point, "offline_metrics", lambda ckpt, **kw: {"action_token_accuracy": 0.5, "action_l1": 0.1})
+    monkeypatch.setattr(vlamix.pipeline.point, "ensure_demo_datasets", lambda data: None)
     return tmp_path, ran
 
 
@@ -283,7 +282,7 @@ def _run(root, **grid_changes):
 
 
 def _keys():
-    return {":".join(str(w) for w in m.values()): train_key(BenchConfig.from_dict({**{k: v[0] for k, v in GRID.items()}, "mixture": m}))
+    return {":".join(str(w) for w in m.values()): train_key(checked({**{k: v[0] for k, v in GRID.items()}, "mixture": m}))
             for m in GRID["mixture"]}
 
 
@@ -319,7 +318,7 @@ def test_vlamix_run_races_each_point_against_the_best_finished_point_and_a_later
     assert sorted((key, t, k) for key, t, k in ran) == [(keys["1:1"], t, k) for t in range(2) for k in range(2, 6)]
     assert {r: rank[r]["num_episodes"] for r in GOOD} == {"2:1": "12", "1:1": "12", "1:2": "12"}
     assert {r: rank[r]["episodes_saved"] for r in GOOD} == {"2:1": "", "1:1": "", "1:2": ""}  # racing off: empty
-    cfg = BenchConfig.from_dict({**{k: v[0] for k, v in GRID.items()}, "mixture": {SPATIAL: 1, OBJECT: 1}})
+    cfg = checked({**{k: v[0] for k, v in GRID.items()}, "mixture": {SPATIAL: 1, OBJECT: 1}})
     path = episodes_path(os.path.join(str(root), "workspace", "vlamix_runs", keys["1:1"]), cfg)
     with open(path) as fh:
         assert len(fh.readlines()) == 12  # every planned episode once: none was run twice

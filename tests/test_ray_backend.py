@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import
 from bench_constants import TINY_GRID
 from vlamix.bench import job as bench_job
 from vlamix.bench import ray_backend
-from vlamix.config import ConfigError
+from vlamix.core.errors import ConfigError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PACKAGE_ROOT = os.path.join(REPO, "examples", "cloud_VLA_finetune")

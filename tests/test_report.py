@@ -1,6 +1,7 @@
 """Report: leaderboard order, labels and per-task table built from constructed results."""
 
-from vlamix.report import leaderboard_rows, point_label, write_report
+from vlamix.report.markdown import leaderboard_rows, write_report
+from vlamix.core.labels import point_label
 
 
 def _result(weights, sr, lo, hi, n, per_task):
@@ -69,7 +70,7 @@ def test_strategy_rows_weights_and_filter_counts_in_the_report(tmp_path):
 def test_points_with_the_same_mixture_are_told_apart_by_the_fields_that_differ(tmp_path):
     """Same strategy label at two budgets (the learnable job's equal-exposure point): every table names the
     differing config field; identical configs (the same point in two algorithms) get ``#2``."""
-    from vlamix.report_kit import unique_labels
+    from vlamix.report.kit import unique_labels
 
     per_task = {"libero_object/0": {"success_rate": 0.5}}
     short, long_, other = (_result([1, 1], sr, 0.2, 0.8, 20, per_task) for sr in (0.45, 0.6, 0.1))

@@ -8,16 +8,16 @@ import math
 import matplotlib.image
 import pytest
 
-from vlamix.config import BenchConfig
-from vlamix.report import write_report
-from vlamix.report_sweep import sweep_axes, write_sweep_plots
+from configs import checked
+from vlamix.report.markdown import write_report
+from vlamix.report.sweep import sweep_axes, write_sweep_plots
 
 TASKS = ["libero_spatial/0", "libero_spatial/1", "libero_object/0", "libero_object/1"]
 TEMPERATURES = [2.0, 0.5, math.inf, 1.0, 5.0]  # grid order is not plot order
 
 
 def _prediction(temperature, weighting, srs, acc):
-    cfg = BenchConfig.from_dict({
+    cfg = checked({
         "mixture": {"libero_spatial_no_noops": 1, "libero_object_no_noops": 1}, "strategy": "temperature",
         "mixing_level": "task", "temperature": temperature, "loss_weighting": weighting,
     })  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vlamix.config import ConfigError
+from vlamix.core.errors import ConfigError
 from vlamix.search.optimize import grid_comparison, search_simplex
 from vlamix.search.regression import best_mixture, fit
 from vlamix.search.simplex import cube_to_simplex, lattice_for_budget, simplex_to_cube
@@ -173,7 +173,7 @@ def _stream(pattern):
 
 
 def test_racing_stops_a_clearly_worse_point_and_never_the_best():
-    from vlamix.search.racing import race
+    from vlamix.pipeline.racing import race
 
     streams = {
         "best": _stream([1, 1, 1, 1, 1, 1, 1, 1, 1, 0]),     # 90%

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sim_attempts import expert_attempt, in_spawn_worker
-from vlamix.constants import SUITE_MAX_STEPS
+from vlamix.core.constants import SUITE_MAX_STEPS
 
 
 @pytest.mark.libero

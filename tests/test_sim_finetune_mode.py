@@ -10,14 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.train.finetune import FineTuner
 
 from test_train_finetune import InMemoryLoader
 
 
 def _cfg(mode):
-    return BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 1}, "train_steps": 2, "batch_size": 2,
+    return checked({"mixture": {"libero_spatial_no_noops": 1}, "train_steps": 2, "batch_size": 2,
                                   "lora_rank": 4, "learning_rate": 1e-3, "seed": 3, "finetune_mode": mode})
 
 
@@ -29,8 +30,8 @@ def test_finetune_mode_is_validated():
     with pytest.raises(ConfigError) as err:
         _cfg("qlora")
     assert err.value.field == "finetune_mode" and "full" in str(err.value)
-    assert BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 1}}).finetune_mode == "lora"
-    from vlamix.pipeline import train_key
+    assert checked({"mixture": {"libero_spatial_no_noops": 1}}).get("finetune_mode") == "lora"
+    from vlamix.pipeline.config import train_key
 
     # a different model is trained, so a different run; the default leaves earlier train keys as they were
     assert train_key(_cfg("full")) != train_key(_cfg("lora"))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from sim_attempts import expert_attempts, in_spawn_worker
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.mixing.skills import skill_of
 from vlamix.sim import record
 from vlamix.sim.expert import SUPPORTED_TASKS, scripted_task_ids, supported_tasks
@@ -55,20 +56,20 @@ def test_supported_task_table_and_first_n_supported_tasks():
 def test_scripted_demos_refuse_suites_and_task_counts_without_an_expert(tmp_path):
     base = {"data_dir": str(tmp_path), "demos": "scripted"}
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({**base, "mixture": {SPATIAL: 1, "libero_90_no_noops": 1}})
+        checked({**base, "mixture": {SPATIAL: 1, "libero_90_no_noops": 1}})
     assert err.value.field == "demos"
     assert "libero_90" in str(err.value) and "libero_goal (tasks 0, 1, 2" in str(err.value)
     n_goal = len(supported_tasks("libero_goal"))
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({**base, "mixture": {GOAL: 1}, "demo_tasks": n_goal + 1})
+        checked({**base, "mixture": {GOAL: 1}, "demo_tasks": n_goal + 1})
     assert err.value.field == "demo_tasks" and "libero_goal" in str(err.value)
     # present on disk: nothing to record, so no expert is needed
     path = tmp_path / "libero_90_no_noops" / "1.0.0"
     path.mkdir(parents=True)
     (path / "dataset_info.json").write_text("{}")
-    assert BenchConfig.from_dict({**base, "mixture": {"libero_90_no_noops": 1}}).demos == "scripted"
+    assert checked({**base, "mixture": {"libero_90_no_noops": 1}}).get("demos") == "scripted"
     # real data (demos: none) is not limited by the expert
-    assert BenchConfig.from_dict({**base, "mixture": {"libero_90_no_noops": 1}, "demos": "none"}).demos == "none"
+    assert checked({**base, "mixture": {"libero_90_no_noops": 1}, "demos": "none"}).get("demos") == "none"
 
 
 def _episode(steps, seed, instruction):
@@ -104,9 +105,9 @@ def test_three_suites_recorded_and_loaded_in_one_mixture(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(record, "record_suites", fake)
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1, OBJECT: 1, GOAL: 2}, "data_dir": str(tmp_path),
+    cfg = checked({"mixture": {SPATIAL: 1, OBJECT: 1, GOAL: 2}, "data_dir": str(tmp_path),
                                  "demo_tasks": 5, "demo_episodes_per_task": 2, "heldout_fraction": 0.0})
-    paths = record.ensure_demo_datasets(cfg)
+    paths = record.ensure_demo_datasets(cfg.data)
     assert list(paths) == [SPATIAL, OBJECT, GOAL]
     recorded = {suite: ids for suites, ids in calls for suite in suites}
     assert recorded["libero_object"] == (0, 1, 2, 3, 4)
@@ -115,7 +116,7 @@ def test_three_suites_recorded_and_loaded_in_one_mixture(tmp_path, monkeypatch):
 
     from vlamix.data.mixture import MixtureLoader
 
-    loader = MixtureLoader(cfg, "train")
+    loader = MixtureLoader.for_point(cfg, "train")
     assert [d.name for d in loader.datasets] == [SPATIAL, OBJECT, GOAL]
     assert loader.group_names == (SPATIAL, OBJECT, GOAL)
     counts = np.zeros(3)
@@ -145,9 +146,9 @@ def test_default_job_has_a_three_way_mixture_and_a_skill_row(tmp_path, monkeypat
     configs = validate_grid(expand_grid(load_job(job)))
     three_way = [c for c in configs if len(c.mixture_weights()) == 3]
     assert len(three_way) == 3  # the static 2:2:1 and 1:1:1 points and the skill row
-    assert any(c.strategy == "task_balanced" and c.resolved_mixing_level() == "skill" for c in configs)
+    assert any(c.get("strategy") == "task_balanced" and c.resolved_mixing_level() == "skill" for c in configs)
     for c in configs:
         assert c.resolved_eval_suites() == ("libero_spatial", "libero_object", "libero_goal")
         # the Goal tasks recorded are the ones evaluated (first supported tasks = first task ids)
-        assert scripted_task_ids("libero_goal", c.demo_tasks) == list(range(c.demo_tasks))
-        assert c.eval_tasks <= c.demo_tasks
+        assert scripted_task_ids("libero_goal", c.get("demo_tasks")) == list(range(c.get("demo_tasks")))
+        assert c.get("eval_tasks") <= c.get("demo_tasks")

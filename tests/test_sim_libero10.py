@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from sim_attempts import expert_attempt, in_spawn_worker
+from configs import checked
 from vlamix import cli
-from vlamix.config import BenchConfig, ConfigError
+from vlamix.core.errors import ConfigError
 from vlamix.mixing.skills import skill_of
 from vlamix.sim.expert import GOAL_ORDER, UnsupportedTaskError, parse_goals, scripted_task_ids, supported_tasks
 
@@ -54,13 +55,13 @@ def test_scripted_demos_refuse_more_libero10_tasks_than_supported(tmp_path):
     ids = sorted(supported_tasks("libero_10"))
     base = {"data_dir": str(tmp_path), "demos": "scripted", "mixture": {LIBERO10: 1}}
     with pytest.raises(ConfigError) as err:
-        BenchConfig.from_dict({**base, "demo_tasks": len(ids) + 1})
+        checked({**base, "demo_tasks": len(ids) + 1})
     assert err.value.field == "demo_tasks"
     assert f"supports {len(ids)} task(s) of libero_10: {ids}" in str(err.value)
     assert not (tmp_path / LIBERO10).exists()
     # up to the supported count it is valid; the recorded tasks are the supported ids
-    cfg = BenchConfig.from_dict({**base, "demo_tasks": len(ids)})
-    assert scripted_task_ids("libero_10", cfg.demo_tasks) == ids
+    cfg = checked({**base, "demo_tasks": len(ids)})
+    assert scripted_task_ids("libero_10", cfg.get("demo_tasks")) == ids
 
 
 def test_record_demos_refuses_an_unsupported_libero10_task_id(tmp_path, capsys):
@@ -80,9 +81,9 @@ def _fake_env(goal, objects=(), sites=()):
 
 
 def test_goals_run_in_order_knob_before_placing_and_bddl_order_otherwise(monkeypatch):
-    import vlamix.sim.articulated as articulated
+    import vlamix.sim.expert as expert_module
 
-    monkeypatch.setattr(articulated, "knob_joint", lambda inner, name: 0)
+    monkeypatch.setattr(expert_module, "knob_joint", lambda inner, name: 0)
     env = _fake_env([("On", "moka_pot_1", "flat_stove_1_cook_region"), ("On", "moka_pot_2", "flat_stove_1_cook_region"),
                      ("Turnon", "flat_stove_1")], objects=("moka_pot_1", "moka_pot_2"))
     assert parse_goals(env) == [("turnon", "flat_stove_1", ""), ("on", "moka_pot_1", "flat_stove_1_cook_region"),

@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.sim import record
 from vlamix.sim.expert import (
     MAX_GRASP_WIDTH,
@@ -270,10 +271,10 @@ def test_ensure_demo_datasets_records_only_missing_ones(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(record, "record_datasets", fake_record_datasets)
-    cfg = BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1,
+    cfg = checked({"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1,
                                              "libero_goal_no_noops": 0},
                                  "data_dir": data_dir, "demo_tasks": 3, "demo_episodes_per_task": 5})
-    paths = record.ensure_demo_datasets(cfg)
+    paths = record.ensure_demo_datasets(cfg.data)
     assert calls == [(["libero_object"], [0, 1, 2], 5, record.DEMO_SEED, 2)]  # goal has weight 0
     assert list(paths) == ["libero_spatial_no_noops", "libero_object_no_noops"]
     assert paths["libero_spatial_no_noops"] == os.path.abspath(spatial)
@@ -283,19 +284,19 @@ def test_ensure_demo_datasets_refuses_other_recording_settings_and_missing_real_
     monkeypatch.setattr(record, "record_datasets", lambda *a, **k: pytest.fail("must not record"))
     data_dir = str(tmp_path)
     _make_dataset(data_dir, "libero_object_no_noops", {"task_ids": [0, 1], "episodes_per_task": 4})
-    cfg = BenchConfig.from_dict({"mixture": {"libero_object_no_noops": 1}, "data_dir": data_dir,
+    cfg = checked({"mixture": {"libero_object_no_noops": 1}, "data_dir": data_dir,
                                  "demo_tasks": 2, "demo_episodes_per_task": 4})
-    assert list(record.ensure_demo_datasets(cfg)) == ["libero_object_no_noops"]
+    assert list(record.ensure_demo_datasets(cfg.data)) == ["libero_object_no_noops"]
     with pytest.raises(ConfigError, match="demo_episodes_per_task.*recorded with 4"):
-        record.ensure_demo_datasets(cfg.replace(demo_episodes_per_task=6))
+        record.ensure_demo_datasets(cfg.replace(demo_episodes_per_task=6).data)
     with pytest.raises(ConfigError, match="demo_tasks.*recorded with 2 tasks"):
-        record.ensure_demo_datasets(cfg.replace(demo_tasks=3))
+        record.ensure_demo_datasets(cfg.replace(demo_tasks=3).data)
     # real data (demos: none) is never checked against recording settings
-    assert record.ensure_demo_datasets(cfg.replace(demos="none", demo_tasks=3))
+    assert record.ensure_demo_datasets(cfg.replace(demos="none", demo_tasks=3).data)
     cfg_none = cfg.replace(demos="none")
     os.rename(os.path.join(data_dir, "libero_object_no_noops"), os.path.join(data_dir, "moved"))
     with pytest.raises(ConfigError, match="data_dir.*libero_object_no_noops"):
-        record.ensure_demo_datasets(cfg_none)
+        record.ensure_demo_datasets(cfg_none.data)
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vlamix.config import BenchConfig
+from configs import checked
 
 STATS = {
     "libero_spatial_no_noops": {
@@ -63,7 +63,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, cfg_dict: dict)
     from vlamix.train.finetune import FineTuner
 
     loader = RankLoader(2, seed=100 + rank)
-    tuner = FineTuner(BenchConfig.from_dict(cfg_dict), out_dir, loader=loader, device="cpu")
+    tuner = FineTuner(checked(cfg_dict), out_dir, loader=loader, device="cpu")
     assert tuner.ctx.world_size == world_size and tuner.ctx.rank == rank
     ckpt = tuner.train()
     weights = {n: p.detach().clone() for n, p in tuner.model.named_parameters() if p.requires_grad}

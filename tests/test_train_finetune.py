@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlamix.config import BenchConfig, ConfigError
-from vlamix.train.finetune import BENCH_CONFIG_NAME, MERGED_DIR, TRAIN_LOG_NAME, FineTuner, load_config_file
+from configs import checked
+from vlamix.core.errors import ConfigError
+from vlamix.pipeline.config import BenchConfig
+from vlamix.train.finetune import BENCH_CONFIG_NAME, MERGED_DIR, TRAIN_LOG_NAME, FineTuner
 
 STATS = {
     "libero_spatial_no_noops": {
@@ -80,7 +82,7 @@ def _cfg(**changes) -> BenchConfig:
     values = {"mixture": {"libero_spatial_no_noops": 1}, "train_steps": 6, "batch_size": 2, "lora_rank": 8,
               "lora_alpha": 16, "learning_rate": 2e-3, "seed": 3}  # fmt: skip
     values.update(changes)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _log(out_dir) -> list[dict]:
@@ -210,12 +212,12 @@ def test_grad_accumulation_of_two_micro_batches_equals_one_double_batch(tmp_path
 def test_load_config_file_reads_yaml_with_overrides(tmp_path):
     path = tmp_path / "point.yaml"
     path.write_text("mixture: {libero_spatial_no_noops: 2, libero_object_no_noops: 1}\ntrain_steps: 5\n")
-    cfg = load_config_file(str(path), {"lora_rank": 4})
-    assert cfg.mixture == {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1}
-    assert (cfg.train_steps, cfg.lora_rank) == (5, 4)
+    cfg = BenchConfig.from_file(str(path), {"lora_rank": 4})
+    assert cfg.data.mixture == {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1}
+    assert (cfg.train.train_steps, cfg.model.lora_rank) == (5, 4)
     path.write_text("mixture: {libero_spatial_no_noops: 1}\nlora_rnak: 4\n")
     with pytest.raises(ConfigError, match="lora_rnak"):
-        load_config_file(str(path))
+        BenchConfig.from_file(str(path))
 
 
 def test_gradient_checkpointing_keeps_gradients_and_bf16_autocast_keeps_the_loss(tmp_path):

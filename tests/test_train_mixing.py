@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlamix.config import BenchConfig, ConfigError
+from configs import checked
+from vlamix.core.errors import ConfigError
 from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
 from vlamix.train.finetune import TRAIN_LOG_NAME, FineTuner, _add_group_losses
 from test_train_finetune import STATS, _frames
@@ -64,7 +65,7 @@ def _cfg(**changes):
     values = {"mixture": {GROUPS[0]: 1, GROUPS[1]: 1}, "train_steps": 6, "batch_size": 4, "lora_rank": 4,
               "lora_alpha": 8, "learning_rate": 2e-3, "seed": 3, "mixing_update_every": 2}  # fmt: skip
     values.update(changes)
-    return BenchConfig.from_dict(values)
+    return checked(values)
 
 
 def _log(folder):

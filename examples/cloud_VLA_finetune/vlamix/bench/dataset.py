@@ -14,14 +14,13 @@ The single-task paradigm then calls ``basemodel.train(train_data)`` with the who
 In this example the index files name things, not files: each line of the train index is an RLDS
 dataset name and its task suite (``libero_spatial_no_noops libero_spatial``), each line of the test
 index a LIBERO task suite. Because of step 1 they reach the basemodel as absolute paths whose base
-name is the entry; :func:`index_names` gives the entries back.
+name is the entry; :func:`vlamix.core.index.index_names` gives the entries back.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
 
 import numpy as np
 
@@ -83,26 +82,3 @@ def load_index(path: str, data_type: str) -> IndexData:
         x.append(words[0])
         y.append(words[1] if len(words) > 1 else 0)
     return IndexData(x=np.array(x), y=np.array(y), data_type=data_type)
-
-
-def index_names(data: Any) -> list[str]:
-    """Entry names of index data as a basemodel receives it.
-
-    Accepts an :class:`IndexData` or Sedna parse object (uses ``.x``), or an array/list of entries;
-    returns the base name of each entry (``/abs/.../libero_spatial`` -> ``libero_spatial``).
-
-    Raises:
-        TypeError: ``data`` is neither.
-    """
-    entries = getattr(data, "x", data)
-    if isinstance(entries, (str, bytes)) or not isinstance(entries, (np.ndarray, list, tuple)):
-        raise TypeError(f"expected index data (.x) or a sequence of entries, got {type(data).__name__}")
-    return [os.path.basename(os.path.normpath(str(e))) for e in np.asarray(entries).reshape(-1)]
-
-
-def require_listed(needed: Iterable[str], listed: Iterable[str], what: str) -> None:
-    """Raise ``ValueError`` naming every entry of ``needed`` that the index ``what`` does not list."""
-    listed = list(listed)
-    missing = [name for name in needed if name not in listed]
-    if missing:
-        raise ValueError(f"{what} does not list {', '.join(missing)}; it lists: {', '.join(listed)}")

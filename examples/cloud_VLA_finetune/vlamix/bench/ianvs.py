@@ -9,6 +9,8 @@ therefore calls, on every construction::
     from vlamix.bench import ianvs
     ianvs.ensure_log_handler()   # INFO lines of the "vlamix" logger on stderr, if nobody set a handler
     ianvs.check_job_once()       # in an Ianvs process: vlamix.bench.job.check_job(<the -f file>), once
+    ...
+    prediction = pipeline.predict(data, ledger=ianvs.job_ledger())   # the job's ledger, from RESULT_SAVED_URL
 
 How an Ianvs process is recognised: the ``ianvs`` console script (and ``python -m core.cmd.benchmarking``)
 imports ``core.cmd.benchmarking`` and parses ``-f/--benchmarking_config_file`` from ``sys.argv``
@@ -23,7 +25,10 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
+
+from vlamix.bench.job import check_job
+from vlamix.pipeline.ledger import ledger_of
 
 #: The module every ``ianvs`` process has imported (the console script's entry point).
 IANVS_MAIN_MODULE = "core.cmd.benchmarking"
@@ -97,7 +102,7 @@ def check_job_once(job_file: str | None = None) -> bool:
     Returns:
         True when a check ran now, False when there was nothing to check or it already passed.
     Raises:
-        vlamix.config.ConfigError, vlamix.bench.spec.JobConfigError, FileNotFoundError,
+        vlamix.core.errors.ConfigError, vlamix.bench.spec.JobConfigError, FileNotFoundError,
         vlamix.bench.job.ModuleLoadError, ValueError: see :func:`vlamix.bench.job.check_job`; the
         message names the grid point and the field. A failed check runs again on the next call.
     """
@@ -107,10 +112,24 @@ def check_job_once(job_file: str | None = None) -> bool:
     key = os.path.abspath(job_file)
     if _checked.get(key):
         return False
-    from vlamix.bench.job import check_job
-
     logger.info("checking the whole job %s before its first grid point (vlamix check)", job_file)
     checked = check_job(job_file)
     _checked[key] = True
     logger.info("job '%s': %d grid point(s) valid", checked.job.name, len(checked.points))
     return True
+
+
+#: Environment variable Ianvs sets before ``load`` / ``predict``: ``<job dir>/<algorithm>/<point>/output/inference/``
+#: (``vlamix run`` sets it the same way).
+RESULT_SAVED_URL = "RESULT_SAVED_URL"
+
+
+def job_ledger(environ: Mapping[str, str] | None = None) -> str | None:
+    """The job ledger folder (:mod:`vlamix.pipeline.ledger`) of the running point, derived from Ianvs's
+    ``RESULT_SAVED_URL`` (four levels below the job folder in Ianvs's layout, and ``vlamix run``'s). The only
+    place that reads that variable; None when it is not set (a point run outside a job)."""
+    url = (os.environ if environ is None else environ).get(RESULT_SAVED_URL)
+    if not url:
+        return None
+    job_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(url)))))
+    return ledger_of(job_dir)

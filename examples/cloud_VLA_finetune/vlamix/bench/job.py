@@ -28,7 +28,7 @@ selected leaderboard printed with prettytable.
 
 What it adds: :func:`check_job` (also ``vlamix check -f``, and the basemodel's first construction
 under ``ianvs -f``) validates every point's basemodel hyperparameters with
-:meth:`vlamix.config.BenchConfig.from_dict`, checks the testenv indexes list every point's datasets
+:meth:`vlamix.pipeline.config.BenchConfig.from_dict`, checks the testenv indexes list every point's datasets
 and suites, and loads every module/metric file before the first point runs, so a bad value fails
 in seconds, naming the field and the point. Each point's folder
 ``<workspace>/<job name>/<algorithm>/<point id>/`` (``point id`` = a hash of the algorithm and its
@@ -42,8 +42,8 @@ private module name; their folder is on ``sys.path`` only while the file execute
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import glob
 import copy
 import hashlib
 import importlib.util
@@ -56,26 +56,43 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from vlamix.bench.dataset import IndexFileError, index_names, load_index
+from vlamix.bench.dataset import IndexFileError, load_index
+from vlamix.core.index import index_names
+from vlamix.bench.records import (
+    ERROR_FILE,
+    POINT_FILE,
+    PREDICTION_FILE,
+    RESULT_FILE,
+    PointResult,
+    jsonable,
+    nan_to_none,
+    plain,
+    read_json,
+    resume_point,
+    write_json,
+)
 from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, read_rank_file, write_rank_files
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
-from vlamix.config import BenchConfig, ConfigError
-from vlamix.io import atomic_write_json, atomic_write_text
-from vlamix.pipeline import RUNTIME_KEYS
+from vlamix.core.errors import ConfigError
+from vlamix.pipeline.config import BenchConfig
+from vlamix.core.io import atomic_write_text
+from vlamix.eval.paired import compare_to_best
+from vlamix.pipeline.checks import check_environment
+from vlamix.pipeline.expert import check_hyperparameters as check_reference_hyperparameters
+from vlamix.pipeline.ledger import entries as ledger_entries
+from vlamix.pipeline.ledger import entry_name, ledger_of
+from vlamix.pipeline.point import RUNTIME_KEYS
+from vlamix.report.markdown import leaderboard_table, write_report
 
 logger = logging.getLogger(__name__)
 
 BASEMODEL = "basemodel"
-POINT_FILE = "point.json"
-RESULT_FILE = "result.json"
-PREDICTION_FILE = "prediction.json"
-ERROR_FILE = "error.txt"
 #: Basemodel registry names whose hyperparameters are not BenchConfig fields (evaluation kit): the
-#: scripted-expert reference row, validated by :func:`vlamix.eval.expert_eval.check_hyperparameters`.
+#: scripted-expert reference row, validated by :func:`vlamix.pipeline.expert.check_hyperparameters`.
 REFERENCE_BASEMODELS = frozenset({"ScriptedExpertReference"})
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -116,7 +133,7 @@ class GridPoint:
             "algorithm": self.algorithm.name,
             "paradigm": self.algorithm.paradigm_type,
             "initial_model_url": self.algorithm.initial_model_url,
-            "modules": [[m.type, m.name, _jsonable(m.hyperparameters)] for m in self.modules],
+            "modules": [[m.type, m.name, jsonable(m.hyperparameters)] for m in self.modules],
         }
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -158,7 +175,7 @@ def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> 
     """Validate every point's basemodel hyperparameters as a :class:`BenchConfig` (reference rows,
     :data:`REFERENCE_BASEMODELS`, with their own check; they are not in the returned list).
 
-    The pipeline's runtime keys (:data:`vlamix.pipeline.RUNTIME_KEYS`, e.g. ``runs_dir``) are not
+    The pipeline's runtime keys (:data:`vlamix.pipeline.point.RUNTIME_KEYS`, e.g. ``runs_dir``) are not
     config fields and are left out of the check.
 
     Args:
@@ -175,11 +192,9 @@ def validate_grid(points: Sequence[GridPoint], *, allow_extra: bool = False) -> 
         try:
             values = {k: v for k, v in point.basemodel.hyperparameters.items() if k not in RUNTIME_KEYS}
             if point.basemodel.name in REFERENCE_BASEMODELS:  # evaluation kit: the scripted-expert reference row
-                from vlamix.eval.expert_eval import check_hyperparameters
-
-                check_hyperparameters(values)
+                check_reference_hyperparameters(values)
                 continue
-            configs.append(BenchConfig.from_dict(values, allow_extra=allow_extra))
+            configs.append(check_environment(BenchConfig.from_dict(values, allow_extra=allow_extra)))
         except ConfigError as err:
             raise ConfigError(err.field, f"{str(err).split(': ', 1)[-1]} (in {point.describe()})") from err
     return configs
@@ -347,22 +362,6 @@ def check_job(job_file: str, *, allow_extra: bool = False) -> CheckedJob:
 
 # ------------------------------------------------------------------------------------------- running
 @dataclass
-class PointResult:
-    """Outcome of one grid point: status ``completed`` (ran now), ``resumed`` or ``failed``."""
-
-    point: GridPoint
-    status: str
-    output_dir: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    time: str = ""
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("completed", "resumed")
-
-
-@dataclass
 class JobResult:
     """Outcome of a job: per-point results in grid order and the rank files written."""
 
@@ -471,8 +470,6 @@ def _in_rank_order(results: Sequence[PointResult], rank_files: Mapping[str, str]
 
 def _leaderboard_text(results: Sequence[PointResult]) -> str:
     """Compact leaderboard (mixture, success rate with 95% CI and N, offline metrics) of the points."""
-    from vlamix.report import leaderboard_table
-
     return leaderboard_table(_load_predictions(results), ranked=True).get_string()
 
 
@@ -494,11 +491,9 @@ def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[s
     sees only the points finished before it, :func:`vlamix.bench.metrics.tied_with_best`)."""
     if "tied_with_best" not in metric_funcs:
         return
-    from vlamix.eval.paired import compare_to_best
-
     episodes = {}
     for r in results:
-        pred = _read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
+        pred = read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
         if isinstance(pred, dict) and isinstance(pred.get("episodes"), list) and not pred.get("reference"):
             episodes[r.output_dir] = pred["episodes"]
     points = compare_to_best(episodes)["points"]
@@ -511,8 +506,6 @@ def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[s
 def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:
     """Write ``<job dir>/report/`` (tables and plots, :mod:`vlamix.report`) from the finished points'
     ``prediction.json``; predictions that are not vlamix results (no ``summary``) are skipped."""
-    from vlamix.report import write_report
-
     predictions = _load_predictions(results)
     if not predictions:
         return None
@@ -534,31 +527,31 @@ def run_point(
         recompute_metrics: see :func:`run_job`.
     """
     out_dir = point.output_dir(job.job_dir)
-    resumed = _resume(point, out_dir, metric_funcs, job, recompute_metrics)
+    resumed = resume_point(point, out_dir, metric_funcs, job, recompute_metrics)
     if resumed is not None:
         logger.info("%s: results exist in %s, not re-run", point.describe(), out_dir)
         return resumed
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, POINT_FILE), _point_record(point))
+    write_json(os.path.join(out_dir, POINT_FILE), _point_record(point))
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out_dir, ERROR_FILE))
     logger.info("%s: running in %s", point.describe(), out_dir)
     start = time.time()
     try:
         prediction = _run_single_task(point, job, out_dir, classes)
-        _write_json(os.path.join(out_dir, PREDICTION_FILE), prediction)
+        write_json(os.path.join(out_dir, PREDICTION_FILE), prediction)
         test_data = load_index(job.testenv.test_index, "eval overall")
-        metrics = {name: _plain(func(test_data.y, prediction)) for name, func in metric_funcs.items()}
+        metrics = {name: plain(func(test_data.y, prediction)) for name, func in metric_funcs.items()}
     except Exception as err:  # one failing point must not lose the others
         logger.exception("%s failed", point.describe())
         atomic_write_text(os.path.join(out_dir, ERROR_FILE), traceback.format_exc())
         message = f"{type(err).__name__}: {err}"
-        _write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
+        write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
         return PointResult(point, "failed", out_dir, error=message)
     finished = time.strftime(TIME_FORMAT, time.localtime())
-    _write_json(
+    write_json(
         os.path.join(out_dir, RESULT_FILE),
-        {"status": "completed", "point_id": point.point_id, "metrics": _nan_to_none(metrics), "time": finished, "wall_seconds": time.time() - start},
+        {"status": "completed", "point_id": point.point_id, "metrics": nan_to_none(metrics), "time": finished, "wall_seconds": time.time() - start},
     )
     logger.info("%s: %s", point.describe(), metrics)
     return PointResult(point, "completed", out_dir, metrics=metrics, time=finished)
@@ -588,26 +581,6 @@ def _run_single_task(point: GridPoint, job: JobSpec, out_dir: str, classes: Mapp
         return basemodel.predict(test_data.x)
 
 
-def _resume(point: GridPoint, out_dir: str, metric_funcs: Mapping[str, Callable], job: JobSpec, recompute: bool) -> PointResult | None:
-    record = _read_json(os.path.join(out_dir, RESULT_FILE))
-    if not record or record.get("status") != "completed" or record.get("point_id") != point.point_id:
-        return None
-    metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
-    missing = [name for name in metric_funcs if recompute or name not in metrics]
-    if missing:
-        prediction = _read_json(os.path.join(out_dir, PREDICTION_FILE))
-        if prediction is None:
-            logger.warning("%s: metrics %s missing and no %s; re-running", point.describe(), missing, PREDICTION_FILE)
-            return None
-        test_data = load_index(job.testenv.test_index, "eval overall")
-        for name in missing:
-            metrics[name] = _plain(metric_funcs[name](test_data.y, prediction))
-        record["metrics"] = _nan_to_none(metrics)
-        _write_json(os.path.join(out_dir, RESULT_FILE), record)
-    metrics = {name: metrics[name] for name in metric_funcs}
-    return PointResult(point, "resumed", out_dir, metrics=metrics, time=record.get("time", ""))
-
-
 def _rank_row(result: PointResult) -> RankRow:
     point = result.point
     return RankRow(
@@ -627,7 +600,7 @@ def _point_record(point: GridPoint) -> dict[str, Any]:
         "algorithm": point.algorithm.name,
         "paradigm": point.algorithm.paradigm_type,
         "initial_model_url": point.algorithm.initial_model_url,
-        "modules": [{"type": m.type, "name": m.name, "url": m.url, "hyperparameters": _jsonable(m.hyperparameters)} for m in point.modules],
+        "modules": [{"type": m.type, "name": m.name, "url": m.url, "hyperparameters": jsonable(m.hyperparameters)} for m in point.modules],
     }
 
 
@@ -644,44 +617,6 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _nan_to_none(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """NaN -> None, so ``result.json`` is standard JSON (read back as NaN)."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers, so metrics are JSON-serialisable."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and getattr(value, "shape", None) == () else value
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
-
-
-def _write_json(path: str, payload: Any) -> None:
-    atomic_write_json(path, payload, indent=1, default=_json_default)
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        logger.warning("%s is not valid JSON; ignoring it", path)
-        return None
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -707,43 +642,33 @@ def check_main(job_file: str, *, allow_extra: bool = False, out: Any = None) -> 
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m vlamix.bench.job -f benchmarkingjob.yaml [--dry-run] [--allow-extra] [--recompute-metrics]``.
+# ------------------------------------------------------------------------------------------- report
+def job_predictions(job_dir: str) -> list[dict[str, Any]]:
+    """Prediction dicts of the finished points of a job: the entries of its ledger (:mod:`vlamix.pipeline.ledger`,
+    written by the pipeline under ``vlamix run`` and ``ianvs -f`` alike), then the ``prediction.json`` files that
+    ``vlamix run`` writes in each point folder for points the ledger lacks (a job folder run before the ledger
+    existed). Only vlamix results (with a ``summary``) count. Ledger entries first, each sorted by path."""
+    found = [pred for _, pred in ledger_entries(ledger_of(job_dir))]
+    names = {entry_name(pred) for pred in found}
+    for path in sorted(glob.glob(os.path.join(job_dir, "*", "*", PREDICTION_FILE))):
+        pred = read_json(path)
+        if isinstance(pred, dict) and entry_name(pred) not in names:
+            found.append(pred)
+    return [p for p in found if isinstance(p, dict) and isinstance(p.get("summary"), dict)]
 
-    Returns the exit status: 0 when every point has a result, 1 when some point failed, 2 for an
-    invalid job (nothing ran).
+
+def report_for_job(job_file: str, out_dir: str | None = None) -> str:
+    """Write the report of a ``benchmarkingjob.yaml`` from whatever points have finished (``vlamix report -f``);
+    returns the ``report.md`` path.
+
+    Args:
+        job_file: the job; its workspace is resolved relative to the current directory as when it ran.
+        out_dir: default ``<workspace>/<job name>/report``.
+    Raises:
+        FileNotFoundError: no finished point in the job's ledger or point folders.
     """
-    parser = argparse.ArgumentParser(prog="python -m vlamix.bench.job", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-f", "--benchmarking_config_file", dest="job_file", required=True, help="benchmarkingjob.yaml (as `ianvs -f`)")
-    parser.add_argument("--dry-run", action="store_true", help="validate the job and list the grid points; run nothing")
-    parser.add_argument("--allow-extra", action="store_true", help="accept basemodel hyperparameters that are not BenchConfig fields")
-    parser.add_argument("--recompute-metrics", action="store_true", help="recompute the metrics of finished points from prediction.json")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # distributed runner (vlamix.bench.ray_backend)
-    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="local: points one after another; ray: one Ray Tune trial per point")
-    parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray (default: start a local Ray)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.backend == "ray" and not args.dry_run:
-            from vlamix.bench.ray_backend import run_job_ray
-
-            result = run_job_ray(args.job_file, address=args.address, allow_extra=args.allow_extra, recompute_metrics=args.recompute_metrics)
-        else:
-            if args.backend == "ray":  # a dry run checks the ray: block too
-                from vlamix.bench.ray_backend import load_ray_settings
-
-                load_ray_settings(args.job_file)
-            result = run_job(args.job_file, allow_extra=args.allow_extra, dry_run=args.dry_run, recompute_metrics=args.recompute_metrics)
-    except CHECK_ERRORS as err:
-        logger.error("%s", err)
-        return 2
-    if args.dry_run:
-        for p in result.points:
-            print(f"{p.point.number:3d}  {p.point.point_id}  {p.output_dir}  {p.point.describe()}")
-        return 0
-    return 1 if result.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    job = load_job(job_file)
+    predictions = job_predictions(job.job_dir)
+    if not predictions:
+        raise FileNotFoundError(f"no finished point (job ledger {ledger_of(job.job_dir)} or prediction.json) under {job.job_dir}")
+    return write_report(predictions, out_dir or os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture")

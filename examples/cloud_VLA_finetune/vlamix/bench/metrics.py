@@ -3,7 +3,7 @@
 Ianvs calls every non-system metric as ``metric(test_dataset.y, prediction)`` (kubeedge/ianvs
 ``core/testcasecontroller/testcase/testcase.py`` ``compute_metrics``), where ``prediction`` is what
 the basemodel's ``predict`` returned. For this example that is the dict of
-``vlamix.pipeline.VLADataSelect.predict``::
+``vlamix.pipeline.point.VLADataSelect.predict``::
 
     {"episodes": [row, ...],          # one LIBERO rollout episode per row (vlamix.eval.rollout)
      "summary": {...},                # vlamix.eval.stats.summarize(episodes)
@@ -32,7 +32,10 @@ import logging
 import math
 from typing import Any, Mapping
 
+from vlamix.eval.breakdown import breakdown
+from vlamix.eval.paired import compare_to_best
 from vlamix.eval.stats import summarize
+from vlamix.pipeline.ledger import entries as ledger_entries
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ def action_l1(y_true: Any, y_pred: Any) -> float:
 
 def mixing_strategy(y_true: Any, y_pred: Any) -> str:
     """The data-ratio strategy and its parameters, e.g. ``temperature T=2 by task`` (see
-    :meth:`vlamix.config.BenchConfig.strategy_label`); empty if the prediction has none."""
+    :meth:`vlamix.pipeline.config.BenchConfig.strategy_label`); empty if the prediction has none."""
     pred = _prediction(y_pred)
     label = (pred.get("mixing") or {}).get("strategy_label")
     return str(label) if label else ""
@@ -155,8 +158,6 @@ def steps_dropped_dataset_list(y_true: Any, y_pred: Any) -> float:
 # Robustness / generalisation columns (vlamix.eval.breakdown): NaN when the point did not measure
 # them (no episode of that condition), never 0.
 def _breakdown(y_pred: Any) -> Mapping[str, Any]:
-    from vlamix.eval.breakdown import breakdown
-
     episodes = _prediction(y_pred).get("episodes")
     if not isinstance(episodes, list):
         raise ValueError("prediction has no 'episodes' list")
@@ -193,53 +194,19 @@ def worst_suite_success_rate(y_true: Any, y_pred: Any) -> float:
     return float(_breakdown(y_pred)["worst_suite_success_rate"])
 
 
-#: File in each point's inference output folder (``RESULT_SAVED_URL``) holding its prediction dict
-#: (episode rows included), so that a metric computed for one point, and ``vlamix report``, can find
-#: the points of the same job under Ianvs too (written by the pipeline).
-PEER_EPISODES_FILE = "vlamix_prediction.json"
-
-
-def peer_prediction_paths(result_saved_url: str) -> list[str]:
-    """The :data:`PEER_EPISODES_FILE` files of the other points of the same job, sorted by path.
-
-    ``result_saved_url`` is a point's ``<job dir>/<algorithm>/<point>/output/inference/`` (Ianvs's
-    layout, and vlamix.bench's); the files are those under the same job dir, this point's own excluded.
-    A point's file exists once its ``predict`` has finished (written last, atomically).
-    """
-    import glob
-    import os
-
-    here = os.path.normpath(os.path.join(result_saved_url, PEER_EPISODES_FILE))
-    job_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(result_saved_url)))))
-    paths = glob.glob(os.path.join(job_dir, "*", "*", "output", "inference", PEER_EPISODES_FILE))
-    return sorted(p for p in paths if os.path.normpath(p) != here)
-
-
 def peer_episodes(y_pred: Any) -> dict[str, list]:
     """Episode rows of the points of the same job that have finished, this point's included.
 
-    The point's ``result_saved_url`` is ``<job dir>/<algorithm>/<point>/output/inference/`` (Ianvs's
-    layout, and vlamix.bench's); peers are the :data:`PEER_EPISODES_FILE` files under the same job
-    dir. Returns ``{label: rows}`` with this point first (label "this").
+    Peers are the entries of the job ledger the prediction names (``prediction["ledger"]``,
+    :mod:`vlamix.pipeline.ledger`), this point's own entry and reference rows left out. Returns ``{label: rows}``
+    with this point first (label "this").
     """
-    import json
-
     pred = _prediction(y_pred)
-    own = pred.get("episodes") or []
-    out: dict[str, list] = {"this": own}
+    out: dict[str, list] = {"this": pred.get("episodes") or []}
     if pred.get("reference"):  # a reference row (scripted expert) is not compared
         return out
-    url = pred.get("result_saved_url")
-    if not url:
-        return out
-    for path in peer_prediction_paths(url):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                peer = json.load(fh)
-            rows = peer.get("episodes")
-        except (OSError, ValueError, AttributeError) as err:
-            logger.warning("skipping unreadable peer episodes %s: %s", path, err)
-            continue
+    for path, peer in ledger_entries(pred.get("ledger"), exclude=pred.get("ledger_entry")):
+        rows = peer.get("episodes")
         if isinstance(rows, list) and not peer.get("reference"):
             out[path] = rows
     return out
@@ -255,8 +222,6 @@ def tied_with_best(y_true: Any, y_pred: Any) -> Any:
     the best, and for reference rows (``prediction["reference"]``, the scripted expert), which are
     left out of the comparisons.
     """
-    from vlamix.eval.paired import compare_to_best
-
     if _prediction(y_pred).get("reference"):
         return math.nan  # the reference row (scripted expert) is not a candidate
     tied = compare_to_best(peer_episodes(y_pred))["points"]["this"]["tied_with_best"]
@@ -265,7 +230,7 @@ def tied_with_best(y_true: Any, y_pred: Any) -> Any:
 
 # ------------------------------------------------------------------ racing (issue 12)
 def episodes_saved(y_true: Any, y_pred: Any) -> Any:
-    """Planned rollout episodes that racing did not run (:mod:`vlamix.search.racing`): the point's
+    """Planned rollout episodes that racing did not run (:mod:`vlamix.pipeline.racing`): the point's
     Wilson upper bound fell below the best finished point's lower bound after a round. An int, 0 for
     a point raced that ran its whole plan; NaN when racing was off for the point."""
     record = _prediction(y_pred).get("racing")

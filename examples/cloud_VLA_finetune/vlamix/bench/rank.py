@@ -31,7 +31,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from prettytable import PrettyTable
+
 from vlamix.bench.spec import RankSpec
+from vlamix.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +170,6 @@ def read_rank_file(path: str) -> tuple[list[str], list[list[str]]]:
 
 def format_rank_table(path: str) -> str:
     """The rank file as a prettytable text table (what Ianvs's ``print_table`` shows)."""
-    from prettytable import PrettyTable
-
     header, rows = read_rank_file(path)
     table = PrettyTable(header)
     for row in rows:
@@ -177,8 +178,6 @@ def format_rank_table(path: str) -> str:
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Sequence[RankRow]) -> str:
-    from vlamix.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["rank", *header])

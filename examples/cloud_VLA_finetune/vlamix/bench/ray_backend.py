@@ -42,7 +42,7 @@ Pitfalls handled inside a trial (:func:`_trial`):
 * Two trials that share a training run (same training key, e.g. points that differ only in
   evaluation) or a missing demo dataset wait for each other through a file lock instead of
   writing the same folder (:mod:`vlamix.pipeline`).
-* Racing (``racing: true``, :mod:`vlamix.search.racing`): trials run in parallel, so a point races
+* Racing (``racing: true``, :mod:`vlamix.pipeline.racing`): trials run in parallel, so a point races
   against the points whose ``vlamix_prediction.json`` exists when each of its rounds ends (the
   trials finished by then); the first trials to run have nobody to race against, and the outcome can
   depend on the order in which trials finish.
@@ -62,18 +62,14 @@ from typing import Any, Mapping
 import yaml
 
 from vlamix.bench.job import (
-    ERROR_FILE,
-    RESULT_FILE,
     JobResult,
-    PointResult,
-    _read_json,
-    _resume,
-    _write_json,
     finish_job,
     prepare_job,
     run_point,
 )
-from vlamix.config import ConfigError
+from vlamix.bench.records import ERROR_FILE, RESULT_FILE, PointResult, read_json, resume_point, write_json
+from vlamix.core.errors import ConfigError
+from vlamix.sim.egl import use_first_visible_egl_device
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +134,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     process's ``PYTHONPATH`` (the checkout must be at the same path on every node).
     Returns True when this call started or connected Ray (the caller shuts it down).
     """
-    import ray
+    import ray  # optional dependency: ray is only installed for --backend ray
 
     if ray.is_initialized():
         return False
@@ -162,7 +158,7 @@ def check_resources(settings: RaySettings) -> None:
     Raises:
         ConfigError: ``ray.cpus_per_trial`` / ``ray.gpus_per_trial`` with the cluster's totals.
     """
-    import ray
+    import ray  # optional dependency: ray is only installed for --backend ray
 
     total = ray.cluster_resources()
     if settings.gpus_per_trial > total.get("GPU", 0.0):
@@ -183,8 +179,6 @@ def prepare_trial_devices(gpus_per_trial: float) -> None:
     empty ``CUDA_VISIBLE_DEVICES`` as a device list and fails without it). A GPU trial renders on
     its first GPU (:func:`vlamix.sim.egl.use_first_visible_egl_device`).
     """
-    from vlamix.sim.egl import use_first_visible_egl_device
-
     if gpus_per_trial == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", "0")
@@ -237,7 +231,7 @@ def run_job_ray(
     job, points, classes, metric_funcs = prepare_job(job_file, allow_extra=allow_extra)
     finished: dict[str, PointResult] = {}
     for point in points:
-        resumed = _resume(point, point.output_dir(job.job_dir), metric_funcs, job, recompute_metrics)
+        resumed = resume_point(point, point.output_dir(job.job_dir), metric_funcs, job, recompute_metrics)
         if resumed is not None:
             finished[point.point_id] = resumed
     pending = [p for p in points if p.point_id not in finished]
@@ -256,8 +250,8 @@ def run_job_ray(
 
 def _run_trials(job_file, job, pending, settings, address, allow_extra, num_cpus, num_gpus) -> dict[str, str]:
     """One Tuner over the pending points; returns ``{point id: error}`` of trials that died in Ray."""
-    import ray
-    from ray import tune
+    import ray  # optional dependency: ray is only installed for --backend ray
+    from ray import tune  # optional dependency, as above
 
     started = connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
@@ -296,11 +290,11 @@ def _run_trials(job_file, job, pending, settings, address, allow_extra, num_cpus
 def _collect(point, job, metric_funcs, trial_error: str | None) -> PointResult:
     """The outcome of a point that was sent to Ray, read from its folder (the trial wrote it)."""
     out_dir = point.output_dir(job.job_dir)
-    done = _resume(point, out_dir, metric_funcs, job, False)
+    done = resume_point(point, out_dir, metric_funcs, job, False)
     if done is not None:
         done.status = "completed"
         return done
-    record = _read_json(os.path.join(out_dir, RESULT_FILE)) or {}
+    record = read_json(os.path.join(out_dir, RESULT_FILE)) or {}
     if record.get("status") == "failed" and record.get("point_id") == point.point_id:
         return PointResult(point, "failed", out_dir, error=record.get("error"))
     # the trial died before run_point could record anything (worker killed, node lost): record it here
@@ -308,7 +302,7 @@ def _collect(point, job, metric_funcs, trial_error: str | None) -> PointResult:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, ERROR_FILE), "w", encoding="utf-8") as fh:
         fh.write(message + "\n")
-    _write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
+    write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
     logger.error("%s: trial failed in Ray: %s", point.describe(), message)
     return PointResult(point, "failed", out_dir, error=message)
 

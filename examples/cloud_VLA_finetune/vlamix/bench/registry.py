@@ -88,8 +88,8 @@ class ClassFactory:
 def get_class_factory() -> tuple[Any, Any]:
     """Return ``(ClassFactory, ClassType)``: Sedna's when ``sedna`` is importable, else this module's."""
     try:
-        from sedna.common.class_factory import ClassFactory as SednaClassFactory
-        from sedna.common.class_factory import ClassType as SednaClassType
+        from sedna.common.class_factory import ClassFactory as SednaClassFactory  # optional: only under Ianvs
+        from sedna.common.class_factory import ClassType as SednaClassType  # optional: only under Ianvs
     except ImportError:
         return ClassFactory, ClassType
     return SednaClassFactory, SednaClassType

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from vlamix.core.io import DuplicateKeyError, load_yaml
+
 #: Paradigm names Ianvs accepts (``core/common/constant.py`` ``ParadigmType``); the runner executes
 #: only the single-task one.
 PARADIGMS = (
@@ -145,8 +147,8 @@ def expand_hyperparameters(entries: Any, *, source: str = "<algorithm>") -> list
             ``other_hyperparameters`` lists YAML files whose mappings form the base of every point.
         source: file name used in error messages.
     Raises:
-        JobConfigError: an entry is not a one-key mapping with a ``values`` list, or an
-            ``other_hyperparameters`` file is missing or not a mapping.
+        JobConfigError: an entry is not a one-key mapping with a ``values`` list, a name is listed twice
+            (Ianvs would silently keep the later one), or an ``other_hyperparameters`` file is missing or not a mapping.
     """
     if not isinstance(entries, list):
         raise JobConfigError(f"{source}: 'hyperparameters' must be a list of {{name: {{values: [...]}}}}, got {entries!r}")
@@ -159,6 +161,9 @@ def expand_hyperparameters(entries: Any, *, source: str = "<algorithm>") -> list
         values = spec.get("values") if isinstance(spec, Mapping) else None
         if not isinstance(values, list) or not values:
             raise JobConfigError(f"{source}: hyperparameter '{name}' needs a non-empty 'values' list, got {spec!r}")
+        if name != "other_hyperparameters" and any(name == seen for seen, _ in grid):
+            raise JobConfigError(f"{source}: hyperparameter '{name}' is listed twice; give each field one entry with "
+                                 f"all its values (values: [a, b]), since Ianvs would keep only the later entry")
         if name == "other_hyperparameters":
             for hp_file in values:
                 base.update(_read_other_hyperparameters(hp_file, source))
@@ -356,8 +361,6 @@ def parse_rank(raw: Mapping[str, Any], source: str = "<rank>") -> RankSpec:
 def _read_yaml(path: str) -> Any:
     if not str(path).endswith((".yaml", ".yml")):
         raise JobConfigError(f"{path}: config files must be YAML (.yaml/.yml)")
-    from vlamix.io import DuplicateKeyError, load_yaml
-
     try:
         with open(path, "rb") as fh:
             return load_yaml(fh, path)

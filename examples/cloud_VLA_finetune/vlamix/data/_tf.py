@@ -28,8 +28,8 @@ def import_tf():
     """
     global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    import tensorflow as tf  # TF only where RLDS is read or written: MuJoCo EGL beside TF segfaults (module docstring)
+    import tensorflow_datasets as tfds  # loads TensorFlow: as above
 
     if not _configured:
         try:

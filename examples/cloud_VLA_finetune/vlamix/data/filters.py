@@ -77,7 +77,7 @@ class ActionFilter:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ActionFilter":
-        """The filter of a :class:`vlamix.config.BenchConfig` (fields ``filter_*``)."""
+        """The filter of a :class:`vlamix.data.settings.DataConfig` (fields ``filter_*``)."""
         return cls(
             min_motion=float(cfg.filter_min_motion),
             motion_window=int(cfg.filter_motion_window),

@@ -2,17 +2,17 @@
 
 Usage::
 
-    from vlamix.config import BenchConfig
+    from vlamix.pipeline.config import BenchConfig
     from vlamix.data.mixture import MixtureLoader
 
     cfg = BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 2, "libero_object_no_noops": 1},
                                  "demos": "none", "data_dir": "data/modified_libero_rlds"})
-    loader = MixtureLoader(cfg)                  # split="train": endless, shuffled
+    loader = MixtureLoader(cfg.data, cfg.mixing, batch_size=8, seed=7)   # split="train": endless, shuffled
     batch = loader.next_batch()                  # image uint8 [B,224,224,3], instruction list[str], action float32 [B,7]
     loader.realised_proportions()                # {"libero_spatial_no_noops": 0.667, ...}
     loader.set_weights({"libero_spatial_no_noops": 1, "libero_object_no_noops": 1})   # group weights, between batches
-    state = loader.state_dict()                  # resume: MixtureLoader(cfg).load_state_dict(state)
-    for batch in MixtureLoader(cfg, split="heldout"):   # one pass over the held-out episodes
+    state = loader.state_dict()                  # resume: MixtureLoader(...same...).load_state_dict(state)
+    for batch in MixtureLoader(cfg.data, cfg.mixing, "heldout", batch_size=8, seed=7):   # one pass over the held-out episodes
         ...
 
 Per dataset (OpenVLA's ``make_dataset_from_rlds`` + ``apply_trajectory_transforms`` +
@@ -23,7 +23,7 @@ reshuffled every epoch) -> repeat -> JPEG decode + resize 256 -> 224 with ``tf.i
 antialias=True)``, rounded and clipped to uint8 (dlimp ``resize_image``), ``AUTOTUNE`` parallel.
 Images stay JPEG-encoded until after the shuffle buffer, so memory does not grow with the dataset.
 
-Mixing: the mixture weights of :class:`vlamix.config.BenchConfig` are normalised and used *as the
+Mixing: the mixture weights of :class:`vlamix.data.settings.DataConfig` are normalised and used *as the
 frame sampling proportions* (OpenVLA's ``balance_weights`` would multiply them by the dataset sizes
 and turn 2:1 into e.g. 0.61:0.39; that is ``balance_by_size=True`` here). :class:`MixtureSampler`
 decides the source dataset of every frame in NumPy, so weights can be changed between batches
@@ -64,17 +64,22 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vlamix.config import BenchConfig, ConfigError
-from vlamix.constants import DATASET_TO_SUITE
+from vlamix.core.constants import DATASET_TO_SUITE
+from vlamix.core.errors import ConfigError
+from vlamix.core.suites import suite_info
+from vlamix.data._tf import import_tf
+from vlamix.data.augment import augment_image
 from vlamix.data.filters import ActionFilter, empty_counts, excluded_counts, selected_datasets
 from vlamix.data.normalization import NORM_EPS, DatasetStats, action_bounds, dataset_stats
+from vlamix.data.reader import open_rlds
+from vlamix.data.settings import DataConfig
+from vlamix.mixing.settings import MixingConfig
 from vlamix.mixing.skills import skill_table
 from vlamix.mixing.weights import (
     Source,
     build_sources,
     collapse,
     group_names,
-    initial_group_weights,
     normalised_phase,
     spread,
 )
@@ -97,7 +102,7 @@ def heldout_count(num_episodes: int, fraction: float) -> int:
 
 
 def _checked_mixture(mixture: Any) -> dict[str, float]:
-    """Validate ``cfg.mixture`` (also for configs built without :meth:`BenchConfig.validate`)."""
+    """Validate ``data.mixture`` (also for sections built without :meth:`DataConfig.check`)."""
     allowed = ", ".join(DATASET_TO_SUITE)
     if not isinstance(mixture, Mapping) or not mixture:
         raise ConfigError("mixture", f"must be a non-empty mapping dataset -> weight; datasets: {allowed}")
@@ -113,10 +118,10 @@ def _checked_mixture(mixture: Any) -> dict[str, float]:
     return out
 
 
-def mixture_weights(cfg: BenchConfig, frame_counts: Mapping[str, int] | None = None) -> dict[str, float]:
+def mixture_weights(data: DataConfig, frame_counts: Mapping[str, int] | None = None) -> dict[str, float]:
     """Normalised frame sampling proportions of the datasets with non-zero weight (config order).
 
-    With ``cfg.balance_by_size`` each weight is first multiplied by the dataset's number of training
+    With ``data.balance_by_size`` each weight is first multiplied by the dataset's number of training
     frames (OpenVLA's ``balance_weights``); ``frame_counts`` supplies them, otherwise they are read
     from the datasets' cached statistics (computed on first use).
 
@@ -124,10 +129,10 @@ def mixture_weights(cfg: BenchConfig, frame_counts: Mapping[str, int] | None = N
         ConfigError: field ``mixture`` (unknown name, bad weight) or ``data_dir`` (missing dataset,
             only when frame counts have to be read).
     """
-    raw = {n: w for n, w in _checked_mixture(cfg.mixture).items() if w > 0}
-    if cfg.balance_by_size:
+    raw = {n: w for n, w in _checked_mixture(data.mixture).items() if w > 0}
+    if data.balance_by_size:
         if frame_counts is None:
-            frame_counts = {n: _open_split(cfg, n, i)[0].train_frames for i, n in enumerate(raw)}
+            frame_counts = {n: _open_split(data, n, i)[0].train_frames for i, n in enumerate(raw)}
         missing = [n for n in raw if n not in frame_counts]
         if missing:
             raise ValueError(f"frame_counts lacks datasets {missing}")
@@ -239,16 +244,16 @@ class DatasetSplit:
     stats_file: str
 
 
-def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None = None) -> tuple[DatasetSplit, DatasetStats]:
-    """Open dataset ``name`` under ``cfg.data_dir``: its train/held-out partition and its statistics
+def _open_split(data: DataConfig, name: str, index: int, cache_dir: str | None = None) -> tuple[DatasetSplit, DatasetStats]:
+    """Open dataset ``name`` under ``data.data_dir``: its train/held-out partition and its statistics
     (with the episode table: instructions and raw actions).
 
     Raises:
         ConfigError: field ``data_dir``: folder missing, not an RLDS dataset, or empty.
     """
-    path = cfg.dataset_path(name)
+    path = data.dataset_path(name)
     if not os.path.isdir(path):
-        raise cfg.missing_dataset_error(name)
+        raise data.missing_dataset_error(name)
     try:
         summary = dataset_stats(path, name, cache_dir=cache_dir)
     except FileNotFoundError as err:
@@ -259,7 +264,7 @@ def _open_split(cfg: BenchConfig, name: str, index: int, cache_dir: str | None =
     n = int(lengths.shape[0])
     if n == 0 or int(lengths.sum()) == 0:
         raise ConfigError("data_dir", f"dataset '{name}' at {path} is empty (no episodes)")
-    held = heldout_count(n, cfg.heldout_fraction)
+    held = heldout_count(n, data.heldout_fraction)
     split = DatasetSplit(
         name=name,
         index=index,
@@ -284,14 +289,12 @@ class MixtureLoader:
     """Numpy batches from a weighted mixture of RLDS datasets (see the module docstring).
 
     Args:
-        cfg: benchmark config; uses the data fields (``mixture``, ``balance_by_size``, ``data_dir``,
-            ``heldout_fraction``, ``shuffle_buffer_size``), the strategy fields (``strategy``,
-            ``mixing_level``, ``temperature``, ``skill_map``, ``curriculum``), the filter fields
-            (``filter_*``, ``dataset_whitelist``, ``dataset_blacklist``), ``batch_size`` and ``seed``.
+        data: the data section (mixture, data_dir, held-out split, filters, shuffle buffer, image_aug).
+        mixing: the strategy section (strategy, mixing_level, its parameters): the initial group weights.
         split: ``"train"`` (endless, shuffled, weighted, filtered) or ``"heldout"`` (one ordered,
             unfiltered pass).
-        batch_size: frames per batch (default ``cfg.batch_size``).
-        seed: data seed (default ``cfg.seed``); the sampler and every source pipeline derive their
+        batch_size: frames per batch (the point's ``batch_size``).
+        seed: data seed (the point's ``seed``); the sampler and every source pipeline derive their
             seeds from ``(seed, rank)``.
         rank: data-parallel rank; each rank reads a different, still deterministic, stream.
         image_size: side of the output images in pixels (default 224).
@@ -319,11 +322,12 @@ class MixtureLoader:
 
     def __init__(
         self,
-        cfg: BenchConfig,
+        data: DataConfig,
+        mixing: MixingConfig,
         split: str = "train",
         *,
-        batch_size: int | None = None,
-        seed: int | None = None,
+        batch_size: int,
+        seed: int,
         rank: int = 0,
         image_size: int = DEFAULT_IMAGE_SIZE,
         cache_dir: str | None = None,
@@ -331,59 +335,59 @@ class MixtureLoader:
         if split not in SPLITS:
             raise ConfigError("split", f"got {split!r}; allowed: {', '.join(SPLITS)}")
         self.split = split
-        self.batch_size = int(cfg.batch_size if batch_size is None else batch_size)
+        self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be an integer >= 1, got {self.batch_size}")
-        self.seed = int(cfg.seed if seed is None else seed)
+        self.seed = int(seed)
         self.rank = int(rank)
         self.image_size = int(image_size)
-        self.shuffle_buffer_size = int(cfg.shuffle_buffer_size)
+        self.shuffle_buffer_size = int(data.shuffle_buffer_size)
         #: OpenVLA's training image augmentation on the train split (:mod:`vlamix.data.augment`).
-        self.image_aug = bool(getattr(cfg, "image_aug", False)) and split == "train"
-        raw = _checked_mixture(cfg.mixture)
-        chosen, removed = selected_datasets([n for n, w in raw.items() if w > 0], cfg.dataset_whitelist, cfg.dataset_blacklist)
+        self.image_aug = bool(data.image_aug) and split == "train"
+        raw = _checked_mixture(data.mixture)
+        chosen, removed = selected_datasets([n for n, w in raw.items() if w > 0], data.dataset_whitelist, data.dataset_blacklist)
         if not chosen:
             raise ConfigError("dataset_whitelist", f"no dataset of the mixture {list(raw)} passes the white/blacklist")
         self.dataset_names: tuple[str, ...] = tuple(chosen)
-        opened = [_open_split(cfg, name, i, cache_dir) for i, name in enumerate(self.dataset_names)]
+        opened = [_open_split(data, name, i, cache_dir) for i, name in enumerate(self.dataset_names)]
         self.datasets: tuple[DatasetSplit, ...] = tuple(split_ for split_, _ in opened)
         self.dataset_statistics: dict[str, dict] = {split_.name: table.stats for split_, table in opened}
 
         # Action filtering of the training episodes: per-dataset keep masks and counts.
-        self.action_filter = ActionFilter.from_config(cfg)
+        self.action_filter = ActionFilter.from_config(data)
         self.filter_counts: dict[str, dict[str, int]] = {}
         self._keep: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         per_dataset: dict[str, tuple[list[str], list[int]]] = {}
         for split_, table in opened:
             keep, frames, counts = _filter_training_steps(self.action_filter, split_, table)
-            keep, frames = _exclude_heldout_tasks(cfg, split_, table, keep, frames)  # evaluation kit
+            keep, frames = _exclude_heldout_tasks(data, split_, table, keep, frames)  # evaluation kit
             self.filter_counts[split_.name] = counts
             if keep is not None:
                 self._keep[split_.index] = keep
             per_dataset[split_.name] = (list(table.instructions[: split_.train_episodes]), frames)
         for name in removed:
-            self.filter_counts[name] = _removed_counts(cfg, name, cache_dir)
+            self.filter_counts[name] = _removed_counts(data, name, cache_dir)
         _log_filter_counts(self.filter_counts)
 
         # Sources, groups and the strategy's initial weights.
-        self.strategy = cfg.strategy
-        self.mixing_level = cfg.resolved_mixing_level()
-        self.sources: tuple[Source, ...] = tuple(build_sources(self.mixing_level, per_dataset, cfg.skill_map))
+        self.strategy = mixing.strategy
+        self.mixing_level = mixing.resolved_level()
+        self.sources: tuple[Source, ...] = tuple(build_sources(self.mixing_level, per_dataset, mixing.skill_map))
         if not self.sources:
             raise ConfigError("filter_min_motion", f"the action filters drop every training step of {list(self.dataset_names)}: {self.filter_counts}")
         self.group_names: tuple[str, ...] = tuple(group_names(self.sources))
         self.skill_table = (
-            skill_table([s.instruction for s in self.sources], cfg.skill_map) if self.mixing_level == "skill" else {}
+            skill_table([s.instruction for s in self.sources], mixing.skill_map) if self.mixing_level == "skill" else {}
         )
         self._source_group = np.array([self.group_names.index(s.group) for s in self.sources], dtype=np.int64)
         self._source_dataset = {i: self.dataset_names.index(s.dataset) for i, s in enumerate(self.sources)}
         try:
-            self.initial_weights = initial_group_weights(cfg, self.sources)
-            if cfg.strategy == "curriculum":  # every phase must name groups of this mixture
-                for phase in cfg.curriculum:
+            self.initial_weights = mixing.strategy_class().initial_weights(mixing, data, self.sources)
+            if mixing.strategy == "curriculum":  # every phase must name groups of this mixture
+                for phase in mixing.curriculum:
                     normalised_phase(phase["weights"], list(self.group_names))
         except ValueError as err:
-            raise ConfigError("curriculum" if cfg.strategy == "curriculum" else "strategy", str(err)) from err
+            raise ConfigError("curriculum" if mixing.strategy == "curriculum" else "strategy", str(err)) from err
         self._sampler = MixtureSampler(spread(self.initial_weights, self.sources), _derive_seed(self.seed, self.rank, 0))
         self._iterators: dict[int, Iterator] = {}
         self._frames_pulled = [0] * len(self.sources)
@@ -395,7 +399,15 @@ class MixtureLoader:
                 d.heldout_episodes, d.heldout_frames,
             )
         logger.info("strategy %s at %s level: %d sources, initial group weights %s",
-                    cfg.strategy, self.mixing_level, len(self.sources), _rounded(self.initial_weights))
+                    mixing.strategy, self.mixing_level, len(self.sources), _rounded(self.initial_weights))
+
+    @classmethod
+    def for_point(cls, cfg: Any, split: str = "train", **kwargs: Any) -> "MixtureLoader":
+        """The loader of a benchmark point (:class:`vlamix.pipeline.config.BenchConfig`: its ``data`` and ``mixing``
+        sections, ``batch_size`` and ``seed`` of its ``train`` section unless given)."""
+        kwargs.setdefault("batch_size", cfg.train.batch_size)
+        kwargs.setdefault("seed", cfg.train.seed)
+        return cls(cfg.data, cfg.mixing, split, **kwargs)
 
     # -------------------------------------------------------------------- public info
     @property
@@ -548,8 +560,6 @@ class MixtureLoader:
     def _train_frames(self, index: int, skip: int = 0):
         """Frame dataset of source ``index``: its episodes, filtered steps, shuffled, repeated, decoded."""
         tf, _ = _tf()
-        from vlamix.data.reader import open_rlds
-
         source = self.sources[index]
         info = self.datasets[self._source_dataset[index]]
         seed = _derive_seed(self.seed, self.rank, index + 1)
@@ -573,8 +583,6 @@ class MixtureLoader:
     def _heldout_frames(self, index: int):
         """Frame dataset of the held-out episodes of dataset ``index`` (stored order, unfiltered)."""
         tf, _ = _tf()
-        from vlamix.data.reader import open_rlds
-
         info = self.datasets[index]
         episodes = open_rlds(info.path).trajectories(info.train_episodes, info.num_episodes, with_episode_index=True)
         to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], index, None)
@@ -609,19 +617,16 @@ def _filter_training_steps(
     return (None if keep.all() else (keep, offsets.astype(np.int64))), frames, counts
 
 
-def heldout_task_instructions(cfg: BenchConfig, name: str) -> set[str]:
+def heldout_task_instructions(data: DataConfig, name: str) -> set[str]:
     """Lower-cased LIBERO instructions of the ``heldout_tasks`` of dataset ``name`` (task ids of its
     suite, resolved in the installed LIBERO registry); empty when none are held out.
 
     Raises:
         ConfigError: a task id outside the suite (field ``heldout_tasks``).
     """
-    ids = tuple((cfg.heldout_tasks or {}).get(name, ()))
+    ids = tuple((data.heldout_tasks or {}).get(name, ()))
     if not ids:
         return set()
-    from vlamix.constants import DATASET_TO_SUITE
-    from vlamix.eval.plan import suite_info
-
     bench = suite_info(DATASET_TO_SUITE[name])
     bad = [t for t in ids if not 0 <= t < bench.n_tasks]
     if bad:
@@ -630,12 +635,12 @@ def heldout_task_instructions(cfg: BenchConfig, name: str) -> set[str]:
 
 
 def _exclude_heldout_tasks(
-    cfg: BenchConfig, split: DatasetSplit, table: DatasetStats, keep: tuple[np.ndarray, np.ndarray] | None, frames: list[int]
+    data: DataConfig, split: DatasetSplit, table: DatasetStats, keep: tuple[np.ndarray, np.ndarray] | None, frames: list[int]
 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[int]]:
     """Drop every training step of the episodes whose instruction is a held-out task
     (``heldout_tasks``, generalisation split): their keep mask becomes False and their kept frames 0.
     The held-out split (offline metrics) is not changed."""
-    tasks = heldout_task_instructions(cfg, split.name)
+    tasks = heldout_task_instructions(data, split.name)
     if not tasks:
         return keep, frames
     episodes = [e for e, text in enumerate(table.instructions[: split.train_episodes]) if str(text).lower() in tasks]
@@ -652,12 +657,12 @@ def _exclude_heldout_tasks(
     return (mask, offsets), frames
 
 
-def _removed_counts(cfg: BenchConfig, name: str, cache_dir: str | None) -> dict[str, int]:
+def _removed_counts(data: DataConfig, name: str, cache_dir: str | None) -> dict[str, int]:
     """Counts of a white/blacklisted dataset: all its training steps under ``dataset_list`` (0 if absent)."""
-    if not os.path.isdir(cfg.dataset_path(name)):
+    if not os.path.isdir(data.dataset_path(name)):
         logger.info("dataset %s is removed by the white/blacklist and not on disk: its steps are not counted", name)
         return excluded_counts(0)
-    split, _ = _open_split(cfg, name, -1, cache_dir)
+    split, _ = _open_split(data, name, -1, cache_dir)
     return excluded_counts(split.train_frames)
 
 
@@ -673,8 +678,6 @@ def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ transforms
 def _tf():
-    from vlamix.data._tf import import_tf
-
     return import_tf()
 
 
@@ -720,8 +723,6 @@ def _frame_transform(tf, size: int, aug_seed: int | None = None):
     """Decode the JPEG and resize with Lanczos-3 + antialias, round, clip, uint8 (dlimp resize_image); with
     ``aug_seed``, then OpenVLA's image augmentation seeded by ``(aug_seed, frame["_ordinal"])``
     (:func:`vlamix.data.augment.augment_image`; the ordinal is dropped from the frame)."""
-    from vlamix.data.augment import augment_image
-
     def fn(frame):
         image = tf.io.decode_image(frame["image"], channels=3, expand_animations=False, dtype=tf.uint8)
         image = tf.image.resize(image, (size, size), method="lanczos3", antialias=True)

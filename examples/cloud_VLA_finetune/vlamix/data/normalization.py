@@ -35,6 +35,7 @@ This module does not import TensorFlow at import time: rollout workers use the n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +44,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlamix.constants import ACTION_DIM
+from vlamix.core.constants import ACTION_DIM
+from vlamix.core.io import atomic_path, atomic_write_json
+from vlamix.data.reader import open_rlds
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +190,6 @@ def dataset_stats(path: str | os.PathLike, name: str | None = None, *, cache_dir
         FileNotFoundError: not an RLDS dataset folder.
         ValueError: the dataset has no episodes / no steps.
     """
-    from vlamix.data.reader import open_rlds
-
     dataset = open_rlds(path)
     name = name or dataset.name
     key = _cache_key(dataset.files_hash())
@@ -264,8 +265,6 @@ def _compute_dataset_stats(dataset) -> tuple[dict[str, Any], np.ndarray, tuple[s
 
 
 def _cache_key(files_hash: str) -> str:
-    import hashlib
-
     return hashlib.sha256(f"{STATS_RECIPE}\0{files_hash}".encode()).hexdigest()[:16]
 
 
@@ -279,14 +278,10 @@ def _dir_writable(folder: str) -> bool:
 
 
 def _write_json_atomic(path: str, payload: Any) -> None:
-    from vlamix.io import atomic_write_json
-
     atomic_write_json(path, payload)
 
 
 def _write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    from vlamix.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vlamix.data._tf import import_tf
 from vlamix.data.rlds_spec import VERSION
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ class RLDSDataset:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from vlamix.data._tf import import_tf
-
         _, tfds = import_tf()
         self.path = resolve_version_dir(path)
         self.name = os.path.basename(os.path.dirname(self.path))
@@ -245,7 +244,5 @@ def open_rlds(path: str | os.PathLike) -> RLDSDataset:
 
 
 def _tf():
-    from vlamix.data._tf import import_tf
-
     return import_tf()
 

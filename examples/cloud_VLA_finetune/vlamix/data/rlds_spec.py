@@ -16,7 +16,7 @@ and its siblings), which wrote the RLDS datasets that OpenVLA was fine-tuned on.
         language_instruction     Text          task instruction
     episode_metadata/file_path   Text          source file of the episode
 
-Datasets are named ``<suite>_no_noops`` (:data:`vlamix.constants.DATASET_TO_SUITE`), version
+Datasets are named ``<suite>_no_noops`` (:data:`vlamix.core.constants.DATASET_TO_SUITE`), version
 ``1.0.0``, stored as ``<root>/<name>/1.0.0/{dataset_info.json, features.json, *.tfrecord-*}``.
 
 This module imports TensorFlow only inside :func:`features`.
@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlamix.constants import ACTION_DIM, DATASET_TO_SUITE, RLDS_IMAGE_SIZE, RLDS_VERSION
+from vlamix.core.constants import ACTION_DIM, DATASET_TO_SUITE, RLDS_IMAGE_SIZE, RLDS_VERSION
+from vlamix.data._tf import import_tf
 
 #: Shape of both camera images in the RLDS data (pixels, RGB).
 IMAGE_SHAPE = (RLDS_IMAGE_SIZE, RLDS_IMAGE_SIZE, 3)
@@ -73,7 +74,7 @@ def suite_of(name: str) -> str:
     """LIBERO task suite of a dataset name.
 
     Raises:
-        ValueError: ``name`` is not one of :data:`vlamix.constants.DATASET_TO_SUITE`.
+        ValueError: ``name`` is not one of :data:`vlamix.core.constants.DATASET_TO_SUITE`.
     """
     if name not in DATASET_TO_SUITE:
         raise ValueError(f"unknown dataset '{name}'; allowed: {', '.join(DATASET_TO_SUITE)}")
@@ -82,8 +83,6 @@ def suite_of(name: str) -> str:
 
 def features():
     """The ``tfds.features.FeaturesDict`` of ``modified_libero_rlds`` (same keys, dtypes, docs)."""
-    from vlamix.data._tf import import_tf
-
     _, tfds = import_tf()
     F = tfds.features
     return F.FeaturesDict(

@@ -29,8 +29,9 @@ import shutil
 import tempfile
 from typing import Any, Iterable, Iterator, Mapping
 
+from vlamix.core.io import atomic_write_json, fault_point
+from vlamix.data._tf import import_tf
 from vlamix.data.rlds_spec import VERSION, features, to_rlds_example, validate_episode
-from vlamix.io import atomic_write_json, fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def write_rlds(
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"RLDS dataset already exists at {target}; pass overwrite=True to replace it")
     os.makedirs(os.path.join(root, name), exist_ok=True)
-
-    from vlamix.data._tf import import_tf
 
     _, tfds = import_tf()
     counter = {"episodes": 0, "steps": 0}

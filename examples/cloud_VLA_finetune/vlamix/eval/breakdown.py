@@ -1,6 +1,6 @@
 """Robustness and generalisation breakdown of one point's episode rows.
 
-Conditions of an episode: its suite (standard, or a perturbation of one: :func:`vlamix.eval.plan.base_suite`),
+Conditions of an episode: its suite (standard, or a perturbation of one: :func:`vlamix.core.suites.base_suite`),
 its instruction variant (``instruction_variant``, "original" when absent) and its training split
 (``split``: "seen" when the task's training frames had weight > 0, else "unseen";
 :func:`training_split`). The *reference condition* is a standard suite with the original
@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from vlamix.core.suites import base_suite, perturbation
+from vlamix.data.settings import DataConfig
 from vlamix.eval.paired import episode_key
 
 __all__ = ["METRICS", "breakdown", "tag_rows", "training_split"]
@@ -43,7 +45,7 @@ METRICS = (
 )
 
 
-def training_split(cfg: Any, suite: str, task_id: int) -> str:
+def training_split(data: DataConfig, suite: str, task_id: int) -> str:
     """"seen" or "unseen": whether the point's training frames covered this task.
 
     A task is seen when the dataset of its base suite (``<base suite>_no_noops``) has weight > 0 and
@@ -52,22 +54,20 @@ def training_split(cfg: Any, suite: str, task_id: int) -> str:
     replace the task (LIBERO-PRO ``_task`` suites are new tasks, always unseen).
 
     Args:
-        cfg: :class:`vlamix.config.BenchConfig`.
+        data: the point's :class:`vlamix.data.settings.DataConfig`.
     """
-    from vlamix.eval.plan import base_suite
-
     base = base_suite(suite)
     dataset = f"{base}_no_noops"
-    if suite == f"{base}_task" or dataset not in cfg.selected_datasets():
+    if suite == f"{base}_task" or dataset not in data.selected_datasets():
         return "unseen"
-    if int(task_id) in tuple((cfg.heldout_tasks or {}).get(dataset, ())):
+    if int(task_id) in tuple((data.heldout_tasks or {}).get(dataset, ())):
         return "unseen"
-    if cfg.demos == "scripted" and int(task_id) >= cfg.demo_tasks:
+    if data.demos == "scripted" and int(task_id) >= data.demo_tasks:
         return "unseen"
     return "seen"
 
 
-def tag_rows(rows: Sequence[dict[str, Any]], specs: Sequence[Any], cfg: Any) -> list[dict[str, Any]]:
+def tag_rows(rows: Sequence[dict[str, Any]], specs: Sequence[Any], data: DataConfig) -> list[dict[str, Any]]:
     """Add ``instruction_variant`` (from the spec, if the row lacks it) and ``split`` to each row.
 
     Args:
@@ -82,7 +82,7 @@ def tag_rows(rows: Sequence[dict[str, Any]], specs: Sequence[Any], cfg: Any) -> 
         row.setdefault("instruction_variant", spec.instruction_variant)
         if episode_key(row) != (spec.suite, spec.task_id, spec.episode_index, spec.instruction_variant):
             raise ValueError(f"episode row {episode_key(row)} does not match the planned episode {spec}")
-        row["split"] = training_split(cfg, spec.suite, spec.task_id)
+        row["split"] = training_split(data, spec.suite, spec.task_id)
     return list(rows)
 
 
@@ -120,8 +120,6 @@ def breakdown(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     Raises:
         ValueError: a row without its keys, or a suite that derives from no standard suite.
     """
-    from vlamix.eval.plan import base_suite, perturbation
-
     rows = list(rows)
     eps = _episodes(rows)
     n_errors = len({episode_key(r) for r in rows}) - len(eps)

@@ -24,6 +24,7 @@ watchdog thread elsewhere, and end-of-file on their pipe).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -36,7 +37,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vlamix.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
+from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
+from vlamix.eval.image import preprocess_image
+from vlamix.eval.video import EpisodeVideo
+from vlamix.sim import libero_env
+from vlamix.sim.libero_env import AGENTVIEW, camera_image, dummy_action
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +116,6 @@ class LiberoSlot:
         return obs, bool(done)
 
     def _image(self, obs: dict) -> np.ndarray:
-        from vlamix.eval.image import preprocess_image
-        from vlamix.sim.libero_env import AGENTVIEW, camera_image
-
         t0 = time.perf_counter()
         self.frame = camera_image(obs, AGENTVIEW)
         image = preprocess_image(self.frame, size=self.image_size)
@@ -122,8 +124,6 @@ class LiberoSlot:
 
     def begin(self, spec: Any) -> np.ndarray:
         """Start episode ``spec`` (reset, init state, wait steps). Returns the first policy image uint8 [S, S, 3]."""
-        from vlamix.sim import libero_env
-
         self.physics_s = self.render_s = self.preprocess_s = 0.0
         task = (spec.suite, spec.task_id)
         if self.task != task:
@@ -141,8 +141,6 @@ class LiberoSlot:
         sim.render = self._timed_render(type(sim).render.__get__(sim))
         obs = self.env.set_init_state(self.states[spec.init_state_index])
         self.physics_s += time.perf_counter() - t0
-        from vlamix.sim.libero_env import dummy_action
-
         for _ in range(self.num_steps_wait):
             obs, _ = self._env_step(dummy_action())
         return self._image(obs)
@@ -172,8 +170,6 @@ def make_libero_slot(settings: dict[str, Any]) -> LiberoSlot:
 def _die_with_parent(parent_pid: int) -> None:
     """Exit when the parent process dies: PR_SET_PDEATHSIG on Linux, else a polling watchdog thread."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
@@ -269,8 +265,6 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
                 videos[slot] = None
             out["image"] = env.begin(spec)
             if video_path is not None:
-                from vlamix.eval.video import EpisodeVideo
-
                 videos[slot] = EpisodeVideo(video_path)
         elif op == "step":
             out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))

@@ -34,6 +34,7 @@ import io
 import logging
 
 import numpy as np
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def jpeg_roundtrip(image: np.ndarray, quality: int = JPEG_QUALITY, dct: str = "f
     Raises:
         ValueError: wrong dtype/shape, quality outside [1, 100], or unknown ``dct``.
     """
-    from PIL import Image
-
     image = _check_image(image)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an integer in [1, 100], got {quality!r}")

@@ -1,6 +1,6 @@
 """Offline (teacher-forced) metrics of a checkpoint on the held-out episodes of a mixture.
 
-For every held-out frame (``MixtureLoader(cfg, split="heldout")``: the last ``heldout_fraction`` of
+For every held-out frame (``MixtureLoader(data, mixing, split="heldout")``: the last ``heldout_fraction`` of
 each dataset's episodes, never trained on) the model reads the image, the prompt and the
 ground-truth action tokens (teacher forcing, as in openvla ``vla-scripts/finetune.py``'s logged
 metrics) and predicts each of the 7 action tokens by argmax.
@@ -11,19 +11,20 @@ metrics) and predicts each of the 7 action tokens by argmax.
   where a_pred = un-normalise(bin centre of the predicted token) and a_true = un-normalise(the
   frame's normalised ground-truth action), both with the statistics of the frame's own dataset.
 
-Fixed held-out set (:func:`fixed_heldout_config`): every point of a job is scored on the same
+Fixed held-out set (:func:`vlamix.pipeline.point.fixed_heldout_config`): every point of a job is scored on the same
 frames, the held-out episodes of every dataset of the job's train index whose suite the job
 evaluates, whatever the point's own mixture (a 1:0 and a 0:1 point both see spatial and object
 frames). Results are pooled (the rank columns) and per dataset (``per_dataset``, the report).
 
 Usage::
 
-    from vlamix.eval.offline import fixed_heldout_config, offline_metrics
-    offline_metrics("workspace/runs/p0/step_000040", fixed_heldout_config(cfg))
+    from vlamix.eval.offline import offline_metrics
+    held = fixed_heldout_config(cfg)   # vlamix.pipeline.point
+    offline_metrics("workspace/runs/p0/step_000040", precision="fp32", data=held.data, mixing=held.mixing)
     # {"action_token_accuracy": 0.41, "action_l1": 0.0123, "n_frames": 1830,
     #  "datasets": ["libero_spatial_no_noops", ...], "per_dataset": {"libero_spatial_no_noops": {...}, ...}}
 
-Imports TensorFlow (through the RLDS loader) unless a ``loader`` is passed.
+Reading the held-out frames imports TensorFlow (through the RLDS loader) unless a ``loader`` is passed.
 """
 
 from __future__ import annotations
@@ -34,56 +35,30 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from vlamix.config import BenchConfig
-from vlamix.constants import ACTION_DIM
+from vlamix.core.constants import ACTION_DIM
+from vlamix.data.mixture import MixtureLoader
+from vlamix.data.normalization import unnormalize_actions
+from vlamix.data.settings import DataConfig
+from vlamix.mixing.settings import MixingConfig
+from vlamix.model.checkpoint import load_vla
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def fixed_heldout_datasets(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> list[str]:
-    """Datasets of the fixed held-out set: those of ``train_index`` (the job's train index; None =
-    every known LIBERO dataset) whose task suite is the base suite of one of ``cfg``'s evaluation
-    suites; with ``demos: none`` only those on disk under ``data_dir`` (real data is not recorded).
-    The result depends on the job (index, evaluation suites, data), not on the point's mixture.
-
-    Raises:
-        ValueError: no dataset qualifies.
-    """
-    import os
-
-    from vlamix.constants import DATASET_TO_SUITE
-    from vlamix.eval.plan import base_suite
-
-    suites = {base_suite(s) for s in cfg.resolved_eval_suites()}
-    names = [n for n in (train_index if train_index is not None else DATASET_TO_SUITE) if DATASET_TO_SUITE.get(n) in suites]
-    if cfg.demos == "none":
-        names = [n for n in names if os.path.isdir(cfg.dataset_path(n))]
-    if not names:
-        raise ValueError(f"no dataset of the train index {list(train_index or DATASET_TO_SUITE)} for the evaluation suites {sorted(suites)}")
-    return list(dict.fromkeys(names))
-
-
-def fixed_heldout_config(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> BenchConfig:
-    """``cfg`` with the mixture replaced by the fixed held-out datasets (:func:`fixed_heldout_datasets`),
-    weight 1 each, static strategy, no dataset white/blacklist: its ``MixtureLoader(..., "heldout")``
-    yields the same frames for every point of the job."""
-    names = fixed_heldout_datasets(cfg, train_index)
-    return cfg.replace(mixture={n: 1 for n in names}, strategy="static", mixing_level=None, curriculum=None,
-                       dataset_whitelist=None, dataset_blacklist=None, balance_by_size=False)
-
-
 @torch.no_grad()
 def offline_metrics(
     checkpoint_dir: str,
-    cfg: BenchConfig,
     *,
+    precision: str,
+    data: DataConfig | None = None,
+    mixing: MixingConfig | None = None,
     loader: Iterable[Mapping[str, Any]] | None = None,
     dataset_names: list[str] | None = None,
     dataset_statistics: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
-    batch_size: int | None = None,
+    batch_size: int = 8,
     max_frames: int | None = None,
 ) -> dict[str, float | int]:
     """Teacher-forced action-token accuracy and un-normalised L1 on the held-out frames.
@@ -91,16 +66,16 @@ def offline_metrics(
     Args:
         checkpoint_dir: folder readable by :func:`vlamix.model.checkpoint.load_vla` (a
             :func:`vlamix.train.finetune.finetune` checkpoint, or any OpenVLA folder).
-        cfg: the benchmark point; its data fields select the held-out episodes, ``precision`` the
-            dtype ("bf16" runs the model in bfloat16).
+        precision: "fp32" or "bf16" (resolved): the model's dtype.
+        data, mixing: the sections whose held-out episodes are read (the default loader
+            ``MixtureLoader(data, mixing, "heldout", batch_size=batch_size)``).
         loader: iterable of batches ``{"image": uint8 [B, H, W, 3], "instruction": list[str],
-            "action": float32 [B, 7] normalised, "dataset_index": int64 [B]}``; default
-            ``MixtureLoader(cfg, "heldout", batch_size=batch_size)``.
+            "action": float32 [B, 7] normalised, "dataset_index": int64 [B]}`` instead.
         dataset_names, dataset_statistics: name of each ``dataset_index`` and ``{name: stats}``
             (OpenVLA layout) used to un-normalise; default: the loader's ``dataset_names`` /
             ``dataset_statistics`` attributes.
-        device: default CUDA when available. batch_size: held-out batch size (default
-            ``cfg.batch_size``). max_frames: stop after this many frames (None: all).
+        device: default CUDA when available. batch_size: held-out batch size.
+        max_frames: stop after this many frames (None: all).
     Returns:
         ``{"action_token_accuracy": float in [0, 1], "action_l1": float >= 0, "n_frames": int,
         "datasets": [name, ...], "per_dataset": {name: {"action_token_accuracy", "action_l1", "n_frames"}}}``
@@ -109,15 +84,12 @@ def offline_metrics(
         ValueError: the loader has no dataset names / statistics, or a batch's actions are not [B, 7].
         KeyError: a dataset of the loader has no statistics.
     """
-    from vlamix.data.normalization import unnormalize_actions
-    from vlamix.model.checkpoint import load_vla
-
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _DTYPES[cfg.resolved_precision()]
+    dtype = _DTYPES[precision]
     if loader is None:
-        from vlamix.data.mixture import MixtureLoader
-
-        loader = MixtureLoader(cfg, "heldout", batch_size=batch_size)
+        if data is None or mixing is None:
+            raise ValueError("offline_metrics needs a loader, or the data and mixing sections to build one")
+        loader = MixtureLoader(data, mixing, "heldout", batch_size=batch_size, seed=0)
     names = list(dataset_names if dataset_names is not None else getattr(loader, "dataset_names", []) or [])
     stats = dataset_statistics if dataset_statistics is not None else getattr(loader, "dataset_statistics", None)
     if not names or not stats:
@@ -174,7 +146,8 @@ def offline_metrics(
     }
     ran_on = {"device": str(dev), "dtype": str(dtype).replace("torch.", "")}
     if frames == 0:
-        logger.warning("no held-out frames (heldout_fraction = %s); offline metrics are NaN", cfg.heldout_fraction)
+        logger.warning("no held-out frames (heldout_fraction = %s); offline metrics are NaN",
+                       None if data is None else data.heldout_fraction)
         return {"action_token_accuracy": float("nan"), "action_l1": float("nan"), "n_frames": 0,
                 "datasets": names, "per_dataset": per_dataset, **ran_on}
     result = {

@@ -32,6 +32,9 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy.stats import norm
+from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
+from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "ALPHA",
@@ -110,8 +113,6 @@ def paired_test(a: Any, b: Any, method: str = "mcnemar") -> dict[str, Any]:
     if n10 + n01 == 0:
         out["p_value"] = 1.0
     elif method == "mcnemar":
-        from statsmodels.stats.contingency_tables import mcnemar
-
         out["p_value"] = float(mcnemar([[n11, n10], [n01, n00]], exact=True).pvalue)
     else:
         out["p_value"] = _cmh_p(oa, ob, shared)
@@ -120,8 +121,6 @@ def paired_test(a: Any, b: Any, method: str = "mcnemar") -> dict[str, Any]:
 
 def _cmh_p(oa: Mapping, ob: Mapping, shared: Sequence) -> float:
     """CMH p-value, strata = (suite, task); each stratum's 2x2 table is point (a, b) x (success, failure)."""
-    from statsmodels.stats.contingency_tables import StratifiedTable
-
     tables = []
     for stratum in sorted({k[:2] for k in shared}):
         keys = [k for k in shared if k[:2] == stratum]
@@ -144,8 +143,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        from statsmodels.stats.multitest import multipletests
-
         out[ok] = multipletests(p[ok], method="holm")[1]
     return [float(v) for v in out]
 
@@ -257,8 +254,6 @@ def pairs_needed(test: Mapping[str, Any], alpha: float = ALPHA, power: float = 0
     delta, psi = p10 - p01, p10 + p01
     if delta == 0:
         return None
-    from scipy.stats import norm
-
     za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
     value = (za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta * delta, 0.0))) ** 2 / (delta * delta)
     return int(math.ceil(value - 1e-9))

@@ -28,7 +28,9 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from vlamix.constants import ACTION_DIM
+from vlamix.core.constants import ACTION_DIM
+from vlamix.core.suites import base_suite
+from vlamix.data.normalization import unnormalize_actions
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def resolve_device(device: str = "auto") -> str:
     Raises:
         ValueError: another value, or CUDA requested on a machine without it (the message names the value).
     """
-    import torch
+    import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
     if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or
                                            (device.startswith("cuda:") and device[5:].isdigit())):
@@ -120,7 +122,7 @@ def dtype_name(dtype: Any, device: str) -> str:
         ValueError: unknown name (lists the allowed ones), or fp16 on the CPU (no fp16 CPU kernels for
         half the model; use bf16 or fp32 there).
     """
-    import torch
+    import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
     if dtype is None or dtype == "auto":
         return "bf16" if str(device).startswith("cuda") else "fp32"
@@ -139,7 +141,7 @@ def dtype_name(dtype: Any, device: str) -> str:
 
 
 def _torch_dtype(dtype: Any, device: str):
-    import torch
+    import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(dtype, device)]
 
@@ -152,7 +154,7 @@ class VLAPolicy:
             name, passed to :func:`vlamix.model.checkpoint.load_vla`.
         device: "auto", "cpu", "cuda" or "cuda:N" (:func:`resolve_device`).
         unnorm_key: norm-stats key for un-normalisation; None picks one per suite from its base
-            suite (:func:`vlamix.eval.plan.base_suite`, then :func:`resolve_unnorm_key`).
+            suite (:func:`vlamix.core.suites.base_suite`, then :func:`resolve_unnorm_key`).
         center_crop: centre-crop each image (90% area) and resize back before the processor, as
             OpenVLA's LIBERO eval does for checkpoints trained with random-crop augmentation; None (default)
             follows the checkpoint (:func:`vlamix.model.checkpoint.checkpoint_image_aug`).
@@ -174,6 +176,7 @@ class VLAPolicy:
         dtype: Any = None,
         merge_adapter: bool = True,
     ):
+        # loads torch: `import vlamix.eval` must not (env workers import this package)
         from vlamix.model.checkpoint import checkpoint_image_aug, load_vla
 
         if center_crop is None:
@@ -215,8 +218,6 @@ class VLAPolicy:
     def unnorm_key_for(self, suite: str) -> str:
         """The norm-stats key used for ``suite``: that of its base suite (cached). Raises :class:`UnnormKeyError`."""
         if suite not in self._keys:
-            from vlamix.eval.plan import base_suite
-
             self._keys[suite] = resolve_unnorm_key(getattr(self.model, "norm_stats", None), base_suite(suite),
                                                    self.unnorm_key)
         return self._keys[suite]
@@ -246,9 +247,7 @@ class VLAPolicy:
             :func:`resolve_unnorm_key`; NonFiniteLogitsError: a NaN/Inf logit in some row
             (:meth:`vlamix.model.modeling.OpenVLAForActionPrediction.predict_action_ids`).
         """
-        import torch
-
-        from vlamix.data.normalization import unnormalize_actions
+        import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:

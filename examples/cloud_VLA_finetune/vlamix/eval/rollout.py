@@ -2,7 +2,7 @@
 
 Protocol (openvla/openvla ``experiments/robot/libero/run_libero_eval.py``), per episode: re-seed,
 ``env.reset()``, init state ``k`` of the task for trial ``k``, ``num_steps_wait`` (10) dummy-action
-steps, then up to the suite's step limit (:func:`vlamix.eval.plan.suite_max_steps`) policy steps:
+steps, then up to the suite's step limit (:func:`vlamix.core.suites.suite_max_steps`) policy steps:
 agent-view camera (256 px, rotated 180 degrees) -> :func:`vlamix.eval.image.preprocess_image`
 -> policy -> gripper post-processing (:func:`model_to_env_action`) -> ``env.step``; success = the
 environment's ``done`` flag, the episode ends at the first success. See :mod:`vlamix.eval.envs`.
@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -44,13 +45,19 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from vlamix.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
+from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.envs import make_libero_slot, model_to_env_action, seed_everything  # noqa: F401  (re-exported)
 from vlamix.eval.image import MODEL_IMAGE_SIZE
-from vlamix.eval.plan import EpisodeSpec, base_suite, plan_episodes, suite_max_steps  # noqa: F401  (re-exported)
-from vlamix.eval.server import VIDEO_MODES, BatchedRollout, policy_batch_size
-from vlamix.io import atomic_write_json
+from vlamix.eval.plan import EpisodeSpec, plan_episodes  # noqa: F401  (re-exported)
+from vlamix.core.suites import suite_max_steps
+from vlamix.eval.policy import VLAPolicy, dtype_name, resolve_device
+from vlamix.eval.server import BatchedRollout
+from vlamix.eval.settings import RolloutConfig
+from vlamix.model.settings import BUILTIN_MODELS
+from vlamix.sim.libero_env import simulator_versions
+from vlamix.core.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +93,6 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
         ``wall_s``, ``policy_s``, ``physics_s``, ``render_s``, ``preprocess_s`` (seconds).
     """
     start = time.perf_counter()
-    import hashlib
-
     row: dict[str, Any] = {"key": list(spec.key), "success": False, "steps": 0, "error": None}
     digest = hashlib.sha1()
     policy_s = 0.0
@@ -175,9 +180,6 @@ def meta_path(out_jsonl: str) -> str:
 
 def _policy_factory(policy: Any, policy_kwargs: dict[str, Any]) -> Callable[[], Any]:
     if isinstance(policy, (str, os.PathLike)):
-        from vlamix.config import BUILTIN_MODELS
-        from vlamix.eval.policy import VLAPolicy
-
         path = os.fspath(policy)
         if path not in BUILTIN_MODELS:
             if not os.path.isdir(path):
@@ -197,8 +199,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
-    from tqdm import tqdm
-
     disable = not sys.stderr.isatty() if enabled is None else not enabled
     return tqdm(total=total, initial=initial, desc="rollouts", unit="ep", disable=disable, dynamic_ncols=True)
 
@@ -206,20 +206,14 @@ def _progress(total: int, initial: int, enabled: bool | None):
 def evaluate(
     policy: str | os.PathLike | Callable[[], Any],
     episodes: Iterable[EpisodeSpec],
-    workers: int = 1,
+    rollout: RolloutConfig | None = None,
+    *,
     out_jsonl: str | None = None,
     seed: int = 7,
     max_steps: int | None = None,
     num_steps_wait: int = NUM_STEPS_WAIT,
     center_crop: bool | None = None,
     unnorm_key: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    envs_per_worker: int = 1,
-    episode_timeout_s: float | None = None,
-    max_attempts: int = 2,
-    videos: str = "none",
-    videos_per_task: int = 2,
     video_dir: str | None = None,
     resolution: int = RLDS_IMAGE_SIZE,
     torch_threads: int | None = None,
@@ -229,19 +223,25 @@ def evaluate(
     stats: dict[str, Any] | None = None,
     policy_cache: dict[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Roll out ``episodes``: ``workers`` env processes, one batched policy here; one row per episode.
+    """Roll out ``episodes``: env-worker processes, one batched policy here; one row per episode.
 
     Args:
         policy: checkpoint folder (or built-in model name) loaded here as
-            :class:`vlamix.eval.policy.VLAPolicy` on ``device`` in ``dtype`` with LoRA merged, or a
+            :class:`vlamix.eval.policy.VLAPolicy` on ``eval_device`` in ``eval_dtype`` with LoRA merged, or a
             zero-argument factory returning an object with ``act`` (:class:`vlamix.eval.policy.Policy`).
         episodes: from :func:`plan_episodes`; keys (``spec.key``) must be unique.
-        workers: env-worker processes (>= 1). envs_per_worker: environments per worker, 1 or an even
-            number; with one, all slots step in lock-step and the policy batch is up to ``workers`` images;
+        rollout: the runtime (:class:`vlamix.eval.settings.RolloutConfig`; default ``RolloutConfig()``):
+            ``eval_workers`` env-worker processes with ``envs_per_worker`` environments each (1 or an even
+            number; with one, all slots step in lock-step and the policy batch is up to ``eval_workers`` images;
             with 2 or more, a worker's slots form two equal groups that alternate (double buffering: the policy
-            runs on one group's images while the workers step the other group), and the policy batch
-            is up to half the ``workers * envs_per_worker`` slots (:func:`vlamix.eval.server.policy_batch_size`;
-            batch 16 per call = 8 workers x 4 envs).
+            runs on one group's images while the workers step the other group), and the policy batch is up to
+            half the slots, :func:`vlamix.eval.server.policy_batch_size`; batch 16 per call = 8 workers x 4
+            envs); ``eval_device`` ("auto": CUDA when available, "cpu", "cuda", "cuda:N") and ``eval_dtype``
+            ("auto": bf16 on CUDA, fp32 on the CPU; checkpoint paths only); ``eval_episode_timeout_s``
+            (seconds of an episode's environment work; None: no limit) and ``eval_max_attempts`` (runs of an
+            episode after worker deaths, timeouts or env errors before its row records the error);
+            ``eval_videos`` ("none" | "failures" | "all": MP4s of the policy camera, at most
+            ``eval_videos_per_task`` per task, in ``video_dir``, default ``<out_jsonl folder>/videos``).
         out_jsonl: rows are appended here as they finish (None: not written). Episodes that already
             have a row with the same settings (:data:`SETTING_FIELDS`) are not run again.
         seed: per-episode RNG and env seed. max_steps: policy-step limit for every suite (None: the
@@ -249,12 +249,6 @@ def evaluate(
         center_crop, unnorm_key: :class:`VLAPolicy` options (checkpoint paths only); ``center_crop`` None
             follows the checkpoint (:func:`vlamix.model.checkpoint.checkpoint_image_aug`: crop a checkpoint trained
             with image augmentation, e.g. official OpenVLA LIBERO folders); rows record the resolved value.
-        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (checkpoint paths only).
-        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16" (checkpoint paths only).
-        episode_timeout_s: wall-clock seconds per episode (None: no limit); max_attempts: runs of an
-            episode after worker deaths, timeouts or env errors before its row records the error.
-        videos: "none" | "failures" | "all": MP4s of the policy camera, at most ``videos_per_task``
-            per task, in ``video_dir`` (default ``<out_jsonl folder>/videos``).
         resolution: camera side in pixels (reference: 256).
         torch_threads: torch CPU threads of the policy (default: torch's).
         rerun_errors: run again the episodes whose stored row has an ``error``.
@@ -285,23 +279,17 @@ def evaluate(
         KeyboardInterrupt: Ctrl-C or SIGTERM (finished rows are on disk). All argument errors are
         raised before any model is loaded or worker started.
     """
-    from vlamix.eval.policy import dtype_name, resolve_device
-    from vlamix.sim.libero_env import simulator_versions
-
+    rollout = RolloutConfig() if rollout is None else rollout
+    rollout.check()  # ConfigError naming the eval_* field
+    workers, envs_per_worker = rollout.eval_workers, rollout.envs_per_worker
+    device, dtype = rollout.eval_device, rollout.eval_dtype
+    videos, videos_per_task = rollout.eval_videos, rollout.eval_videos_per_task
     specs = list(episodes)
-    for name, value, minimum in (("workers", workers, 1), ("seed", seed, 0), ("num_steps_wait", num_steps_wait, 0),
-                                 ("resolution", resolution, 8), ("envs_per_worker", envs_per_worker, 1),
-                                 ("max_attempts", max_attempts, 1), ("videos_per_task", videos_per_task, 0)):
+    for name, value, minimum in (("seed", seed, 0), ("num_steps_wait", num_steps_wait, 0), ("resolution", resolution, 8)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    policy_batch_size(workers, envs_per_worker)  # ValueError for an odd envs_per_worker >= 3 (unequal slot groups)
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be None or an integer >= 1, got {max_steps!r}")
-    if episode_timeout_s is not None and (isinstance(episode_timeout_s, bool) or
-                                          not isinstance(episode_timeout_s, (int, float)) or not episode_timeout_s > 0):
-        raise ValueError(f"episode_timeout_s must be None or a number > 0, got {episode_timeout_s!r}")
-    if videos not in VIDEO_MODES:
-        raise ValueError(f"videos must be one of {', '.join(VIDEO_MODES)}, got {videos!r}")
     if videos != "none" and video_dir is None:
         if out_jsonl is None:
             raise ValueError("videos need video_dir (or out_jsonl, whose folder gets videos/)")
@@ -316,6 +304,7 @@ def evaluate(
         dev = resolve_device(device)
         dt = dtype_name(dtype, dev)
         if center_crop is None:
+            # loads torch: `import vlamix.eval` must not (env workers import this package)
             from vlamix.model.checkpoint import checkpoint_image_aug
 
             center_crop = checkpoint_image_aug(os.fspath(policy))
@@ -358,7 +347,7 @@ def evaluate(
     runner = None
     if todo:
         if torch_threads is not None:
-            import torch
+            import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
             torch.set_num_threads(int(torch_threads))
         cache_key = (os.path.abspath(os.fspath(policy)), tuple(sorted(policy_kwargs.items()))) if is_path else None
@@ -419,7 +408,7 @@ def evaluate(
         runner = BatchedRollout(
             pol, workers=workers, envs_per_worker=envs_per_worker, settings=settings,
             max_steps_of=lambda suite: max_steps or suite_max_steps(suite), row_base=row_base, on_row=on_row,
-            max_attempts=max_attempts, episode_timeout_s=episode_timeout_s, videos=videos,
+            max_attempts=rollout.eval_max_attempts, episode_timeout_s=rollout.eval_episode_timeout_s, videos=videos,
             videos_per_task=videos_per_task, video_dir=video_dir,
         )
         main_thread = threading.current_thread() is threading.main_thread()

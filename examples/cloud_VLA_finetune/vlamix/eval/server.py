@@ -37,17 +37,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
 import time
 import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vlamix.constants import ACTION_DIM
+from vlamix.core.constants import ACTION_DIM
+from vlamix.eval.envs import worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +155,6 @@ class BatchedRollout:
         video_dir: str | None = None,
         mp_context: Any = None,
     ):
-        import multiprocessing
-
         if videos not in VIDEO_MODES:
             raise ValueError(f"videos must be one of {', '.join(VIDEO_MODES)}, got {videos!r}")
         if videos != "none" and not video_dir:
@@ -182,8 +183,6 @@ class BatchedRollout:
 
     # ------------------------------------------------------------------ workers
     def _start_worker(self, index: int) -> None:
-        from vlamix.eval.envs import worker_main
-
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         busy = self.ctx.Array("d", [-1.0, 0.0], lock=False)
         proc = self.ctx.Process(target=worker_main, name=f"vlamix-env-{index}", daemon=True,
@@ -352,8 +351,6 @@ class BatchedRollout:
 
     def _collect(self, waiting: dict[int, list], retries: list[tuple[Any, int]]) -> int:
         """Wait for the answers of ``waiting`` workers and apply them. Returns episodes ended this round."""
-        from multiprocessing.connection import wait
-
         t0 = time.monotonic()
         done_before = self._n_done
         replies: dict[int, list[dict[str, Any]]] = {}  # applied in worker order, not arrival order

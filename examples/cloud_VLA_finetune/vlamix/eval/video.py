@@ -1,4 +1,5 @@
-"""Episode videos: MP4s of the policy camera (imageio + imageio-ffmpeg) and their links in the report.
+"""Episode videos: MP4s of the policy camera (imageio + imageio-ffmpeg); their links in the report are
+:mod:`vlamix.report.videos`.
 
 Env workers (:mod:`vlamix.eval.envs`) write each recorded episode to a temporary file while it runs
 (one frame per observation the policy saw, plus the last one: ``steps + 1`` frames of the agent view,
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class EpisodeVideo:
     """
 
     def __init__(self, path: str):
-        import imageio.v2 as imageio
+        import imageio.v2 as imageio  # only when a video is written: env workers and vlamix.eval import without it
 
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
@@ -57,36 +57,3 @@ class EpisodeVideo:
                 os.remove(self.path)
         else:
             os.replace(self.path, final_path)
-
-
-def report_lines(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
-    """Markdown section "Rollout errors and videos" of the job report: per point the error
-    episodes (flagged when over the point's ``eval_max_error_fraction``) and links to its videos.
-
-    ``results`` are the points' prediction dicts (``summary``, ``checkpoint``, optional ``episodes``);
-    the episode rows are read from ``<checkpoint>/eval/episodes.jsonl`` when not included. Returns []
-    when no point has errors or videos.
-    """
-    from vlamix.report import point_label
-
-    lines: list[str] = []
-    for res in results:
-        summary = res.get("summary") or {}
-        checkpoint = res.get("checkpoint")
-        rows = res.get("episodes")
-        jsonl = os.path.join(checkpoint, "eval", "episodes.jsonl") if checkpoint else None
-        if rows is None and jsonl and os.path.isfile(jsonl):
-            from vlamix.eval.rollout import read_rows
-
-            rows = read_rows(jsonl)
-        videos = [r for r in rows or [] if r.get("video")]
-        n_errors = int(summary.get("n_errors") or 0)
-        if not videos and not n_errors:
-            continue
-        flag = " **(too many errors: success rate rests on fewer episodes)**" if summary.get("too_many_errors") else ""
-        lines.append(f"- {point_label(res)}: {n_errors} error episode(s){flag}")
-        for r in videos:
-            target = os.path.relpath(os.path.join(os.path.dirname(jsonl), r["video"]), out_dir) if jsonl else r["video"]
-            outcome = "success" if r.get("success") else "failure"
-            lines.append(f"  - [{r['suite']} task {r['task_id']} trial {r['episode_index']} ({outcome})]({target})")
-    return (["## Rollout errors and videos", ""] + lines + [""]) if lines else []

@@ -1,6 +1,6 @@
 """Per-group loss weights: weigh a rare group's loss more instead of (or besides) sampling it more.
 
-``loss_weighting`` (:class:`vlamix.config.BenchConfig`) is the third answer to task imbalance next to
+``loss_weighting`` (:class:`vlamix.pipeline.config.BenchConfig`) is the third answer to task imbalance next to
 the sampling strategies (:mod:`vlamix.mixing.weights`) and the curriculum: each training frame's
 action-token loss is multiplied by the weight ``w_g`` of its group (the mixing level's groups:
 dataset, task or skill), with

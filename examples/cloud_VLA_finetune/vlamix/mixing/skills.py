@@ -5,7 +5,7 @@ place it on the plate" -> ``pick``; "put the bowl on the stove" -> ``place``; "o
 put the bowl inside" -> ``open``; "turn on the stove" -> ``turn``. Instructions with no known verb
 get :data:`UNKNOWN_SKILL`.
 
-The mapping is visible and overridable: ``skill_map`` (a :class:`vlamix.config.BenchConfig` field)
+The mapping is visible and overridable: ``skill_map`` (a :class:`vlamix.pipeline.config.BenchConfig` field)
 maps either a single verb to a skill (added to / replacing the table: ``{"grab": "pick"}``) or a
 whole lower-cased instruction to a skill (``{"put both the alphabet soup and the tomato sauce in the
 basket": "place"}``); whole-instruction entries win. :func:`skill_table` gives the resulting

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from vlamix.core.io import atomic_write_jsonl, read_jsonl
+
 TRAJECTORY_FILE = "mixing_weights.jsonl"
 PLOT_FILE = "mixing_weights.png"
 SUMMARY_FILE = "mixing_summary.json"
@@ -21,8 +23,6 @@ SUMMARY_FILE = "mixing_summary.json"
 
 def write_trajectory(history: Sequence[Mapping[str, Any]], path: str) -> str:
     """Write the rows as JSON lines, atomically (the whole history each time; it is small)."""
-    from vlamix.io import atomic_write_jsonl
-
     return atomic_write_jsonl(path, history)
 
 
@@ -32,8 +32,6 @@ def read_trajectory(path: str) -> list[dict[str, Any]]:
     Raises:
         FileNotFoundError: no such file.
     """
-    from vlamix.io import read_jsonl
-
     return read_jsonl(path)
 
 
@@ -42,10 +40,10 @@ def plot_trajectory(history: Sequence[Mapping[str, Any]], path: str, *, total_st
 
     Group names longer than 40 characters (task instructions) are shortened in the legend.
     """
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
     draw_trajectory(ax, history, total_steps, label=lambda g: g if len(g) <= 40 else g[:37] + "...", fontsize=7)

@@ -17,27 +17,21 @@ Strategies with closed-form weights (counts = kept training frames per group, af
                   multilingual data sampling, Arivazhagan et al. 2019, "Massively Multilingual NMT in
                   the Wild", sec. 4.2, and the temperature sampling of mT5 / XLM-R).
 
-The dynamic strategies (:mod:`vlamix.mixing.dynamic`) start from :func:`initial_group_weights`.
+Each strategy (:mod:`vlamix.mixing.strategies`) builds its initial group weights from these functions.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from vlamix.mixing.skills import skill_of
 
-STRATEGIES = ("static", "full_dataset", "task_balanced", "temperature", "doremi", "exp3", "curriculum", "doremi_transfer")
-DYNAMIC_STRATEGIES = ("doremi", "exp3", "curriculum")
+#: What weights are given to (:data:`vlamix.mixing.strategies.MIXING_LEVELS` re-states it for the strategies).
 MIXING_LEVELS = ("dataset", "task", "skill")
-
-
-def default_level(strategy: str) -> str:
-    """Mixing level used when ``mixing_level`` is None: ``task`` for task_balanced, else ``dataset``."""
-    return "task" if strategy == "task_balanced" else "dataset"
 
 
 def _as_counts(counts: Sequence[float]) -> np.ndarray:
@@ -209,23 +203,6 @@ def dataset_mixture_group_weights(
         raise ValueError("the mixture gives weight 0 to every dataset that has training frames")
     source_w = [raw[s.dataset] / total * s.frames / dataset_frames[s.dataset] for s in sources]
     return collapse(source_w, sources)
-
-
-def initial_group_weights(cfg: Any, sources: Sequence[Source]) -> dict[str, float]:
-    """Group weights at step 0 for ``cfg.strategy`` (see the module docstring).
-
-    ``curriculum`` starts from its first phase; ``doremi`` and ``exp3`` from the mixture weights.
-
-    Raises:
-        ValueError: naming the problem (empty groups, curriculum names that are no group).
-    """
-    counts = group_frames(sources)
-    if cfg.strategy in ("full_dataset", "task_balanced", "temperature"):
-        return baseline_group_weights(cfg.strategy, counts, cfg.temperature)
-    if cfg.strategy == "curriculum":
-        first = cfg.curriculum[0]["weights"]
-        return normalised_phase(first, list(counts))
-    return dataset_mixture_group_weights(cfg.mixture, sources, balance_by_size=cfg.balance_by_size)
 
 
 def normalised_phase(weights: Mapping[str, float], groups: Sequence[str]) -> dict[str, float]:

@@ -35,15 +35,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlamix._compat import ensure_torchvision_importable
+from vlamix.core.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from vlamix.config import BUILTIN_MODELS  # noqa: E402
-from vlamix.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from vlamix.model.settings import BUILTIN_MODELS  # noqa: E402
+from vlamix.core.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from vlamix.model.configuration import VLAConfig  # noqa: E402
 from vlamix.model.lora import is_lora_model, load_lora_adapter, merge_lora, save_lora_adapter  # noqa: E402
 from vlamix.model.modeling import OpenVLAForActionPrediction, init_tiny_weights_  # noqa: E402
@@ -66,7 +66,7 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
 
 
-#: Built-in presets (:data:`vlamix.config.BUILTIN_MODELS`) -> their configuration.
+#: Built-in presets (:data:`vlamix.model.settings.BUILTIN_MODELS`) -> their configuration.
 TINY_PRESETS = {"tiny": VLAConfig.tiny, "tiny-p28": VLAConfig.tiny_p28}
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 from typing import Any
 
-from vlamix._compat import ensure_torchvision_importable
+from vlamix.core.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 

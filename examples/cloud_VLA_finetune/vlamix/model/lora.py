@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
+import torch
 import torch.nn as nn
 
-from vlamix._compat import ensure_torchvision_importable
+from vlamix.core.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict  # noqa: E402
+from peft.tuners.lora import Linear as LoraLinear  # noqa: E402
+from peft.tuners.lora import LoraLayer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +92,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, PeftModel):
         return model
-    import torch
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
-
     with torch.no_grad():
         for name, module in model.named_modules():
             if not isinstance(module, LoraLayer):
@@ -143,3 +143,9 @@ def load_lora_adapter(model: nn.Module, folder: str, is_trainable: bool = False)
     if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
         raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {folder}")
     return PeftModel.from_pretrained(model, folder, is_trainable=is_trainable)
+
+
+def set_adapter_state(model: PeftModel, state: dict) -> Any:
+    """Load adapter tensors (``adapter_model.safetensors`` content) into ``model``'s LoRA layers (peft's
+    ``set_peft_model_state_dict``); returns its result (``missing_keys``, ``unexpected_keys``)."""
+    return set_peft_model_state_dict(model, state)

@@ -31,7 +31,14 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vlamix.model.checkpoint import TINY_PRESETS
+from vlamix.model.configuration import VLAConfig
+from vlamix.model.lora import lora_target_modules
+from vlamix.model.modeling import OpenVLAForActionPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +96,6 @@ def _layer_activation_bytes(tokens: int, hidden: int, heads: int, nbytes: int) -
 
 @functools.lru_cache(maxsize=16)
 def _shape_of_config_json(config_json: str) -> ModelShape:
-    import torch
-    import torch.nn as nn
-
-    from vlamix.model.configuration import VLAConfig
-    from vlamix.model.lora import lora_target_modules
-    from vlamix.model.modeling import OpenVLAForActionPrediction
-
     config = VLAConfig.from_config_dict(json.loads(config_json), source="<memory estimate>")
     with torch.device("meta"):
         model = OpenVLAForActionPrediction(config)
@@ -120,8 +120,6 @@ def model_shape(model: str) -> ModelShape:
     Raises:
         FileNotFoundError: no ``config.json`` in the folder.
     """
-    from vlamix.model.checkpoint import TINY_PRESETS
-
     if model in TINY_PRESETS:
         config = TINY_PRESETS[model]()
         return _shape_of_config_json(config.to_json_string(use_diff=False))
@@ -184,8 +182,6 @@ def available_bytes(device: str) -> float:
     "cuda[:N]", else ``MemAvailable`` of ``/proc/meminfo`` plus this process's resident set (what it holds is
     what the point reuses), falling back to total physical memory where /proc is absent."""
     if device.startswith("cuda"):
-        import torch
-
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         return float(torch.cuda.mem_get_info(index)[0])
     try:

@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlamix._compat import import_timm
-from vlamix.constants import IGNORE_INDEX
+from vlamix.core.compat import import_timm
+from vlamix.core.constants import IGNORE_INDEX
 from vlamix.data.normalization import unnormalize_actions  # noqa: F401  (re-exported; imports no TensorFlow)
 from vlamix.model.action_tokenizer import ActionTokenizer
 from vlamix.model.configuration import VLAConfig

@@ -30,14 +30,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlamix._compat import import_timm
-from vlamix.constants import IGNORE_INDEX, PROMPT_TEMPLATE
+from vlamix.core.compat import ensure_torchvision_importable, import_timm
+from vlamix.core.constants import IGNORE_INDEX, PROMPT_TEMPLATE
 from vlamix.model.action_tokenizer import ActionTokenizer
 from vlamix.model.configuration import VLAConfig
 
+ensure_torchvision_importable()
+
+from transformers import AutoTokenizer  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
-#: Instruction ablations of :meth:`VLAProcessor.prompt` (same tuple as :data:`vlamix.eval.plan.INSTRUCTION_VARIANTS`).
+#: Instruction ablations of :meth:`VLAProcessor.prompt` (same tuple as :data:`vlamix.core.suites.INSTRUCTION_VARIANTS`).
 INSTRUCTION_VARIANTS = ("original", "empty", "unwrapped", "empty_unwrapped")
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
@@ -395,8 +399,6 @@ def load_tokenizer(folder: str, config: VLAConfig | None = None):
     if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
         logger.warning("no tokenizer files in %s; the processor can only transform images", folder)
         return None
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(folder, config=config) if config is not None else AutoTokenizer.from_pretrained(folder)
 
 

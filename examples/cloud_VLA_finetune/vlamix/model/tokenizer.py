@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 
-from vlamix._compat import ensure_torchvision_importable
-from vlamix.constants import PROMPT_TEMPLATE
+from vlamix.core.compat import ensure_torchvision_importable
+from vlamix.core.constants import PROMPT_TEMPLATE
 
 ensure_torchvision_importable()
 

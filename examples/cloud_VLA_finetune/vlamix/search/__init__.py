@@ -4,5 +4,5 @@
     vlamix.search.optimize    search_simplex (TPE / GP / random), SearchTrace, grid_comparison
     vlamix.search.job         the search as a job (``vlamix search -f job.yaml [--backend ray]``)
     vlamix.search.regression  quadratic mixture regression (``vlamix suggest -f job.yaml``)
-    vlamix.search.racing      racing for the evaluation budget (hyperparameter ``racing: true``)
+    vlamix.pipeline.racing      racing for the evaluation budget (hyperparameter ``racing: true``)
 """

@@ -29,31 +29,29 @@ regret of the search's best against the grid's best and the trials each needed
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from vlamix.bench.dataset import index_names, load_index
+from vlamix.bench.dataset import load_index
+from vlamix.core.index import index_names
 from vlamix.bench.job import (
-    BASEMODEL,
     GridPoint,
     JobResult,
-    ModulePoint,
-    PointResult,
-    _resume,
-    _write_json,
     finish_job,
     prepare_job,
     run_point,
 )
-from vlamix.config import ConfigError
+from vlamix.bench.records import PointResult, resume_point, write_json
+from vlamix.core.errors import ConfigError
+from vlamix.search.ray_search import run_search_ray
+from vlamix.search.regression import suggest
+from vlamix.search.trials import direction_from_rank, objective_value, trial_point
 from vlamix.search.optimize import DIRECTIONS, SAMPLERS, SearchTrace, TrialRecord, grid_comparison, search_simplex
 
 logger = logging.getLogger(__name__)
@@ -107,7 +105,7 @@ def load_search_spec(job_file: str, job, points: Sequence[GridPoint]) -> SearchS
     metrics = list(job.testenv.metric_names)
     if objective not in metrics:
         raise ConfigError("search.objective", f"{objective!r} is not a metric of the testenv; allowed: {', '.join(metrics)}")
-    direction = block.get("direction") or _direction_from_rank(job, objective)
+    direction = block.get("direction") or direction_from_rank(job, objective)
     if direction not in DIRECTIONS:
         raise ConfigError("search.direction", f"must be one of {', '.join(DIRECTIONS)} (or the objective must be in rank.sort_by), got {direction!r}")
     known = index_names(load_index(job.testenv.train_index, "train"))
@@ -130,33 +128,6 @@ def load_search_spec(job_file: str, job, points: Sequence[GridPoint]) -> SearchS
     return SearchSpec(tuple(datasets), objective, direction, budget, sampler, seed, algorithm)
 
 
-def _direction_from_rank(job, metric: str) -> str | None:
-    for entry in job.rank.sort_by:
-        if isinstance(entry, Mapping) and metric in entry:
-            return "maximize" if entry[metric] == "descend" else "minimize"
-        if entry == metric:
-            return "minimize"
-    return None
-
-
-def trial_point(template: GridPoint, weights: Mapping[str, float], number: int, total: int) -> GridPoint:
-    """``template`` with the basemodel's ``mixture`` set to ``weights`` (a normal grid point)."""
-    modules = []
-    for m in template.modules:
-        hps = copy.deepcopy(dict(m.hyperparameters))
-        if m.type == BASEMODEL:
-            hps["mixture"] = dict(weights)
-        modules.append(ModulePoint(m.type, m.name, m.url, hps))
-    return GridPoint(algorithm=template.algorithm, modules=tuple(modules), number=number, total=total)
-
-
-def _objective_value(result: PointResult, metric: str) -> float | None:
-    value = result.metrics.get(metric) if result.ok else None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(float(value)):
-        return float(value)
-    return None
-
-
 def run_search(
     job_file: str,
     *,
@@ -174,19 +145,18 @@ def run_search(
     job, points, classes, metric_funcs = prepare_job(job_file, allow_extra=allow_extra)
     spec = load_search_spec(job_file, job, points)
     template = next(p for p in points if p.algorithm.name == spec.algorithm)
-    grid_done = [r for r in (_resume(p, p.output_dir(job.job_dir), metric_funcs, job, False) for p in points) if r is not None]
+    grid_done = [r for r in (resume_point(p, p.output_dir(job.job_dir), metric_funcs, job, False) for p in points) if r is not None]
     search_dir = os.path.join(job.job_dir, SEARCH_DIR)
     os.makedirs(search_dir, exist_ok=True)
     previous = _read_trace(os.path.join(search_dir, TRACE_FILE), spec)
     results: dict[str, PointResult] = {}
 
     if backend == "ray":
-        from vlamix.search.ray_search import run_search_ray
 
         trace = run_search_ray(job_file, job, spec, template, previous, address=address, allow_extra=allow_extra)
         for rec in trace.records:
             point = trial_point(template, rec.weights, rec.number + 1, spec.budget)
-            done = _resume(point, point.output_dir(job.job_dir), metric_funcs, job, False)
+            done = resume_point(point, point.output_dir(job.job_dir), metric_funcs, job, False)
             if done is not None:
                 results[point.point_id] = done
     else:
@@ -197,7 +167,7 @@ def run_search(
             result = run_point(point, job, classes, metric_funcs)
             results[point.point_id] = result
             trace_ids.append(point.point_id)
-            return _objective_value(result, spec.objective)
+            return objective_value(result, spec.objective)
 
         trace = search_simplex(objective, spec.datasets, spec.budget, sampler=spec.sampler, seed=spec.seed,
                                direction=spec.direction, previous=previous)
@@ -205,15 +175,15 @@ def run_search(
             rec.point_id = pid
         for rec in previous:
             point = trial_point(template, rec.weights, rec.number + 1, spec.budget)
-            done = _resume(point, point.output_dir(job.job_dir), metric_funcs, job, False)
+            done = resume_point(point, point.output_dir(job.job_dir), metric_funcs, job, False)
             if done is not None:
                 results[point.point_id] = done
 
-    grid = [(r.point.basemodel.hyperparameters.get("mixture", {}), _objective_value(r, spec.objective)) for r in grid_done
+    grid = [(r.point.basemodel.hyperparameters.get("mixture", {}), objective_value(r, spec.objective)) for r in grid_done
             if r.point.algorithm.name == spec.algorithm]
     grid = [(dict(_normalised(w, spec.datasets)), v) for w, v in grid if v is not None]
     comparison = grid_comparison(trace, grid)
-    _write_json(os.path.join(search_dir, TRACE_FILE), {**trace.to_dict(), "objective": spec.objective, "seed": spec.seed,
+    write_json(os.path.join(search_dir, TRACE_FILE), {**trace.to_dict(), "objective": spec.objective, "seed": spec.seed,
                                                        "budget": spec.budget, "grid_comparison": comparison})
     grid_ids = {r.point.point_id for r in grid_done}
     all_results = grid_done + [r for pid, r in results.items() if pid not in grid_ids]
@@ -252,10 +222,10 @@ def write_search_report(trace: SearchTrace, comparison: Mapping[str, Any], spec:
     """``<report_dir>/search.md`` (trace table, best, grid comparison, and the mixture regression of
     :mod:`vlamix.search.regression` on the job's finished points when there are enough) and
     ``search_trace.png``; returns the .md path."""
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     os.makedirs(report_dir, exist_ok=True)
     values, best = trace.values(), trace.best_so_far()
@@ -290,8 +260,6 @@ def write_search_report(trace: SearchTrace, comparison: Mapping[str, Any], spec:
                      f"{comparison['regret']:+.4g} (> 0: the grid was better); trials the search needed to match the grid: "
                      f"{comparison['search_trials_to_match_grid']}.")
     if job_dir is not None:
-        from vlamix.search.regression import suggest
-
         try:
             reg = suggest(job_dir, spec.objective, direction=spec.direction, datasets=spec.datasets)
         except ValueError as err:

@@ -44,7 +44,7 @@ def make_sampler(name: str, *, seed: int, k: int, budget: int):
     Raises:
         ValueError: unknown name.
     """
-    import optuna
+    import optuna  # optional dependency: optuna is only needed by `vlamix search`
 
     startup = n_startup_trials(k, budget)
     if name == "tpe":
@@ -145,8 +145,8 @@ def search_simplex(
     Raises:
         ValueError: ``budget < 1``, fewer than 2 datasets, unknown sampler or direction.
     """
-    import optuna
-    from optuna.distributions import FloatDistribution
+    import optuna  # optional dependency: optuna is only needed by `vlamix search`
+    from optuna.distributions import FloatDistribution  # optional dependency, as above
 
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")

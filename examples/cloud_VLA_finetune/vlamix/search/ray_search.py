@@ -18,17 +18,16 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from vlamix.bench.job import prepare_job, run_point
+from vlamix.bench.ray_backend import check_resources, connect, load_ray_settings, prepare_trial_devices
 from vlamix.search.optimize import SearchTrace, TrialRecord, make_sampler, param_names, weights_from_params
+from vlamix.search.trials import objective_value, trial_point
 
 logger = logging.getLogger(__name__)
 
 
 def _search_trial(config: Mapping[str, Any]) -> dict[str, Any]:
     """Body of one search trial (a Ray worker): weights from ``u*``, run the point, report the objective."""
-    from vlamix.bench.job import prepare_job, run_point
-    from vlamix.search.job import _objective_value, trial_point
-    from vlamix.bench.ray_backend import prepare_trial_devices
-
     os.chdir(config["root"])
     prepare_trial_devices(config["gpus_per_trial"])
     job, points, classes, metric_funcs = prepare_job(config["job_file"], allow_extra=config["allow_extra"])
@@ -36,17 +35,15 @@ def _search_trial(config: Mapping[str, Any]) -> dict[str, Any]:
     weights = weights_from_params(config, config["datasets"])
     point = trial_point(template, weights, 0, config["budget"])
     result = run_point(point, job, classes, metric_funcs)
-    value = _objective_value(result, config["objective"])
+    value = objective_value(result, config["objective"])
     return {"objective": math.nan if value is None else value, "point_id": point.point_id, "status": result.status}
 
 
 def run_search_ray(job_file, job, spec, template, previous: Sequence[TrialRecord], *, address=None, allow_extra=False) -> SearchTrace:
     """Run the trials the budget has left as Tune trials; returns the whole trace (previous first)."""
-    import ray
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    from vlamix.bench.ray_backend import check_resources, connect, load_ray_settings
+    import ray  # optional dependency: ray is only installed for --backend ray
+    from ray import tune  # optional dependency, as above
+    from ray.tune.search.optuna import OptunaSearch  # optional dependency, as above
 
     settings = load_ray_settings(job_file)
     trace = SearchTrace(list(spec.datasets), spec.direction, spec.sampler, records=list(previous))

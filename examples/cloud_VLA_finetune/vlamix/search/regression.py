@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from vlamix.search.simplex import simplex_lattice
 
@@ -68,8 +69,6 @@ class MixtureRegression:
 
     def interval(self, weights: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Prediction interval at ``weights`` float [N, K]: (low, high), float64 [N] each."""
-        from scipy import stats
-
         x = design(weights)
         half = stats.t.ppf(0.5 + level / 2, self.dof) * self.sigma * np.sqrt(1.0 + np.einsum("ij,jk,ik->i", x, self.inverse, x))
         y = x @ self.coef

@@ -32,6 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from vlamix.sim.geometry import collision_corners
+
 #: Joint angle (radians) the knob is turned by; LIBERO's flat stove is "on" from 0.5 rad (range to 2.1).
 KNOB_TURN = 1.0
 #: Extra pull (metres) beyond the drawer's open threshold.
@@ -117,7 +119,7 @@ def geom_boxes(inner, bodies: set[int]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def joint_id(inner, name: str) -> int:
     """MuJoCo id of joint ``name``. Raises KeyError: no such joint."""
-    import mujoco
+    import mujoco  # only inside a running simulation: importing vlamix.sim (CLI, vlamix.eval) loads no MuJoCo
 
     jid = mujoco.mj_name2id(inner.sim.model._model, mujoco.mjtObj.mjOBJ_JOINT, name)
     if jid < 0:
@@ -254,8 +256,6 @@ def push_segments(inner, obj: str, target_xy: np.ndarray, eef: np.ndarray, body_
 
     body_pos: returns the object's current body position float64 [3] (re-read at every step).
     """
-    from vlamix.sim.expert import collision_corners
-
     corners = collision_corners(inner, obj)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     start = body_pos()

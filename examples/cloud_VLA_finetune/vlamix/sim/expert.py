@@ -39,6 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlamix.sim import articulated
+from vlamix.sim.articulated import drawer_joint, geom_boxes, knob_joint
+from vlamix.sim.geometry import collision_corners
+
 logger = logging.getLogger(__name__)
 
 #: Scale of OSC_POSE delta actions (robosuite 1.4 ``osc_pose.json`` ``output_max``): metres / radians per unit.
@@ -63,7 +67,6 @@ REGION_MARGIN = 0.015
 
 #: Phases that move to a waypoint; they end early when the arm stalls (blocked by contact).
 _WAYPOINT_PHASES = ("approach", "descend", "lift", "transport", "lower", "retreat")
-_BOX_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat", "finished")
 
 
@@ -186,38 +189,6 @@ class GraspPlan:
     support_top: float  # z of the surface the object is put on (target's top or the container's rim)
     release_bottom: float  # z of the object's bottom when it is released
     carry_bottom: float  # z of the object's bottom while transported
-
-
-def collision_corners(env, name: str) -> np.ndarray:
-    """World corners of the bounding boxes of an object's (or fixture's) collision geoms.
-
-    Args:
-        env: LIBERO ``ControlEnv`` (``OffScreenRenderEnv``) or its inner BDDL domain env.
-        name: object or fixture name of the BDDL file (e.g. ``"plate_1"``).
-    Returns:
-        float64 [8 * n_geoms, 3], metres.
-    Raises:
-        KeyError: unknown name, or an object without collision geoms.
-    """
-    inner = getattr(env, "env", env)
-    model = inner.sim.model._model
-    data = inner.sim.data._data
-    root = inner.obj_body_id[name]
-    bodies = {root}
-    for body in range(root + 1, model.nbody):  # children follow their parent in MuJoCo's body order
-        if int(model.body_parentid[body]) in bodies:
-            bodies.add(body)
-    corners = []
-    for geom in range(model.ngeom):
-        if int(model.geom_bodyid[geom]) not in bodies:
-            continue
-        if model.geom_contype[geom] == 0 and model.geom_conaffinity[geom] == 0:
-            continue  # visual-only geom
-        center, half = model.geom_aabb[geom, :3], model.geom_aabb[geom, 3:]
-        corners.append((_BOX_SIGNS * half + center) @ data.geom_xmat[geom].reshape(3, 3).T + data.geom_xpos[geom])
-    if not corners:
-        raise KeyError(f"object '{name}' has no collision geoms")
-    return np.concatenate(corners, axis=0)
 
 
 def object_aabb(env, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -472,7 +443,6 @@ def _parse_predicate(inner, pred: tuple[str, ...]) -> tuple[str, str, str]:
     Raises:
         UnsupportedTaskError: a predicate without a scripted primitive.
     """
-    from vlamix.sim.articulated import drawer_joint, knob_joint
 
     if pred[0] in ("on", "in") and len(pred) == 3:
         predicate, obj, target = pred
@@ -596,8 +566,6 @@ class ScriptedExpert:
 
     def _start_next_step(self, obs: dict, skip_achieved: bool = True) -> GraspPlan | ProgramPlan | None:
         """Plan the next pending step (skipping achieved ones); None when no step is left."""
-        from vlamix.sim import articulated
-
         while self._pending:
             step = self._pending.pop(0)
             if skip_achieved and self.goal_holds(step):
@@ -613,8 +581,6 @@ class ScriptedExpert:
 
     def _plan_step(self, obs: dict, step: tuple[str, str, str]) -> GraspPlan | ProgramPlan:
         """Plan one goal step from the simulator's current poses (program segments or a grasp)."""
-        from vlamix.sim import articulated
-
         predicate, obj, target = step
         self.step = step
         self.program, self._segment = [], 0
@@ -791,8 +757,6 @@ class ScriptedExpert:
             parent = inner.object_sites_dict[target].parent_name
             if parent not in inner.obj_body_id:
                 return site_pos[:2], float(site_pos[2]), None
-            from vlamix.sim.articulated import drawer_joint, geom_boxes
-
             jid = drawer_joint(inner, target)
             if jid is not None:  # a drawer: its own floor and walls, not the whole cabinet's box
                 model = inner.sim.model._model

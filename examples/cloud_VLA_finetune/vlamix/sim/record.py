@@ -7,7 +7,7 @@ Usage::
     python -m vlamix.sim.record --suites libero_spatial --tasks 1 --episodes 2 --data-dir workspace/data/libero_rlds
 
     from vlamix.sim.record import ensure_demo_datasets
-    paths = ensure_demo_datasets(cfg)   # {"libero_spatial_no_noops": ".../libero_spatial_no_noops/1.0.0", ...}
+    paths = ensure_demo_datasets(cfg.data)   # {"libero_spatial_no_noops": ".../libero_spatial_no_noops/1.0.0", ...}
 
 Recipe of one demonstration (per task, one environment reused for all its episodes):
 
@@ -21,7 +21,7 @@ Recipe of one demonstration (per task, one environment reused for all its episod
    (:func:`is_noop`) are neither executed nor kept, exactly as OpenVLA's
    ``experiments/robot/libero/regenerate_libero_dataset.py`` builds the ``*_no_noops`` data. The
    attempt ends at the environment's ``done`` flag (success), an expert failure, or the suite's
-   step limit (:data:`vlamix.constants.SUITE_MAX_STEPS`).
+   step limit (:data:`vlamix.core.constants.SUITE_MAX_STEPS`).
 3. only successful attempts are rendered: each kept state is restored with LIBERO's
    ``env.regenerate_obs_from_state`` and both cameras are rendered at 256 px (~0.1-0.25 s per
    camera on CPU). The observation stored with an action is the one the action was taken in.
@@ -56,7 +56,22 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlamix.constants import DATASET_TO_SUITE, NUM_STEPS_WAIT, RLDS_VERSION, SUITE_MAX_STEPS
+from vlamix.core.constants import DATASET_TO_SUITE, NUM_STEPS_WAIT, RLDS_VERSION, SUITE_MAX_STEPS
+from vlamix.core.errors import ConfigError
+from vlamix.core.io import atomic_path
+from vlamix.data.rlds_writer import write_rlds
+from vlamix.data.settings import DataConfig
+from vlamix.sim import libero_env
+from vlamix.sim.expert import ExpertConfig, ScriptedExpert, parse_goals, scripted_task_ids
+from vlamix.sim.libero_env import (
+    AGENTVIEW,
+    WRIST,
+    camera_image,
+    dummy_action,
+    joint_state,
+    robot_state,
+    simulator_versions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +171,8 @@ def make_recording_env(info, resolution: int = 256):
     MuJoCo model in ~7 s); otherwise they stay hard, because LIBERO's site-conditioned sampler reads
     stale site positions after a soft reset (objects "on the stove" land off the table).
     """
+    # LIBERO loads robosuite and MuJoCo: only once a task is used (the CLI imports this module for every command)
     from libero.libero.envs import OffScreenRenderEnv
-
-    from vlamix.sim.libero_env import AGENTVIEW, WRIST
 
     env = OffScreenRenderEnv(
         bddl_file_name=info.bddl_file,
@@ -192,8 +206,6 @@ def settle(env) -> tuple[dict, float]:
     Returns:
         the last observation, and the largest horizontal distance (metres) an object moved meanwhile.
     """
-    from vlamix.sim.libero_env import dummy_action
-
     before = _object_xy(env)
     obs = None
     for _ in range(NUM_STEPS_WAIT):
@@ -251,8 +263,6 @@ def render_episode(env, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         image / wrist_image uint8 [T, 256, 256, 3] (rotated 180 degrees), state float32 [T, 8],
         joint_state float32 [T, 7].
     """
-    from vlamix.sim.libero_env import AGENTVIEW, WRIST, camera_image, joint_state, robot_state
-
     set_camera_rendering(env, True)
     try:
         images, wrists, robot, joints = [], [], [], []
@@ -274,8 +284,6 @@ def render_episode(env, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
 
 def save_episode(path: str, episode: dict[str, Any]) -> None:
     """Write one episode (arrays + ``language_instruction`` / ``file_path`` str) as compressed .npz, atomically."""
-    from vlamix.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
@@ -326,9 +334,6 @@ def record_demos(
         vlamix.sim.expert.UnsupportedTaskError: a task's goal has no scripted primitive (see ``parse_goals``).
         RuntimeError: TensorFlow is imported in this process.
     """
-    from vlamix.sim import libero_env
-    from vlamix.sim.expert import ExpertConfig, ScriptedExpert, parse_goals
-
     if "tensorflow" in sys.modules:
         raise RuntimeError("record_demos renders MuJoCo and must run in a process without TensorFlow (see record_suites)")
     if suite not in SUITE_MAX_STEPS:
@@ -487,8 +492,6 @@ def record_datasets(
     Raises:
         ValueError: unknown suite; RuntimeError: a suite yielded no successful episode.
     """
-    from vlamix.sim.libero_env import simulator_versions
-
     for suite in suites:
         if suite not in SUITE_MAX_STEPS:
             raise ValueError(f"unknown LIBERO task suite '{suite}'; allowed: {', '.join(SUITE_MAX_STEPS)}")
@@ -519,8 +522,6 @@ def record_datasets(
         for suite, stats in all_stats.items():
             if not stats.files:
                 raise RuntimeError(f"{suite}: the scripted expert recorded no successful episode ({stats.summary()})")
-        from vlamix.data.rlds_writer import write_rlds  # imports TensorFlow: only after the workers are done
-
         versions = simulator_versions()
         for suite, stats in all_stats.items():
             name = names[suite]
@@ -547,63 +548,59 @@ def record_datasets(
     return paths
 
 
-def ensure_demo_datasets(cfg) -> dict[str, str]:
+def ensure_demo_datasets(data: DataConfig) -> dict[str, str]:
     """Make sure every dataset with non-zero mixture weight exists; record the missing ones.
 
-    With ``cfg.demos == "scripted"``, a missing ``<cfg.data_dir>/<name>/1.0.0`` (no
+    With ``data.demos == "scripted"``, a missing ``<data.data_dir>/<name>/1.0.0`` (no
     ``dataset_info.json``) is recorded with the
-    scripted expert: the first ``cfg.demo_tasks`` supported tasks of the dataset's suite
+    scripted expert: the first ``data.demo_tasks`` supported tasks of the dataset's suite
     (:func:`vlamix.sim.expert.scripted_task_ids`; tasks ``0 .. demo_tasks - 1`` for spatial / object),
-    ``cfg.demo_episodes_per_task`` successful episodes each, seed :data:`DEMO_SEED`, one spawn
+    ``data.demo_episodes_per_task`` successful episodes each, seed :data:`DEMO_SEED`, one spawn
     worker per suite (at most 2). Existing datasets are reused as they are; if one carries a
     ``recording.json`` with other task / episode counts, that is an error (delete it to re-record).
 
     Args:
-        cfg: :class:`vlamix.config.BenchConfig`.
+        data: the point's :class:`vlamix.data.settings.DataConfig`.
     Returns:
         dataset name -> absolute path of its version folder, in mixture order.
     Raises:
-        vlamix.config.ConfigError: a dataset is missing and ``cfg.demos == "none"``, or an existing
+        vlamix.core.errors.ConfigError: a dataset is missing and ``data.demos == "none"``, or an existing
             scripted dataset was recorded with other ``demo_tasks`` / ``demo_episodes_per_task``.
     """
-    from vlamix.config import ConfigError
-
-    names = cfg.selected_datasets()
+    names = data.selected_datasets()
     missing = []
     for name in names:
-        path = cfg.dataset_path(name)
+        path = data.dataset_path(name)
         if not _dataset_ready(path):
-            if cfg.demos != "scripted":
-                raise cfg.missing_dataset_error(name)
+            if data.demos != "scripted":
+                raise data.missing_dataset_error(name)
             missing.append(name)
             continue
         recording = os.path.join(path, RECORDING_JSON)
-        if cfg.demos == "scripted" and os.path.isfile(recording):
+        if data.demos == "scripted" and os.path.isfile(recording):
             with open(recording) as f:
                 rec = json.load(f)
-            if len(rec.get("task_ids", [])) != cfg.demo_tasks:
+            if len(rec.get("task_ids", [])) != data.demo_tasks:
                 raise ConfigError("demo_tasks", f"dataset {path} was recorded with {len(rec['task_ids'])} tasks, "
-                                  f"not {cfg.demo_tasks}; delete it to record it again")
-            if rec.get("episodes_per_task") != cfg.demo_episodes_per_task:
+                                  f"not {data.demo_tasks}; delete it to record it again")
+            if rec.get("episodes_per_task") != data.demo_episodes_per_task:
                 raise ConfigError("demo_episodes_per_task", f"dataset {path} was recorded with "
-                                  f"{rec.get('episodes_per_task')} episodes per task, not {cfg.demo_episodes_per_task}; "
+                                  f"{rec.get('episodes_per_task')} episodes per task, not {data.demo_episodes_per_task}; "
                                   "delete it to record it again")
     if missing:
-        from vlamix.sim.expert import scripted_task_ids
-
         logger.info("recording scripted-expert demonstrations for %s", ", ".join(missing))
         # suites with the same supported task ids share one call (one spawn worker per suite)
         groups: dict[tuple[int, ...], list[str]] = {}
         for name in missing:
             suite = DATASET_TO_SUITE[name]
             try:
-                ids = tuple(scripted_task_ids(suite, cfg.demo_tasks))
+                ids = tuple(scripted_task_ids(suite, data.demo_tasks))
             except ValueError as err:
                 raise ConfigError("demo_tasks", str(err)) from err
             groups.setdefault(ids, []).append(suite)
         for ids, suites in groups.items():
-            record_datasets(suites, list(ids), cfg.demo_episodes_per_task, cfg.data_dir, seed=DEMO_SEED, workers=2)
-    return {name: cfg.dataset_path(name) for name in names}
+            record_datasets(suites, list(ids), data.demo_episodes_per_task, data.data_dir, seed=DEMO_SEED, workers=2)
+    return {name: data.dataset_path(name) for name in names}
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -3,7 +3,7 @@
 Modules:
     finetune     ``finetune(cfg, out_dir)`` / ``FineTuner`` (AdamW on LoRA, grad accumulation, bf16 autocast,
                  gradient checkpointing, DDP under torchrun, checkpoints, resume); CLI
-                 ``python -m vlamix.train.finetune --config X --out DIR``
+                 ``vlamix finetune --config X --out DIR``
     metrics      teacher-forced action-token accuracy and L1 (as openvla ``vla-scripts/finetune.py`` logs)
     state        seeding, RNG capture/restore, ``training_state.pt``
     distributed  ``torchrun`` process group and rank helpers

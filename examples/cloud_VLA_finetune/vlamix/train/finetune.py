@@ -13,14 +13,14 @@ and resumable (optimizer state, data position and RNG states are checkpointed).
 
 Usage::
 
-    from vlamix.config import BenchConfig
+    from vlamix.pipeline.config import BenchConfig
     from vlamix.train.finetune import finetune
     cfg = BenchConfig.from_dict({"mixture": {"libero_spatial_no_noops": 1}, "train_steps": 40})
     ckpt = finetune(cfg, "workspace/runs/spatial")          # -> workspace/runs/spatial/step_000040
 
-    # command line, one process or data-parallel under torchrun
-    python -m vlamix.train.finetune --config point.yaml --out workspace/runs/p0
-    torchrun --standalone --nproc-per-node 2 -m vlamix.train.finetune --config point.yaml --out workspace/runs/p0
+    # command line (vlamix.cli), one process or data-parallel under torchrun
+    vlamix finetune --config point.yaml --out workspace/runs/p0
+    torchrun --standalone --nproc-per-node 2 -m vlamix.cli finetune --config point.yaml --out workspace/runs/p0
 
 Output folder::
 
@@ -30,22 +30,38 @@ Output folder::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
 import logging
 import os
+import shutil
+import sys
 import time
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
-from vlamix.config import BenchConfig, ConfigError, resolve_precision
-from vlamix.constants import TRAIN_LOG_NAME
-from vlamix.io import atomic_dir, fault_point, filter_jsonl
+from vlamix.core.constants import TRAIN_LOG_NAME
+from vlamix.core.errors import ConfigError
+from vlamix.core.io import atomic_dir, fault_point, filter_jsonl
+from vlamix.core.settings import role, settings_of, yaml_name
+from vlamix.data.mixture import MixtureLoader
+from vlamix.data.settings import DataConfig
+from vlamix.mixing.loss_weights import loss_weights
+from vlamix.mixing.settings import MixingConfig
+from vlamix.mixing.strategies.doremi import DRO_REFERENCE_INITIAL, reference_losses_from_run
+from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, plot_trajectory, write_trajectory
+from vlamix.mixing.weights import group_frames
+from vlamix.model.checkpoint import ADAPTER_DIR, load_vla, save_vla
+from vlamix.model.lora import apply_lora, merge_lora, set_adapter_state
+from vlamix.model.settings import ModelConfig
 from vlamix.train.distributed import (
     DistContext,
     all_gather_objects,
@@ -56,6 +72,7 @@ from vlamix.train.distributed import (
 )
 from vlamix.train.loss_weighting import weighted_action_loss
 from vlamix.train.metrics import action_token_metrics
+from vlamix.train.settings import TrainConfig, resolve_precision
 from vlamix.train.state import (
     TRAINING_STATE_FILE,
     capture_rng_state,
@@ -65,22 +82,21 @@ from vlamix.train.state import (
     seed_everything,
 )
 
+if TYPE_CHECKING:  # annotations only: the point's configuration sits in the pipeline layer above
+    from vlamix.pipeline.config import BenchConfig
+
 logger = logging.getLogger(__name__)
 
 BENCH_CONFIG_NAME = "bench_config.json"
 MERGED_DIR = "merged"
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-#: Config fields that must match between a checkpoint and a resumed run for the continuation to be
-#: the same run (``train_steps`` may grow; evaluation fields may change).
-_RESUME_FIELDS = (
-    "mixture", "balance_by_size", "heldout_fraction", "model", "lora_rank", "lora_alpha", "lora_dropout",
-    "finetune_mode", "batch_size", "grad_accumulation_steps", "learning_rate", "precision", "shuffle_buffer_size", "seed",
-    "image_aug",
-    "strategy", "mixing_level", "temperature", "skill_map", "mixing_update_every", "dro_eta", "dro_smoothing",
-    "dro_reference", "dro_reference_batches", "exp3_smoothing", "curriculum", "filter_nonfinite",
-    "filter_action_limit", "filter_min_motion", "filter_motion_window", "dataset_whitelist", "dataset_blacklist",
-    "loss_weighting",
-)  # fmt: skip
+#: Config fields that must match between a checkpoint and a resumed run for the continuation to be the same run:
+#: the train-role fields of the sections the trainer reads, but those that may change on resume (the step budget,
+#: where the data lives, how demonstrations were recorded, gradient checkpointing).
+RESUME_FIELDS = tuple(
+    yaml_name(f) for section in (DataConfig, MixingConfig, ModelConfig, TrainConfig) for f in settings_of(section)
+    if role(f) == "train" and not f.metadata["may_change_on_resume"]
+)
 
 
 class BatchSource(Protocol):
@@ -113,7 +129,8 @@ class FineTuner:
     """One fine-tuning run: model + LoRA + AdamW + data, resumable and data-parallel.
 
     Args:
-        cfg: validated :class:`BenchConfig`. Uses ``model``, ``lora_rank``, ``lora_alpha``,
+        cfg: validated :class:`vlamix.pipeline.config.BenchConfig` (its data, mixing, model and train sections).
+            Uses ``model``, ``lora_rank``, ``lora_alpha``,
             ``lora_dropout``, ``train_steps``, ``batch_size``, ``grad_accumulation_steps``,
             ``learning_rate``, ``precision``, ``gradient_checkpointing``, ``seed`` and, through the
             data loader, the data fields.
@@ -130,7 +147,7 @@ class FineTuner:
         ConfigError: naming the field, for values the trainer cannot use.
         FileNotFoundError / ValueError: ``resume_from`` is not a checkpoint of a compatible run.
 
-    Determinism: every rank seeds Python, NumPy and torch with ``cfg.seed`` before building the model
+    Determinism: every rank seeds Python, NumPy and torch with ``seed`` before building the model
     (identical base weights and LoRA init), then with a seed derived from ``(seed, rank)``; the data
     loader derives its streams from ``(seed, rank)``. On the CPU a run (and its resumption) repeats
     bit for bit; CUDA kernels with atomic reductions make GPU runs repeat up to float rounding.
@@ -138,7 +155,7 @@ class FineTuner:
 
     def __init__(
         self,
-        cfg: BenchConfig,
+        cfg: "BenchConfig",
         out_dir: str,
         *,
         resume_from: str | None = None,
@@ -149,8 +166,8 @@ class FineTuner:
         ctx: DistContext | None = None,
         device: str | None = None,
     ) -> None:
-        if not isinstance(cfg, BenchConfig):
-            raise TypeError(f"cfg must be a vlamix.config.BenchConfig, got {type(cfg).__name__}")
+        if not all(hasattr(cfg, section) for section in ("data", "mixing", "model", "train", "to_dict")):
+            raise TypeError(f"cfg must be a vlamix.pipeline.config.BenchConfig, got {type(cfg).__name__}")
         cfg.validate()
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError("log_every", f"must be an integer >= 1, got {log_every!r}")
@@ -186,12 +203,12 @@ class FineTuner:
                 )
 
         # Same seed on every rank: identical base weights and LoRA init (DDP also broadcasts rank 0's).
-        seed_everything(cfg.seed)
+        seed_everything(cfg.train.seed)
         self.model, self.processor = self._build_model()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.trainable:
             raise RuntimeError("the LoRA-wrapped model has no trainable parameter")
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.train.learning_rate)
         self.loader = loader if loader is not None else self._build_loader()
         self.mixing = self._build_mixing()
         self.norm_stats = dict(getattr(self.loader, "dataset_statistics", None) or {})
@@ -199,13 +216,11 @@ class FineTuner:
             logger.warning("the data loader provides no dataset_statistics; the checkpoint will have no norm stats")
         self.train_model: nn.Module = self.model
         if self.ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             # LoRA layers on the towers' unused last block (and SigLIP's attention pool) get no gradient.
             self.train_model = DDP(self.model, device_ids=device_ids, find_unused_parameters=True)
         # Per-rank stream for dropout etc., derived from (seed, rank).
-        seed_everything(_derive_seed(cfg.seed, self.ctx.rank))
+        seed_everything(_derive_seed(cfg.train.seed, self.ctx.rank))
         if resume_from is not None:
             self._resume(resume_from, resume_state)
         if self.mixing is not None and self.mixing.needs_reference:
@@ -214,46 +229,41 @@ class FineTuner:
 
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> tuple[nn.Module, Any]:
-        from vlamix.model.checkpoint import load_vla
-        from vlamix.model.lora import apply_lora
-
         cfg = self.cfg
-        base, processor = load_vla(cfg.model, device=self.ctx.device, dtype=self.dtype)
-        if cfg.gradient_checkpointing:
+        base, processor = load_vla(cfg.model.path, device=self.ctx.device, dtype=self.dtype)
+        if cfg.train.gradient_checkpointing:
             if not hasattr(base, "gradient_checkpointing_enable"):
                 raise ConfigError("gradient_checkpointing", f"{type(base).__name__} has no gradient checkpointing switch")
             base.gradient_checkpointing_enable()
-        model = apply_lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-        if cfg.finetune_mode == "full":  # same LoRA-wrapped model; the base weights train as well
+        model = apply_lora(base, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout)
+        if cfg.model.finetune_mode == "full":  # same LoRA-wrapped model; the base weights train as well
             for param in model.parameters():
                 param.requires_grad_(True)
         model.to(self.ctx.device)
         model.train()
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info("model %s (%s) with LoRA rank %d, finetune_mode %s: %d trainable parameters on %s",
-                    cfg.model, self.precision, cfg.lora_rank, cfg.finetune_mode, n_train, self.ctx.device)
+                    cfg.model.path, self.precision, cfg.model.lora_rank, cfg.model.finetune_mode, n_train, self.ctx.device)
         return model, processor
 
     def _build_loader(self) -> BatchSource:
-        from vlamix.data.mixture import MixtureLoader
-
-        return MixtureLoader(self.cfg, "train", rank=self.ctx.rank)
+        cfg = self.cfg
+        return MixtureLoader(cfg.data, cfg.mixing, "train", batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                             rank=self.ctx.rank)
 
     def _build_mixing(self):
-        """The run's :class:`~vlamix.mixing.dynamic.MixingController` (None for a loader without groups)."""
-        from vlamix.mixing.dynamic import MixingController
-
+        """The run's strategy controller (:mod:`vlamix.mixing.strategies`; None for a loader without groups)."""
         groups = getattr(self.loader, "group_names", None)
         initial = getattr(self.loader, "initial_weights", None)
         if groups is None or initial is None:
-            if self.cfg.strategy != "static":
+            if self.cfg.mixing.strategy != "static":
                 raise ConfigError(
                     "strategy",
-                    f"{self.cfg.strategy!r} needs a loader with groups (vlamix MixtureLoader); "
+                    f"{self.cfg.mixing.strategy!r} needs a loader with groups (vlamix MixtureLoader); "
                     f"{type(self.loader).__name__} has none, so only 'static' can be used",
                 )
             return None
-        return MixingController(self.cfg, groups, initial)
+        return self.cfg.mixing.strategy_class()(self.cfg.mixing, groups, initial)
 
     def _refresh_loss_weights(self) -> None:
         """Per-group loss weights (``loss_weighting``) against the current sampling weights, float64 [G]
@@ -264,23 +274,21 @@ class FineTuner:
             ConfigError: field ``loss_weighting``, for a loader without groups or group frame counts.
         """
         self.loss_weights: np.ndarray | None = None
-        if self.cfg.loss_weighting == "none":
+        if self.cfg.mixing.loss_weighting == "none":
             return
-        from vlamix.mixing.loss_weights import loss_weights
-        from vlamix.mixing.weights import group_frames
-
         sources = getattr(self.loader, "sources", None)
         if self.mixing is None or sources is None:
             raise ConfigError(
                 "loss_weighting",
-                f"{self.cfg.loss_weighting!r} needs a loader with groups and sources (vlamix MixtureLoader); "
+                f"{self.cfg.mixing.loss_weighting!r} needs a loader with groups and sources (vlamix MixtureLoader); "
                 f"{type(self.loader).__name__} has none, so only 'none' can be used",
             )
         counts = group_frames(sources)
         n = [counts.get(g, 0) for g in self.mixing.groups]
-        self.loss_weights = loss_weights(n, self.mixing.weights, self.cfg.loss_weighting)
-        self.initial_loss_weights = dict(zip(self.mixing.groups, loss_weights(n, self.mixing.initial, self.cfg.loss_weighting).tolist()))
-        logger.info("loss weights (%s, per group): %s", self.cfg.loss_weighting,
+        weighting = self.cfg.mixing.loss_weighting
+        self.loss_weights = loss_weights(n, self.mixing.weights, weighting)
+        self.initial_loss_weights = dict(zip(self.mixing.groups, loss_weights(n, self.mixing.initial, weighting).tolist()))
+        logger.info("loss weights (%s, per group): %s", weighting,
                     dict(zip(self.mixing.groups, np.round(self.loss_weights, 4).tolist())))
 
     def named_loss_weights(self) -> dict[str, float] | None:
@@ -293,25 +301,21 @@ class FineTuner:
         """DoReMi reference: per-group loss (nats) of a saved run, or of the initial model on
         ``dro_reference_batches`` batches drawn uniformly over groups from a second loader (seeded
         apart from the training stream, so training batches are unchanged)."""
-        from vlamix.config import DRO_REFERENCE_INITIAL
-
         groups = list(self.mixing.groups)
-        if self.cfg.dro_reference != DRO_REFERENCE_INITIAL:
-            from vlamix.mixing.dynamic import reference_losses_from_run
-
+        cfg = self.cfg
+        if cfg.mixing.dro_reference != DRO_REFERENCE_INITIAL:
             try:
-                ref = reference_losses_from_run(self.cfg.dro_reference, groups)
+                ref = reference_losses_from_run(cfg.mixing.dro_reference, groups)
             except (FileNotFoundError, ValueError) as err:
                 raise ConfigError("dro_reference", str(err)) from err
         else:
-            from vlamix.data.mixture import MixtureLoader
-
-            loader = MixtureLoader(self.cfg, "train", seed=_derive_seed(self.cfg.seed, 1, 0x5EF), rank=self.ctx.rank)
+            loader = MixtureLoader(cfg.data, cfg.mixing, "train", batch_size=cfg.train.batch_size,
+                                   seed=_derive_seed(cfg.train.seed, 1, 0x5EF), rank=self.ctx.rank)
             loader.set_weights({g: 1.0 for g in groups})
             sums, counts = np.zeros(len(groups)), np.zeros(len(groups))
             self.model.eval()
             with torch.no_grad():
-                for _ in range(self.cfg.dro_reference_batches):
+                for _ in range(cfg.mixing.dro_reference_batches):
                     batch = loader.next_batch()
                     with self._autocast():
                         out = self.model(**self._micro_batch(batch), logits="labeled")
@@ -329,16 +333,11 @@ class FineTuner:
 
     # ------------------------------------------------------------------ resume
     def _resume(self, ckpt_dir: str, state: dict[str, Any]) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        from vlamix.model.checkpoint import ADAPTER_DIR
-
         adapter_file = os.path.join(ckpt_dir, ADAPTER_DIR, "adapter_model.safetensors")
         if not os.path.isfile(adapter_file):
             raise FileNotFoundError(f"no LoRA adapter weights at {adapter_file}")
         adapter = load_file(adapter_file, device=str(self.ctx.device))
-        result = set_peft_model_state_dict(self.model, adapter)
+        result = set_adapter_state(self.model, adapter)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
         if unexpected or missing_lora:
@@ -347,7 +346,7 @@ class FineTuner:
                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(missing_lora)} missing LoRA keys "
                 f"(e.g. {missing_lora[:3]})"
             )
-        if self.cfg.finetune_mode == "full":
+        if self.cfg.model.finetune_mode == "full":
             self._resume_base_weights(ckpt_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         data = state["data"][self.ctx.rank]
@@ -363,8 +362,6 @@ class FineTuner:
 
     def _resume_base_weights(self, ckpt_dir: str) -> None:
         """finetune_mode "full": load the checkpoint's trained base weights (``model*.safetensors``)."""
-        from safetensors.torch import load_file
-
         files = sorted(f for f in os.listdir(ckpt_dir) if f.startswith("model") and f.endswith(".safetensors"))
         if not files:
             raise FileNotFoundError(f"no base weights (model*.safetensors) in {ckpt_dir} to resume full fine-tuning")
@@ -407,7 +404,7 @@ class FineTuner:
         Raises:
             FloatingPointError: a loss is not finite.
         """
-        accum = self.cfg.grad_accumulation_steps
+        accum = self.cfg.train.grad_accumulation_steps
         losses, accs, l1s, weighted = [], [], [], []
         groups = len(self.mixing.groups) if self.mixing is not None else 0
         self.group_loss_sums, self.group_counts = np.zeros(groups), np.zeros(groups)
@@ -454,7 +451,7 @@ class FineTuner:
         return metrics
 
     def train(self) -> str:
-        """Train until ``cfg.train_steps`` optimiser steps; return the final checkpoint folder.
+        """Train until ``cfg.train.train_steps`` optimiser steps; return the final checkpoint folder.
 
         Rank 0 appends one JSON object per step to ``<out_dir>/train_log.jsonl``: ``step``, ``loss``,
         ``action_accuracy``, ``l1_loss`` (means over micro-batches and ranks), ``lr``,
@@ -468,16 +465,17 @@ class FineTuner:
         if self.ctx.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
         log_path = os.path.join(self.out_dir, TRAIN_LOG_NAME)
-        frames_per_step = cfg.batch_size * cfg.grad_accumulation_steps * self.ctx.world_size
-        if self.step >= cfg.train_steps:
-            logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, cfg.train_steps)
-        bar = _progress_bar(cfg.train_steps, self.step, enabled=self.ctx.is_main)
+        steps = cfg.train.train_steps
+        frames_per_step = cfg.train.batch_size * cfg.train.grad_accumulation_steps * self.ctx.world_size
+        if self.step >= steps:
+            logger.info("checkpoint is at step %d >= train_steps %d: nothing to train", self.step, steps)
+        bar = _progress_bar(steps, self.step, enabled=self.ctx.is_main)
         if self.ctx.is_main:  # a resumed run logs each step once: drop rows past the checkpoint (and a torn last line)
             dropped = filter_jsonl(log_path, lambda row: isinstance(row, dict) and int(row.get("step", 0)) <= self.step)
             if dropped:
                 logger.info("%s: dropped %d rows after step %d (they are trained again)", log_path, dropped, self.step)
         try:
-            while self.step < cfg.train_steps:
+            while self.step < steps:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 loss, acc, l1 = mean_over_ranks(self.ctx, [metrics["loss"], metrics["action_accuracy"], metrics["l1_loss"]])
@@ -500,10 +498,10 @@ class FineTuner:
                 if self.ctx.is_main:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
-                    if self.step % self.log_every == 0 or self.step == cfg.train_steps:
-                        logger.info("step %d/%d loss %.4f acc %.3f l1 %.4f (%.2fs)", self.step, cfg.train_steps,
+                    if self.step % self.log_every == 0 or self.step == steps:
+                        logger.info("step %d/%d loss %.4f acc %.3f l1 %.4f (%.2fs)", self.step, steps,
                                     loss, acc, l1, record["step_time_s"])
-                if self.save_every and self.step % self.save_every == 0 and self.step < cfg.train_steps:
+                if self.save_every and self.step % self.save_every == 0 and self.step < steps:
                     self.save_checkpoint()
             return self.save_checkpoint(final=True)
         finally:
@@ -526,8 +524,6 @@ class FineTuner:
 
     def _update_mixing(self) -> dict[str, Any]:
         """Feed this step's per-group losses (all ranks) to the controller; apply new weights."""
-        from vlamix.mixing.trajectory import TRAJECTORY_FILE, write_trajectory
-
         start = time.perf_counter()
         sums, counts = _sum_over_ranks(self.ctx, self.group_loss_sums, self.group_counts)
         self.mixing.observe(sums, counts)
@@ -548,18 +544,14 @@ class FineTuner:
 
     def _write_mixing_files(self, ckpt: str, final: bool) -> None:
         """Trajectory (+ plot at the end) in the run folder; trajectory, plot and summary in ``ckpt``."""
-        import shutil
-
-        from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, plot_trajectory, write_trajectory
-
         run_traj = write_trajectory(self.mixing.history, os.path.join(self.out_dir, TRAJECTORY_FILE))
         shutil.copyfile(run_traj, os.path.join(ckpt, TRAJECTORY_FILE))
         if final:
             plot = plot_trajectory(self.mixing.history, os.path.join(self.out_dir, PLOT_FILE),
-                                   total_steps=self.cfg.train_steps, title=self.cfg.strategy_label())
+                                   total_steps=self.cfg.train.train_steps, title=self.cfg.strategy_label())
             shutil.copyfile(plot, os.path.join(ckpt, PLOT_FILE))
         summary = {"strategy_label": self.cfg.strategy_label(), "step": self.step, **self.mixing.summary(self.step)}
-        summary["loss_weighting"] = self.cfg.loss_weighting
+        summary["loss_weighting"] = self.cfg.mixing.loss_weighting
         summary["loss_weights"] = self.named_loss_weights()  # current (final) weights; None for "none"
         summary["initial_loss_weights"] = getattr(self, "initial_loss_weights", None) if self.loss_weights is not None else None
         loader_summary = self.loader.summary() if hasattr(self.loader, "summary") else {}
@@ -586,10 +578,6 @@ class FineTuner:
         ``load_vla(<folder>)`` returns the fine-tuned model (a PeftModel; ``merge_adapter=True`` for
         a plain one).
         """
-        from vlamix.config import BUILTIN_MODELS
-        from vlamix.model.checkpoint import save_vla
-        from vlamix.model.lora import merge_lora
-
         ckpt = os.path.join(self.out_dir, checkpoint_name(self.step))
         # Collectives first (every rank), then rank 0 writes.
         data_states = all_gather_objects(self.ctx, self.loader.state_dict() if hasattr(self.loader, "state_dict") else None)
@@ -598,11 +586,11 @@ class FineTuner:
             # written in a temporary folder renamed to step_<N> when complete: a kill never leaves a partial checkpoint
             with atomic_dir(ckpt) as stage:
                 # full fine-tuning changed the base weights: store them instead of a reference to the base
-                keep_base = self.cfg.model in BUILTIN_MODELS or self.cfg.finetune_mode == "full"
-                base_model = None if keep_base else self.cfg.model
-                training = {"image_aug": bool(self.cfg.image_aug), "precision": self.precision,
-                            "device": self.ctx.device.type, "finetune_mode": self.cfg.finetune_mode,
-                            "lora_rank": self.cfg.lora_rank}
+                m = self.cfg.model
+                keep_base = m.builtin or m.finetune_mode == "full"
+                base_model = None if keep_base else m.path
+                training = {"image_aug": bool(self.cfg.data.image_aug), "precision": self.precision,
+                            "device": self.ctx.device.type, "finetune_mode": m.finetune_mode, "lora_rank": m.lora_rank}
                 save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model,
                          training=training)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
@@ -632,16 +620,12 @@ class FineTuner:
 
 def _progress_bar(total: int, initial: int, enabled: bool = True):
     """tqdm bar over optimiser steps (loss, steps/s, ETA); shown only on a terminal and on rank 0."""
-    from tqdm import tqdm
-
-    import sys
-
     return tqdm(total=total, initial=min(initial, total), desc="training", unit="step", dynamic_ncols=True,
                 disable=not (enabled and sys.stderr.isatty()))
 
 
 def finetune(
-    cfg: BenchConfig,
+    cfg: "BenchConfig",
     out_dir: str,
     *,
     resume_from: str | None = None,
@@ -650,7 +634,7 @@ def finetune(
     save_every: int | None = None,
     save_merged: bool = False,
 ) -> str:
-    """LoRA-fine-tune ``cfg.model`` on ``cfg.mixture`` for ``cfg.train_steps`` steps (see :class:`FineTuner`).
+    """LoRA-fine-tune ``cfg.model`` on ``cfg.data.mixture`` for ``cfg.train.train_steps`` steps (see :class:`FineTuner`).
 
     Returns:
         the final checkpoint folder ``<out_dir>/step_<train_steps>``.
@@ -667,8 +651,8 @@ def finetune(
         tuner.release_memory()  # rollouts come next and need the GPU
 
 
-def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:
-    """Raise :class:`ConfigError` if a field in ``_RESUME_FIELDS`` differs from the checkpoint's config."""
+def _check_resume_config(cfg: "BenchConfig", ckpt_dir: str) -> None:
+    """Raise :class:`ConfigError` if a field in :data:`RESUME_FIELDS` differs from the checkpoint's config."""
     path = os.path.join(ckpt_dir, BENCH_CONFIG_NAME)
     if not os.path.isfile(path):
         logger.warning("%s has no %s; cannot check that the resumed run uses the same config", ckpt_dir, BENCH_CONFIG_NAME)
@@ -678,8 +662,8 @@ def _check_resume_config(cfg: BenchConfig, ckpt_dir: str) -> None:
     mine = cfg.to_dict()
     mine["precision"] = cfg.resolved_precision()
     if saved.get("precision") == "auto":  # compare what each run trains in
-        saved["precision"] = resolve_precision("auto", saved.get("model", cfg.model))
-    for name in _RESUME_FIELDS:
+        saved["precision"] = resolve_precision("auto", saved.get("model", cfg.model.path))
+    for name in RESUME_FIELDS:
         if name in saved and saved[name] != mine[name]:
             raise ConfigError(
                 name,
@@ -694,8 +678,6 @@ def _add_group_losses(sums: np.ndarray, counts: np.ndarray, out: Any, group_inde
     ``out`` is a ``forward(..., logits="labeled")`` output: logits [B * D, V] and targets [B * D],
     row-major over frames (D action tokens per frame).
     """
-    import torch.nn.functional as F
-
     index = np.asarray(group_index, dtype=np.int64)
     with torch.no_grad():
         per_token = F.cross_entropy(out.logits.detach().float(), out.targets, reduction="none")
@@ -713,65 +695,3 @@ def _sum_over_ranks(ctx: DistContext, sums: np.ndarray, counts: np.ndarray) -> t
 def _derive_seed(*parts: int) -> int:
     """A 32-bit seed derived from integers (per-rank streams)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
-
-
-# ============================================================================ command line
-def load_config_file(path: str, overrides: Mapping[str, Any] | None = None) -> BenchConfig:
-    """A :class:`BenchConfig` from a YAML or JSON file of flat hyperparameters (plus ``overrides``).
-
-    Raises:
-        FileNotFoundError: no such file. ConfigError: invalid fields (named).
-        ValueError: the file is not a mapping.
-    """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".json"):
-        values = json.loads(text)
-    else:
-        from vlamix.io import load_yaml
-
-        values = load_yaml(text, path)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of BenchConfig fields, got {type(values).__name__}")
-    values.update(overrides or {})
-    return BenchConfig.from_dict(values)
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    from vlamix.io import load_yaml
-
-    return key.strip(), load_yaml(raw, f"--set {key.strip()}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vlamix.train.finetune --config X --out DIR`` (also under ``torchrun``)."""
-    parser = argparse.ArgumentParser(prog="python -m vlamix.train.finetune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML or JSON file of BenchConfig fields")
-    parser.add_argument("--out", required=True, help="run folder (train_log.jsonl, step_* checkpoints)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
-                        metavar="KEY=VALUE", help="override a config field (YAML value), repeatable")
-    parser.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
-    parser.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
-    parser.add_argument("--save-merged", action="store_true", help="also save the LoRA-merged model (merged/)")
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    args = parser.parse_args(argv)
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # tfds logs every pipeline it builds
-    cfg = load_config_file(args.config, dict(args.overrides))
-    tuner = FineTuner(
-        cfg, args.out, resume_from=args.resume_from, log_every=args.log_every, save_every=args.save_every,
-        save_merged=args.save_merged, device=args.device,
-    )  # fmt: skip
-    ckpt = tuner.train()
-    if rank == "0":
-        print(ckpt)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlamix.constants import IGNORE_INDEX
+from vlamix.core.constants import IGNORE_INDEX
 from vlamix.model.action_tokenizer import ActionTokenizer
 
 

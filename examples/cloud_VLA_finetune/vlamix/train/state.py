@@ -9,7 +9,7 @@ strings), so it is read with ``torch.load(weights_only=True)``: no arbitrary pic
     optimizer       AdamW state_dict (identical on every rank under DDP, saved once)
     data            list (one per rank) of the data loader's state_dict() (None if it has none)
     rng             list (one per rank) of RNG states: python, numpy, torch CPU, CUDA (all devices)
-    mixing          (optional) the mixing controller's state (vlamix.mixing.dynamic.MixingController)
+    mixing          (optional) the mixing controller's state (vlamix.mixing.strategies: the strategy controller)
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from vlamix.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,6 @@ def save_training_state(
         "rng": list(rng_states),
         **(extra or {}),
     }
-    from vlamix.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

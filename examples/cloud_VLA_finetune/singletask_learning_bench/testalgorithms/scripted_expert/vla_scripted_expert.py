@@ -14,7 +14,7 @@
 
 """Ianvs basemodel ``ScriptedExpertReference``: the scripted expert as a reference row of the leaderboard.
 
-A thin adapter over :class:`vlamix.eval.expert_eval.ExpertReference`: ``train``/``save``/``load``
+A thin adapter over :class:`vlamix.pipeline.expert.ExpertReference`: ``train``/``save``/``load``
 have nothing to learn; ``predict`` rolls the scripted expert out on the same planned episodes as
 the VLA points (same suites, tasks, init states, seed), so the leaderboard shows what the
 evaluator reports for a competent policy. The file is not called ``basemodel.py`` because Ianvs
@@ -27,7 +27,8 @@ try:
 except ImportError:  # run by vlamix.bench.job on a machine without Sedna
     from vlamix.bench.registry import ClassFactory, ClassType
 
-from vlamix.eval.expert_eval import ExpertReference
+from vlamix.bench import ianvs
+from vlamix.pipeline.expert import ExpertReference
 
 __all__ = ["ScriptedExpertReference"]
 
@@ -41,5 +42,10 @@ class ScriptedExpertReference(ExpertReference):
             ``eval_tasks``, ``trials_per_task``, ``eval_max_steps``, ``num_steps_wait``,
             ``eval_workers``, ``eval_seed``, ``eval_instruction``), with the same values as the VLA points.
     Raises:
-        vlamix.config.ConfigError: an invalid hyperparameter (names the field).
+        vlamix.core.errors.ConfigError: an invalid hyperparameter (names the field).
     """
+
+    def predict(self, data=None, **kwargs):
+        """Roll the expert out on the job's episode plan and record the row in the job ledger (from ``RESULT_SAVED_URL``)."""
+        kwargs.setdefault("ledger", ianvs.job_ledger())
+        return super().predict(data, **kwargs)

@@ -14,15 +14,15 @@
 
 """Ianvs basemodel ``VLADataSelect``: LoRA-fine-tune a VLA on one data mixture, evaluate it in LIBERO.
 
-A thin adapter over :class:`vlamix.pipeline.VLADataSelect`. For each grid point of
+A thin adapter over :class:`vlamix.pipeline.point.VLADataSelect`. For each grid point of
 ``vla_algorithm.yaml`` the single-task paradigm of Ianvs (and ``python -m vlamix.bench``) calls::
 
-    model = VLADataSelect(**hyperparameters)   # one value per vlamix.config.BenchConfig field
+    model = VLADataSelect(**hyperparameters)   # one value per vlamix.pipeline.config.BenchConfig field
     model.preprocess()                         # Ianvs calls it unconditionally; nothing to do here
     model.train(train_data)                    # parsed testenv train index: .x = RLDS dataset entries
     path = model.save("<point dir>/output/train/")
     model.load(path)
-    prediction = model.predict(test_data.x)    # test index entries = LIBERO task suites
+    prediction = model.predict(test_data.x)    # test index entries = LIBERO task suites; records in the job ledger
     # -> {"episodes": [...], "summary": {...}, "offline": {...}, "config": {...}}
 
 Ianvs also sets ``BASE_MODEL_URL`` (the algorithm's ``initial_model_url``) before ``train`` and
@@ -41,9 +41,10 @@ except ImportError:  # run by vlamix.bench.job on a machine without Sedna
     from vlamix.bench.registry import ClassFactory, ClassType
 
 from vlamix.bench import ianvs
-from vlamix.bench.dataset import index_names, require_listed
-from vlamix.eval.plan import base_suite
-from vlamix.pipeline import VLADataSelect as _Pipeline, train_key
+from vlamix.core.index import index_names, require_listed
+from vlamix.core.suites import base_suite
+from vlamix.pipeline.config import train_key
+from vlamix.pipeline.point import VLADataSelect as _Pipeline
 
 # a "vlamix" logger: Ianvs shows it through ianvs.ensure_log_handler (this file's own module name is "basemodel")
 logger = logging.getLogger("vlamix.bench.basemodel")
@@ -60,7 +61,7 @@ class VLADataSelect:
             value each, as Ianvs passes them from ``vla_algorithm.yaml`` (plus the pipeline's
             ``runs_dir``).
     Raises:
-        vlamix.config.ConfigError: an invalid or unknown hyperparameter (names the field); under
+        vlamix.core.errors.ConfigError: an invalid or unknown hyperparameter (names the field); under
             ``ianvs -f``, any invalid grid point of the job (names the point and the field).
     """
 
@@ -110,6 +111,7 @@ class VLADataSelect:
         suites = dict.fromkeys(base_suite(s) for s in self.config.resolved_eval_suites())  # perturbation suites: their base
         require_listed(suites, index_names(data), "the testenv test index (task suites)")
         logger.info("grid point %s: predict (LIBERO rollouts + offline metrics)", self._label)
+        kwargs.setdefault("ledger", ianvs.job_ledger())  # how this point sees the job's finished points, and they it
         prediction = self._pipeline.predict(data, **kwargs)
         summary = prediction["summary"]
         logger.info("grid point %s: done, success rate %.3f over %d episode(s)", self._label,

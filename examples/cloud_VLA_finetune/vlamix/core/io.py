@@ -32,6 +32,10 @@ import signal
 import tempfile
 from typing import Any, Callable, Iterator
 
+import yaml
+
+from vlamix.core.constants import TRAIN_LOG_NAME
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the fault points at which the process SIGKILLs itself (tests only):
@@ -259,8 +263,6 @@ class DuplicateKeyError(ValueError):
 
 
 def _unique_key_loader():
-    import yaml
-
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             seen: dict[Any, Any] = {}
@@ -293,8 +295,6 @@ def load_yaml(stream: Any, source: str = "<yaml>") -> Any:
         DuplicateKeyError: a mapping repeats a key (the message names the key, both lines and ``source``).
         yaml.YAMLError: not valid YAML.
     """
-    import yaml
-
     global _LOADER
     if _LOADER is None:
         _LOADER = _unique_key_loader()
@@ -302,3 +302,12 @@ def load_yaml(stream: Any, source: str = "<yaml>") -> Any:
         return yaml.load(stream, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
     except DuplicateKeyError as err:
         raise DuplicateKeyError(f"{source}: {err}") from None
+
+
+def find_train_log(path: str) -> str | None:
+    """``<path>/train_log.jsonl``, else that of ``path``'s parent (``path`` a ``step_*`` checkpoint), else None."""
+    for folder in (path, os.path.dirname(os.path.abspath(path))):
+        log = os.path.join(folder, TRAIN_LOG_NAME)
+        if os.path.isfile(log):
+            return log
+    return None

@@ -1,7 +1,7 @@
 """Sweep plots of a job report: per-task success rate and held-out action accuracy against a numeric
 hyperparameter (e.g. the sampling temperature T of ``benchmarkingjob_temperature_sweep.yaml``).
 
-A *sweep axis* is a numeric :class:`vlamix.config.BenchConfig` field (int or float, not bool) that
+A *sweep axis* is a numeric :class:`vlamix.pipeline.config.BenchConfig` field (int or float, not bool) that
 takes at least two distinct values over the job's points. For each axis the points are split into
 *families* by the values of the other fields that vary across the job (e.g. ``loss_weighting``), and
 every family gives one line per task (success rate), plus one line of held-out action-token accuracy;
@@ -16,7 +16,7 @@ Files, per axis ``<field>``, in the report folder::
 
 Usage::
 
-    from vlamix.report_sweep import write_sweep_plots
+    from vlamix.report.sweep import write_sweep_plots
     plots = write_sweep_plots(predictions, "workspace/vla_temperature_sweep/report")
     plots[0].png, plots[0].series
 """
@@ -158,15 +158,15 @@ def write_sweep_plots(predictions: Sequence[dict[str, Any]], out_dir: str) -> li
 
     Args:
         predictions: vlamix results (``{"config", "summary", "offline", ...}``, as
-            :meth:`vlamix.pipeline.VLADataSelect.predict` returns them).
+            :meth:`vlamix.pipeline.point.VLADataSelect.predict` returns them).
         out_dir: report folder (created).
     Returns:
         one :class:`SweepPlot` per axis (none when no numeric field varies).
     """
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     plots = []
     for axis in sweep_axes(predictions):

@@ -6,7 +6,7 @@ and the local runner (``vlamix run``) call. It follows Ianvs's single-task-learn
 
 Usage::
 
-    from vlamix.pipeline import VLADataSelect
+    from vlamix.pipeline.point import VLADataSelect
     algo = VLADataSelect(mixture={"libero_spatial_no_noops": 2, "libero_object_no_noops": 1})
     algo.train()
     ckpt = algo.save("workspace/ckpt")
@@ -20,35 +20,41 @@ places are keyed by what determines their content, not by the caller's output fo
 restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
 
 With ``racing: true`` the rollouts run in rounds and stop early against the best finished point of
-the job (:mod:`vlamix.search.racing`); the racing fields are in neither key, so the rows a raced point
+the job (:mod:`vlamix.pipeline.racing`); the racing fields are in neither key, so the rows a raced point
 wrote are reused by any later evaluation of the same checkpoint and plan.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from vlamix.config import BenchConfig
-from vlamix.io import atomic_write_json, atomic_write_text
+from filelock import FileLock
+
+from vlamix.core.constants import DATASET_TO_SUITE
+from vlamix.core.io import atomic_write_json, atomic_write_text, find_train_log
+from vlamix.core.index import index_names
+from vlamix.core.suites import base_suite
+from vlamix.eval.breakdown import tag_rows
+from vlamix.eval.offline import offline_metrics
+from vlamix.eval.plan import plan_episodes
+from vlamix.eval.rollout import all_stored, evaluate
+from vlamix.eval.stats import summarize
+from vlamix.mixing.trajectory import SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
+from vlamix.pipeline import ledger as job_ledger
+from vlamix.pipeline.checks import check_environment
+from vlamix.pipeline.config import BenchConfig, eval_key, train_key
+from vlamix.pipeline.racing import best_competitor, finished_competitors, plan_key, race_point
+from vlamix.pipeline.reference import resolve_training_config, write_transfer_record
+from vlamix.sim.record import ensure_demo_datasets
+from vlamix.train.finetune import finetune
 
 logger = logging.getLogger(__name__)
 
-#: Fields that only change evaluation; a change in them reuses the trained checkpoint.
-EVAL_FIELDS = frozenset(
-    {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_workers", "eval_seed", "center_crop",
-     "eval_instruction", "eval_instruction_suites", "offline_max_frames"}
-    # rollout runtime (vlamix.eval.server)
-    | {"eval_device", "eval_dtype", "envs_per_worker", "eval_episode_timeout_s", "eval_max_attempts",
-       "eval_max_error_fraction", "eval_videos", "eval_videos_per_task"}
-    # racing for the evaluation budget (vlamix.search.racing): not in the eval key either
-    | {"racing", "racing_round_trials"}
-)
 #: Hyperparameter keys that Ianvs or the runner may pass besides the BenchConfig fields.
 RUNTIME_KEYS = frozenset({"runs_dir"})
 DEFAULT_RUNS_DIR = os.path.join("workspace", "vlamix_runs")
@@ -59,8 +65,6 @@ COMPLETE_MARKER = "TRAINING_COMPLETE"
 def exclusive(path: str) -> Iterator[None]:
     """Hold the file lock ``<path>.lock`` (``filelock.FileLock``; created with its parent folder),
     so that processes sharing the file system (parallel Ray trials) never write ``path`` at once."""
-    from filelock import FileLock
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with FileLock(os.path.abspath(path) + ".lock"):
         yield
@@ -70,14 +74,10 @@ def train_run(cfg: BenchConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
     """Train (or reuse, or resume) the run of ``cfg`` at ``<runs_dir>/<train key>/``; returns its final checkpoint.
 
     Records missing demonstration datasets first. Runs this one depends on (the DoReMi reference of
-    ``dro_reference: auto``, the proxy of ``doremi_transfer``; :mod:`vlamix.mixing.reference`) are
+    ``dro_reference: auto``, the proxy of ``doremi_transfer``; :mod:`vlamix.pipeline.reference`) are
     trained first the same way, so each is trained once per training key. Holds a file lock on the
     run folder, so parallel trials (Ray) with the same key wait for one another.
     """
-    from vlamix.mixing.reference import resolve_training_config, write_transfer_record
-    from vlamix.sim.record import ensure_demo_datasets
-    from vlamix.train.finetune import finetune
-
     run_dir = os.path.join(os.path.abspath(runs_dir), train_key(cfg))
     with exclusive(run_dir):  # parallel trials (Ray) with the same training key train it once
         marker = os.path.join(run_dir, COMPLETE_MARKER)
@@ -86,14 +86,14 @@ def train_run(cfg: BenchConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
             logger.info("reusing finished training run %s (%s)", done, cfg.mixture_label())
             return done
         train_cfg, provenance = resolve_training_config(cfg, lambda dep: train_run(dep, runs_dir))
-        with exclusive(os.path.join(os.path.abspath(cfg.data_dir), "recording")):
-            ensure_demo_datasets(train_cfg)
+        with exclusive(os.path.join(os.path.abspath(cfg.data.data_dir), "recording")):
+            ensure_demo_datasets(train_cfg.data)
         resume = latest_resumable_checkpoint(run_dir)
         logger.info("fine-tuning on mixture %s -> %s%s", train_cfg.mixture_label(), run_dir,
                     f" (resuming from {resume})" if resume else "")
         out = finetune(train_cfg, run_dir, resume_from=resume,
-                       save_every=max(1, train_cfg.train_steps // 4) if train_cfg.train_steps else None)
-        if cfg.strategy == "doremi_transfer":
+                       save_every=max(1, train_cfg.train.train_steps // 4) if train_cfg.train.train_steps else None)
+        if cfg.mixing.strategy == "doremi_transfer":
             write_transfer_record(out, cfg, provenance)
         atomic_write_text(marker, os.path.relpath(out, run_dir) + "\n")
         return out
@@ -126,26 +126,6 @@ def finished_checkpoint(run_dir: str) -> str | None:
     return done
 
 
-def train_key(cfg: BenchConfig) -> str:
-    """Stable 16-hex-digit key of the training-relevant hyperparameters (data, strategy, model,
-    optimisation); parameters the strategy ignores do not change it (:meth:`BenchConfig.training_signature`)."""
-    values = {k: v for k, v in cfg.training_signature().items() if k not in EVAL_FIELDS}
-    blob = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-#: Evaluation fields that determine the rollout episodes (``eval_workers`` only schedules them).
-EPISODE_FIELDS = ("eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_seed", "center_crop")
-
-
-def eval_key(cfg: BenchConfig) -> str:
-    """Stable 12-hex-digit key of the evaluation settings that determine the episodes (:data:`EPISODE_FIELDS`)."""
-    values = {k: v for k, v in cfg.to_dict().items() if k in EPISODE_FIELDS}
-    values["eval_suites"] = list(cfg.resolved_eval_suites())
-    values["center_crop"] = cfg.resolved_center_crop()  # null follows the checkpoint: what runs is in the key
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def episodes_path(run_dir: str, cfg: BenchConfig) -> str:
     """Rollout results of the checkpoint trained in ``run_dir`` under ``cfg``'s evaluation settings:
     ``<run_dir>/eval_<eval key>/episodes.jsonl`` (the train key and eval key determine every episode)."""
@@ -155,8 +135,6 @@ def episodes_path(run_dir: str, cfg: BenchConfig) -> str:
 def mixing_result(checkpoint: str, cfg: BenchConfig) -> dict[str, Any]:
     """The checkpoint's ``mixing_summary.json`` plus its weight trajectory (``trajectory``: rows of
     ``mixing_weights.jsonl``); for checkpoints without them (trained elsewhere) only the strategy label."""
-    from vlamix.mixing.trajectory import SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
-
     path = os.path.join(checkpoint, SUMMARY_FILE)
     if not os.path.isfile(path):
         return {"strategy_label": cfg.strategy_label()}
@@ -167,11 +145,31 @@ def mixing_result(checkpoint: str, cfg: BenchConfig) -> dict[str, Any]:
     return out
 
 
-def rollout_runtime_kwargs(cfg: BenchConfig) -> dict[str, Any]:
-    """The rollout-runtime fields of ``cfg`` as :func:`vlamix.eval.rollout.evaluate` keywords."""
-    return {"device": cfg.eval_device, "dtype": cfg.eval_dtype, "envs_per_worker": cfg.envs_per_worker,
-            "episode_timeout_s": cfg.eval_episode_timeout_s, "max_attempts": cfg.eval_max_attempts,
-            "videos": cfg.eval_videos, "videos_per_task": cfg.eval_videos_per_task}
+def fixed_heldout_datasets(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> list[str]:
+    """Datasets of the fixed held-out set: those of ``train_index`` (the job's train index; None = every known
+    LIBERO dataset) whose task suite is the base suite of one of ``cfg``'s evaluation suites; with ``demos: none``
+    only those on disk under ``data_dir`` (real data is not recorded). The result depends on the job (index,
+    evaluation suites, data), not on the point's mixture.
+
+    Raises:
+        ValueError: no dataset qualifies.
+    """
+    suites = {base_suite(s) for s in cfg.resolved_eval_suites()}
+    names = [n for n in (train_index if train_index is not None else DATASET_TO_SUITE) if DATASET_TO_SUITE.get(n) in suites]
+    if cfg.data.demos == "none":
+        names = [n for n in names if os.path.isdir(cfg.data.dataset_path(n))]
+    if not names:
+        raise ValueError(f"no dataset of the train index {list(train_index or DATASET_TO_SUITE)} for the evaluation suites {sorted(suites)}")
+    return list(dict.fromkeys(names))
+
+
+def fixed_heldout_config(cfg: BenchConfig, train_index: Iterable[str] | None = None) -> BenchConfig:
+    """``cfg`` with the mixture replaced by the fixed held-out datasets (:func:`fixed_heldout_datasets`), weight 1
+    each, static strategy, no dataset white/blacklist: its held-out loader yields the same frames for every point
+    of the job."""
+    names = fixed_heldout_datasets(cfg, train_index)
+    return cfg.replace(mixture={n: 1 for n in names}, strategy="static", mixing_level=None, curriculum=None,
+                       dataset_whitelist=None, dataset_blacklist=None, balance_by_size=False)
 
 
 def flag_errors(summary: dict[str, Any], max_error_fraction: float) -> dict[str, Any]:
@@ -191,16 +189,17 @@ class VLADataSelect:
     """Fine-tune on one data mixture and evaluate by LIBERO rollouts.
 
     Args:
-        **hyperparameters: :class:`vlamix.config.BenchConfig` fields (``mixture`` required), plus
-            ``runs_dir`` (where training runs and their rollouts are kept, default ``workspace/vlamix_runs``).
+        **hyperparameters: :class:`vlamix.pipeline.config.BenchConfig` fields by YAML name (``mixture`` required),
+            plus ``runs_dir`` (where training runs and their rollouts are kept, default ``workspace/vlamix_runs``).
             Ianvs passes exactly the YAML keys, so any other name is a typo and is rejected.
     Raises:
-        vlamix.config.ConfigError: naming the first invalid or unknown field, before any work starts.
+        vlamix.core.errors.ConfigError: naming the first invalid or unknown field, or what this machine lacks to
+            run the point (:func:`vlamix.pipeline.checks.check_environment`), before any work starts.
     """
 
     def __init__(self, **hyperparameters: Any):
         self.runs_dir = str(hyperparameters.pop("runs_dir", DEFAULT_RUNS_DIR))
-        self.config = BenchConfig.from_dict(hyperparameters)
+        self.config = check_environment(BenchConfig.from_dict(hyperparameters))
         self.checkpoint: str | None = None
         # the training run behind self.checkpoint (None: a checkpoint loaded from elsewhere), and the
         # folders holding a copy of it (save()); rollouts of those are kept under the run
@@ -220,16 +219,12 @@ class VLADataSelect:
         from the ``mixture`` hyperparameter. Returns the checkpoint folder.
         """
         if train_data is not None:
-            from vlamix.bench.dataset import index_names
-
             self.train_index = index_names(train_data)
         out = train_run(self.config, self.runs_dir)
         self._set_trained(out, os.path.join(os.path.abspath(self.runs_dir), train_key(self.config)))
         return out
 
     def _set_trained(self, checkpoint: str, run_dir: str) -> None:
-        from vlamix.mixing.dynamic import find_train_log
-
         self.checkpoint, self.run_dir = checkpoint, run_dir
         self.train_log = find_train_log(checkpoint)
         self._run_copies = {os.path.abspath(checkpoint)}
@@ -265,28 +260,28 @@ class VLADataSelect:
         if self.checkpoint not in self._run_copies:  # not ours: its rollouts stay beside it
             self.run_dir = None
 
-    def _race(self, specs: list[Any], run: Any, out_jsonl: str, own_train_key: str | None) -> tuple[list, list, dict]:
-        """:func:`vlamix.search.racing.race_point` of the plan: competitors are the finished points of
-        the job (found from ``RESULT_SAVED_URL``, which ``vlamix run``, Ianvs and the Ray backend set)
-        on the same episode plan; rows already in ``out_jsonl`` are free. Returns ``(rows, specs, record)``."""
-        from vlamix.eval.rollout import all_stored
-        from vlamix.search.racing import best_competitor, finished_competitors, plan_key, race_point
-
+    def _race(self, specs: list[Any], run: Any, out_jsonl: str, own_train_key: str | None,
+              ledger: str | None) -> tuple[list, list, dict]:
+        """:func:`vlamix.pipeline.racing.race_point` of the plan: competitors are the finished points of
+        the job's ledger on the same episode plan; rows already in ``out_jsonl`` are free. Returns ``(rows, specs, record)``."""
         cfg = self.config
-        url = os.environ.get("RESULT_SAVED_URL")
-        if not url:
-            logger.warning("racing: no job folder known (RESULT_SAVED_URL is not set), so no finished point to race "
+        if not ledger:
+            logger.warning("racing: no job ledger given (predict(ledger=...)), so no finished point to race "
                            "against: the whole plan runs")
         plan = plan_key(cfg.to_dict())
         rows, evaluated, record = race_point(
-            specs, run, round_trials=cfg.racing_round_trials,
-            best=lambda: best_competitor(finished_competitors(url, plan, exclude_train_key=own_train_key)),
+            specs, run, round_trials=cfg.racing.racing_round_trials,
+            best=lambda: best_competitor(finished_competitors(ledger, plan, exclude_train_key=own_train_key)),
             stored=lambda rest: all_stored(out_jsonl, rest),
         )
         return rows, evaluated, record
 
-    def predict(self, data: Any = None, **kwargs: Any) -> dict[str, Any]:
+    def predict(self, data: Any = None, *, ledger: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """Roll out the checkpoint in LIBERO and compute offline metrics on held-out episodes.
+
+        ``ledger``: the job ledger folder (:mod:`vlamix.pipeline.ledger`): racing reads the finished points there,
+        and the finished prediction is recorded there (for the ``tied_with_best`` metric of later points and the
+        report). ``vlamix run`` passes its job's; under Ianvs the basemodel adapter derives it from ``RESULT_SAVED_URL``.
 
         Episodes are kept in :func:`episodes_path` of the training run when the checkpoint is this
         object's trained one (or a :meth:`save` copy of it), else in ``<checkpoint>/eval/episodes.jsonl``;
@@ -299,7 +294,7 @@ class VLADataSelect:
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str, "train_log": str | None,
              "train_key": str | None (None for a checkpoint loaded from elsewhere),
-             "racing": the :func:`vlamix.search.racing.race_point` record, only with ``racing: true``}
+             "racing": the :func:`vlamix.pipeline.racing.race_point` record, only with ``racing: true``}
 
         With ``racing: true`` the plan runs in rounds of ``racing_round_trials`` trials per task and
         stops after a round whose Wilson upper bound is below the best finished point's lower bound
@@ -307,18 +302,12 @@ class VLADataSelect:
         Raises:
             RuntimeError: every episode ended with an error (the point is recorded as failed, not as 0%).
         """
-        from vlamix.eval.breakdown import tag_rows
-        from vlamix.eval.offline import fixed_heldout_config, offline_metrics
-        from vlamix.eval.plan import plan_episodes
-        from vlamix.eval.rollout import evaluate
-        from vlamix.eval.stats import summarize
-        from vlamix.sim.record import ensure_demo_datasets
-
         if self.checkpoint is None:
             raise RuntimeError("predict() called before train() or load()")
         cfg = self.config
-        specs = plan_episodes(cfg.resolved_eval_suites(), cfg.eval_tasks, cfg.trials_per_task, cfg.eval_instruction,
-                              cfg.eval_instruction_suites)
+        ev = cfg.eval
+        specs = plan_episodes(cfg.resolved_eval_suites(), ev.eval_tasks, ev.trials_per_task, ev.eval_instruction,
+                              ev.eval_instruction_suites)
         point_jsonl = os.path.join(self.checkpoint, "eval", "episodes.jsonl")
         out_jsonl = episodes_path(self.run_dir, cfg) if self.run_dir is not None else point_jsonl
         logger.info("rolling out %d episode(s) of %s (finished ones in %s are reused)", len(specs), cfg.mixture_label(), out_jsonl)
@@ -329,21 +318,20 @@ class VLADataSelect:
             return evaluate(
                 self.checkpoint,
                 part,
-                workers=cfg.eval_workers,
+                cfg.rollout,
                 out_jsonl=out_jsonl,
-                seed=cfg.eval_seed,
-                num_steps_wait=cfg.num_steps_wait,
-                max_steps=cfg.eval_max_steps,
+                seed=ev.eval_seed,
+                num_steps_wait=ev.num_steps_wait,
+                max_steps=ev.eval_max_steps,
                 # null: the checkpoint this point trained follows image_aug; one loaded from elsewhere follows its record
-                center_crop=cfg.resolved_center_crop() if self.run_dir is not None or cfg.center_crop is not None else None,
+                center_crop=cfg.resolved_center_crop() if self.run_dir is not None or ev.center_crop is not None else None,
                 policy_cache=policy_cache,
-                **rollout_runtime_kwargs(cfg),
             )
 
         own_train_key = train_key(cfg) if self.run_dir is not None else None
         racing = None
-        if cfg.racing:  # rounds of episodes, stopped against the job's best finished point (vlamix.search.racing)
-            rows, specs, racing = self._race(specs, run, out_jsonl, own_train_key)
+        if cfg.racing.racing:  # rounds of episodes, stopped against the job's best finished point (vlamix.pipeline.racing)
+            rows, specs, racing = self._race(specs, run, out_jsonl, own_train_key, ledger)
         else:
             rows = run(specs)
         policy_cache.clear()  # free the policy's memory before the offline metrics load the checkpoint
@@ -356,12 +344,13 @@ class VLADataSelect:
                 f"all {len(rows)} rollout episodes failed with an error (e.g. {errored[0]['error']!r}); no success rate is "
                 f"recorded for {self.checkpoint}. Fix the cause, then run again (evaluate(..., rerun_errors=True) or delete {out_jsonl})"
             )
-        tag_rows(rows, specs, cfg)  # evaluation kit: instruction variant and seen/unseen split per episode
+        tag_rows(rows, specs, cfg.data)  # evaluation kit: instruction variant and seen/unseen split per episode
         summary = summarize(rows)
-        flag_errors(summary, cfg.eval_max_error_fraction)
-        offline_cfg = fixed_heldout_config(cfg, self.train_index)  # the same held-out frames for every point
-        ensure_demo_datasets(offline_cfg)
-        offline = offline_metrics(self.checkpoint, offline_cfg, max_frames=cfg.offline_max_frames)
+        flag_errors(summary, cfg.rollout.eval_max_error_fraction)
+        held = fixed_heldout_config(cfg, self.train_index)  # the same held-out frames for every point
+        ensure_demo_datasets(held.data)
+        offline = offline_metrics(self.checkpoint, precision=cfg.resolved_precision(), data=held.data, mixing=held.mixing,
+                                  batch_size=cfg.train.batch_size, max_frames=ev.offline_max_frames)
         result = {
             "summary": summary,
             "episodes": rows,
@@ -371,14 +360,13 @@ class VLADataSelect:
             "checkpoint": self.checkpoint,
             "train_log": self.train_log,
             "train_key": own_train_key,  # racing: a point never races against a run of the same model
+            "plan_key": plan_key(cfg.to_dict()),
         }
         if racing is not None:
             result["racing"] = racing
         atomic_write_json(os.path.join(self.checkpoint, "eval", "result.json"), {k: v for k, v in result.items() if k != "episodes"}, default=str)
-        saved = os.environ.get("RESULT_SAVED_URL")
-        if saved:  # evaluation kit: the episodes where the tied_with_best metric of later points finds them
-            from vlamix.bench.metrics import PEER_EPISODES_FILE
-
-            result["result_saved_url"] = saved
-            atomic_write_json(os.path.join(saved, PEER_EPISODES_FILE), result, default=str)
+        if ledger:  # the channel through which later points (racing, tied_with_best) and the report see this one
+            result["ledger"] = ledger
+            result["ledger_entry"] = job_ledger.entry_path(ledger, result)
+            job_ledger.record(ledger, result)
         return result

@@ -32,7 +32,7 @@ def ensure_torchvision_importable() -> bool:
     if _patched:
         return True
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (the import being tested: it may fail, and is retried with the shim)
 
         return False
     except ModuleNotFoundError:
@@ -44,7 +44,7 @@ def ensure_torchvision_importable() -> bool:
             del sys.modules[name]
         for name in _OP_MODULES:
             sys.modules[name] = types.ModuleType(name)
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (again, now with the shim in place)
 
         _patched = True
         logger.info("torchvision C++ operators unavailable (CPU torch + CUDA torchvision); registered no-op stand-ins")
@@ -54,6 +54,6 @@ def ensure_torchvision_importable() -> bool:
 def import_timm():
     """Return the ``timm`` module, installing the torchvision shim first when it is needed."""
     ensure_torchvision_importable()
-    import timm
+    import timm  # only after the torchvision shim above (timm imports torchvision)
 
     return timm

@@ -15,17 +15,17 @@ Two forms:
 - :func:`race`: the decision rule over episode streams of several points evaluated round by round
   together (the leader = the highest lower bound among the points still running).
 - :func:`race_point`: what ``vlamix run``, ``ianvs -f`` and the Ray backend do with the
-  hyperparameter ``racing: true`` (:class:`vlamix.config.BenchConfig` ``racing``,
+  hyperparameter ``racing: true`` (:class:`vlamix.pipeline.config.RacingConfig` ``racing``,
   ``racing_round_trials``). Their points are evaluated one after another (or in parallel trials), so
   a point races against the *finished* points of the same job evaluated on the same episode plan
-  (:func:`finished_competitors`, :func:`plan_key`): those whose ``output/inference/vlamix_prediction.json``
-  exists under the job folder when the round ends (under Ray: whatever trials have finished by then).
+  (:func:`finished_competitors`, :func:`plan_key`): those in the job ledger (:mod:`vlamix.pipeline.ledger`)
+  when the round ends (under Ray: whatever trials have finished by then).
   Round r runs trials ``r * k .. (r + 1) * k - 1`` of every planned task (``k`` =
   ``racing_round_trials``, :func:`plan_rounds`), so a stopped point is balanced over tasks, and its
   episodes are a prefix of the full plan in the same rollout file: the eval key does not depend on
   racing, and a later evaluation without racing reuses them and runs only the rest.
 
-Usage (inside :meth:`vlamix.pipeline.VLADataSelect.predict`)::
+Usage (inside :meth:`vlamix.pipeline.point.VLADataSelect.predict`)::
 
     rows, evaluated, record = race_point(specs, lambda part: evaluate(ckpt, part, out_jsonl=path),
                                          round_trials=10, best=lambda: best_competitor(finished_competitors(url, key)))
@@ -40,13 +40,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from vlamix.core.labels import point_label
+from vlamix.core.settings import settings_of, yaml_name
 from vlamix.eval.stats import Z_95, wilson_interval
+from vlamix.pipeline.config import EPISODE_FIELDS, RacingConfig
+from vlamix.pipeline.ledger import entries as ledger_entries
 
 logger = logging.getLogger(__name__)
 
-#: :class:`vlamix.config.BenchConfig` fields of racing; they change neither the train key nor the
-#: eval key (:mod:`vlamix.pipeline`), nor :func:`plan_key`.
-RACING_FIELDS = ("racing", "racing_round_trials")
+#: Fields of racing (:class:`vlamix.pipeline.config.RacingConfig`, runtime role): in neither the train key nor
+#: the eval key, nor :func:`plan_key`.
+RACING_FIELDS = tuple(yaml_name(f) for f in settings_of(RacingConfig))
 
 
 @dataclass
@@ -120,7 +124,7 @@ def race(
 # ------------------------------------------------------------------ one point against finished points
 def plan_key(config: Mapping[str, Any]) -> str:
     """12 hex digits identifying a point's episode plan, from its :meth:`BenchConfig.to_dict` (the
-    ``config`` of a prediction): the eval-key fields (:data:`vlamix.pipeline.EPISODE_FIELDS`: suites,
+    ``config`` of a prediction): the eval-key fields (:data:`vlamix.pipeline.config.EPISODE_FIELDS`: suites,
     tasks, trials per task, step limit, wait steps, seed, centre crop) plus ``eval_instruction`` and
     ``eval_instruction_suites``. Racing fields (:data:`RACING_FIELDS`), workers and the rollout runtime
     are not in it. Two points with equal keys run the same episodes (same init states and seeds).
@@ -128,10 +132,10 @@ def plan_key(config: Mapping[str, Any]) -> str:
     Raises:
         KeyError: ``config`` lacks one of those fields.
     """
-    from vlamix.pipeline import EPISODE_FIELDS
-
     values = {k: config[k] for k in EPISODE_FIELDS}
     values["eval_suites"] = list(values["eval_suites"])
+    if values["center_crop"] is None:  # null follows the checkpoint this config trains: image_aug
+        values["center_crop"] = bool(config.get("image_aug", False))
     values["eval_instruction"] = list(config.get("eval_instruction") or ["original"])
     only = config.get("eval_instruction_suites")
     values["eval_instruction_suites"] = None if only is None else list(only)
@@ -163,8 +167,8 @@ class Competitor:
     """A finished point of the job: its label, prediction file and Wilson interval.
 
     Attributes:
-        label: strategy / mixture label (:func:`vlamix.report.point_label`).
-        path: its ``vlamix_prediction.json``.
+        label: strategy / mixture label (:func:`vlamix.core.labels.point_label`).
+        path: its ledger entry.
         n_episodes, n_successes: episodes without an error, successful ones (int).
         ci_low, ci_high: Wilson interval of its success rate at the race's ``z`` (fractions in [0, 1]).
     """
@@ -189,43 +193,34 @@ def _counts(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
 
 
 def finished_competitors(
-    result_saved_url: str | None, plan: str, *, exclude_train_key: str | None = None, z: float = Z_95
+    ledger: str | None, plan: str, *, exclude_train_key: str | None = None, z: float = Z_95
 ) -> list[Competitor]:
     """The finished points of the same job whose episode plan is ``plan`` (:func:`plan_key`).
 
-    A point is finished when its ``output/inference/vlamix_prediction.json`` exists under the job
-    folder (:func:`vlamix.bench.metrics.peer_prediction_paths`; written at the end of ``predict`` by
-    ``vlamix run``, ``ianvs -f`` and the Ray backend alike). Left out: reference rows (the scripted
-    expert), points with another plan or no ``config``, points whose ``train_key`` is
-    ``exclude_train_key`` (the same model: a point does not race against an earlier run of itself),
-    points without an episode free of errors, and unreadable files (with a warning).
+    A point is finished when its entry is in the job ledger (:mod:`vlamix.pipeline.ledger`, written last by
+    ``predict`` under ``vlamix run``, ``ianvs -f`` and the Ray backend alike). Left out: reference rows (the
+    scripted expert), points with another plan or no ``config``, points whose ``train_key`` is ``exclude_train_key``
+    (the same model: a point does not race against an earlier run of itself), points without an episode free of
+    errors, and unreadable entries (with a warning).
 
     Args:
-        result_saved_url: the point's ``<job dir>/<algorithm>/<point>/output/inference/`` (Ianvs's
-            ``RESULT_SAVED_URL``); None gives [] (no job known).
+        ledger: the job ledger folder; None gives [] (no job known).
         plan: this point's :func:`plan_key`.
         z: normal quantile of the intervals.
     Returns:
         competitors sorted by path.
     """
-    from vlamix.bench.metrics import peer_prediction_paths
-    from vlamix.report import point_label
-
-    if not result_saved_url:
-        return []
     out = []
-    for path in peer_prediction_paths(result_saved_url):
+    for path, pred in ledger_entries(ledger):
         try:
-            with open(path, encoding="utf-8") as fh:
-                pred = json.load(fh)
-            if not isinstance(pred, dict) or pred.get("reference") or not isinstance(pred.get("config"), dict):
+            if pred.get("reference") or not isinstance(pred.get("config"), dict):
                 continue
             if plan_key(pred["config"]) != plan:
                 continue
             if exclude_train_key is not None and pred.get("train_key") == exclude_train_key:
                 continue
             k, n = _counts(pred.get("episodes") or [])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        except (KeyError, TypeError, AttributeError) as err:
             logger.warning("racing: skipping unreadable finished point %s (%s)", path, err)
             continue
         if n:

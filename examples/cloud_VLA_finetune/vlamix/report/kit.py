@@ -1,4 +1,4 @@
-"""Evaluation-kit sections of the benchmark report (:func:`vlamix.report.write_report` calls
+"""Evaluation-kit sections of the benchmark report (:func:`vlamix.report.markdown.write_report` calls
 :func:`kit_sections`).
 
 Sections, each written only when the job has the data for it:
@@ -13,12 +13,12 @@ Sections, each written only when the job has the data for it:
 - **Offline metrics per dataset** on the fixed held-out set (:mod:`vlamix.eval.offline`).
 - **Training loss** of every point on one plot (``loss.png``, data in ``loss.json``).
 - **Failure videos**: links to the videos of failed episodes where the rows have one.
-- **Racing** (points with ``racing: true``, :mod:`vlamix.search.racing`): which points were stopped,
+- **Racing** (points with ``racing: true``, :mod:`vlamix.pipeline.racing`): which points were stopped,
   after which round, against which finished point, episodes evaluated versus planned, episodes saved.
 - **Package versions** of the evaluating machine.
 - **What the data supports**: a short paragraph generated from the tests above.
 
-Inputs are the points' prediction dicts (:meth:`vlamix.pipeline.VLADataSelect.predict`), in
+Inputs are the points' prediction dicts (:meth:`vlamix.pipeline.point.VLADataSelect.predict`), in
 leaderboard order.
 """
 
@@ -28,7 +28,15 @@ import json
 import logging
 import math
 import os
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Sequence
+
+from vlamix.core.io import find_train_log
+from vlamix.core.labels import point_label
+from vlamix.eval.breakdown import breakdown
+from vlamix.eval.paired import compare_to_best, letter_groups
+from vlamix.eval.stats import wilson_interval
+from vlamix.report.sweep import field_text, varying_fields
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ PACKAGES = ("torch", "transformers", "peft", "timm", "tensorflow-cpu", "mujoco",
 
 
 def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
-    """:func:`vlamix.report.point_label` of each point, made unique.
+    """:func:`vlamix.core.labels.point_label` of each point, made unique.
 
     Points whose strategy label is the same (``static object:spatial=1:1`` at 3,000 and at 6,000
     training steps) get the config fields that differ among them appended, in config order:
@@ -48,15 +56,12 @@ def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
     point in two algorithms) get `` #2``, `` #3`` suffixes.
 
     Args:
-        results: prediction dicts with ``config`` (the point's :class:`vlamix.config.BenchConfig` as
+        results: prediction dicts with ``config`` (the point's :class:`vlamix.pipeline.config.BenchConfig` as
             a dict) and ``mixing``.
 
     Returns:
         One label (str) per result, in order; all distinct.
     """
-    from vlamix.report import point_label
-    from vlamix.report_sweep import field_text, varying_fields
-
     base = [point_label(res) for res in results]
     labels = list(base)
     for label in set(base):
@@ -117,9 +122,6 @@ def ratio_series(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     labels = unique_labels(results)
     series: dict[str, list[dict[str, Any]]] = {}
-    from vlamix.eval.breakdown import breakdown
-    from vlamix.eval.stats import wilson_interval
-
     for label, res in zip(labels, results):
         cfg = res.get("config") or {}
         mixture = cfg.get("mixture") or {}
@@ -144,10 +146,10 @@ def ratio_series(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _plot_ratio(data: dict[str, Any], out_dir: str) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     for suite, points in data["series"].items():
@@ -168,8 +170,6 @@ def _plot_ratio(data: dict[str, Any], out_dir: str) -> None:
 
 # ------------------------------------------------------------------------------------ loss curves
 def _loss_curves(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, list[list[float]]]:
-    from vlamix.mixing.dynamic import find_train_log
-
     curves: dict[str, list[list[float]]] = {}
     for label, res in zip(labels, results):
         log = res.get("train_log")
@@ -190,10 +190,10 @@ def _loss_curves(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
 
 
 def _plot_losses(curves: dict[str, list[list[float]]], out_dir: str) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
     for label, points in curves.items():
@@ -210,8 +210,6 @@ def _plot_losses(curves: dict[str, list[list[float]]], out_dir: str) -> None:
 
 # ------------------------------------------------------------------------------------ sections
 def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, dict[str, str]]:
-    from vlamix.eval.paired import compare_to_best, letter_groups
-
     points = {label: res["episodes"] for label, res in zip(labels, results)
               if isinstance(res.get("episodes"), list) and not res.get("reference")}  # reference rows are not compared
     if len(points) < 2:
@@ -263,10 +261,6 @@ def racing_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
 
 
 def _robustness(results, labels) -> list[str]:
-    from vlamix.eval.breakdown import breakdown
-
-    from vlamix.eval.stats import wilson_interval
-
     rob, abl, split, per_suite = [], [], [], []
     for label, res in zip(labels, results):
         if not isinstance(res.get("episodes"), list) or not res["episodes"]:
@@ -326,8 +320,6 @@ def _videos(results, labels, out_dir) -> list[str]:
 
 
 def _versions(results) -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     lines = ["## Package versions (machine that wrote the report)", ""]
     for pkg in PACKAGES:
         try:
@@ -390,43 +382,3 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     lines += _versions(results)
     lines += _supports(cmp, results, labels)
     return lines
-
-
-def job_predictions(job_dir: str) -> list[dict[str, Any]]:
-    """Prediction dicts of the finished points under ``job_dir`` (``<job dir>/<algorithm>/<point>/``):
-    ``prediction.json`` (written by ``vlamix run``) or, under Ianvs, the pipeline's
-    ``output/inference/vlamix_prediction.json``; points without either are skipped. Sorted by path."""
-    import glob
-
-    from vlamix.bench.metrics import PEER_EPISODES_FILE
-
-    out = []
-    for point in sorted(glob.glob(os.path.join(job_dir, "*", "*"))):
-        for path in (os.path.join(point, "prediction.json"), os.path.join(point, "output", "inference", PEER_EPISODES_FILE)):
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as fh:
-                    pred = json.load(fh)
-                if isinstance(pred, dict) and isinstance(pred.get("summary"), dict):
-                    out.append(pred)
-                    break
-    return out
-
-
-def report_for_job(job_file: str, out_dir: str | None = None) -> str:
-    """Write the report of a ``benchmarkingjob.yaml`` from whatever points have finished (one command:
-    ``vlamix report -f benchmarkingjob.yaml``); returns the ``report.md`` path.
-
-    Args:
-        job_file: the job; its workspace is resolved relative to the current directory as when it ran.
-        out_dir: default ``<workspace>/<job name>/report``.
-    Raises:
-        FileNotFoundError: no finished point under the job's folder.
-    """
-    from vlamix.bench.spec import load_job
-    from vlamix.report import write_report
-
-    job = load_job(job_file)
-    predictions = job_predictions(job.job_dir)
-    if not predictions:
-        raise FileNotFoundError(f"no finished point (prediction.json or output/inference/vlamix_prediction.json) under {job.job_dir}")
-    return write_report(predictions, out_dir or os.path.join(job.job_dir, "report"), title=f"{job.name}: success rate per data mixture")

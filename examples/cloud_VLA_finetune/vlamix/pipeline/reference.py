@@ -12,9 +12,9 @@ Section 2 and Algorithm 1) has three steps:
 Here step 1 is :func:`reference_config`: the same point with ``strategy: static`` on the mixture
 weights and the same budget (model, steps, batch, learning rate, data). Its training key is that of
 any static point with the same values, so every DoReMi point of a job (and a static grid point of the
-same mixture) share one run, trained once under a file lock (:func:`vlamix.pipeline.train_run`).
+same mixture) share one run, trained once under a file lock (:func:`vlamix.pipeline.point.train_run`).
 The DoReMi run then reads the reference's per-group training loss over the last quarter of its steps
-(:func:`vlamix.mixing.dynamic.reference_losses_from_run`); with ``dro_reference: initial`` the
+(:func:`vlamix.mixing.strategies.doremi.reference_losses_from_run`); with ``dro_reference: initial`` the
 untrained model is the reference, whose loss every group beats within a few steps, so the clipped
 excess loss is 0 and the weights never move.
 
@@ -26,13 +26,15 @@ final model have the same size (the point's ``model``). Both need ``mixing_level
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from typing import Any, Callable
 
-from vlamix.config import DRO_REFERENCE_AUTO, DRO_REFERENCE_INITIAL, BenchConfig
+from vlamix.mixing.strategies.doremi import DRO_REFERENCE_AUTO, DRO_REFERENCE_INITIAL
+from vlamix.mixing.trajectory import SUMMARY_FILE
+from vlamix.pipeline.config import FIELDS, BenchConfig
+from vlamix.core.settings import default_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,10 @@ TRANSFER_FILE = "doremi_transfer.json"
 
 def _reset_doremi(cfg: BenchConfig, **changes: Any) -> BenchConfig:
     """``cfg`` with ``changes`` and the DoReMi-only fields at their defaults."""
-    defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
-    reset = {k: defaults[k] for k in ("mixing_update_every", "dro_eta", "dro_smoothing", "dro_reference", "dro_reference_batches")}
+    reset = {k: default_of(FIELDS[k][1]) for k in ("mixing_update_every", "dro_eta", "dro_smoothing", "dro_reference",
+                                                    "dro_reference_batches")}
     reset.update(changes)
-    return dataclasses.replace(cfg, **reset)
+    return cfg.without_checks(**reset)
 
 
 def reference_config(cfg: BenchConfig) -> BenchConfig:
@@ -55,7 +57,7 @@ def reference_config(cfg: BenchConfig) -> BenchConfig:
 
 def proxy_config(cfg: BenchConfig) -> BenchConfig:
     """DoReMi step 2 of a ``doremi_transfer`` point: the same point with ``strategy: doremi``."""
-    return dataclasses.replace(cfg, strategy="doremi", mixing_level=None)
+    return cfg.without_checks(strategy="doremi", mixing_level=None)
 
 
 def transfer_config(cfg: BenchConfig, weights: dict[str, float]) -> BenchConfig:
@@ -69,8 +71,6 @@ def time_averaged_weights(checkpoint: str) -> dict[str, float]:
     Raises:
         FileNotFoundError: no summary. ValueError: the summary has no averaged weights.
     """
-    from vlamix.mixing.trajectory import SUMMARY_FILE
-
     path = os.path.join(checkpoint, SUMMARY_FILE)
     with open(path, encoding="utf-8") as fh:
         summary = json.load(fh)
@@ -85,7 +85,7 @@ def resolve_training_config(cfg: BenchConfig, train: Callable[[BenchConfig], str
 
     Args:
         cfg: the point's config (its training key names the run folder).
-        train: ``cfg -> final checkpoint folder``; trains or reuses a run (:func:`vlamix.pipeline.train_run`).
+        train: ``cfg -> final checkpoint folder``; trains or reuses a run (:func:`vlamix.pipeline.point.train_run`).
     Returns:
         ``(config for vlamix.train.finetune, provenance)``: ``cfg`` itself for most strategies;
         for ``doremi`` + ``auto`` the same with ``dro_reference`` = the reference run's checkpoint;
@@ -93,12 +93,12 @@ def resolve_training_config(cfg: BenchConfig, train: Callable[[BenchConfig], str
         ``provenance`` is ``{}`` or ``{"reference_run": ..., "proxy_run": ..., "weights": ...}``.
     """
     info: dict[str, Any] = {}
-    if cfg.strategy == "doremi" and cfg.dro_reference == DRO_REFERENCE_AUTO:
+    if cfg.mixing.strategy == "doremi" and cfg.mixing.dro_reference == DRO_REFERENCE_AUTO:
         ref = train(reference_config(cfg))
         logger.info("doremi reference run (static on %s, same budget): %s", cfg.mixture_label(), ref)
         info["reference_run"] = ref
-        return dataclasses.replace(cfg, dro_reference=ref), info
-    if cfg.strategy == "doremi_transfer":
+        return cfg.without_checks(dro_reference=ref), info
+    if cfg.mixing.strategy == "doremi_transfer":
         proxy = train(proxy_config(cfg))
         weights = time_averaged_weights(proxy)
         logger.info("doremi_transfer: time-averaged weights of %s: %s", proxy, weights)
@@ -110,8 +110,6 @@ def resolve_training_config(cfg: BenchConfig, train: Callable[[BenchConfig], str
 def write_transfer_record(checkpoint: str, cfg: BenchConfig, info: dict[str, Any]) -> None:
     """Record a doremi_transfer run's provenance in its checkpoint and relabel its mixing summary
     (the fine-tuning loop saw a static run) as ``cfg.strategy_label()``."""
-    from vlamix.mixing.trajectory import SUMMARY_FILE
-
     with open(os.path.join(checkpoint, TRANSFER_FILE), "w", encoding="utf-8") as fh:
         json.dump({"strategy_label": cfg.strategy_label(), **info}, fh, indent=2)
     path = os.path.join(checkpoint, SUMMARY_FILE)

@@ -1,13 +1,13 @@
 """Benchmark report: a leaderboard table, per-task results and plots from the points of a job.
 
-Input is one result record per benchmark point, as :meth:`vlamix.pipeline.VLADataSelect.predict`
+Input is one result record per benchmark point, as :meth:`vlamix.pipeline.point.VLADataSelect.predict`
 returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
 
 - ``report.md``: leaderboard (success rate with its Wilson 95% interval and N, worst task, offline
   metrics), per-task success rates, and the simulator versions;
 - ``success_rate.png``: success rate and 95% interval per mixture;
 - ``per_task.png``: per-task success rate heat map (mixtures x tasks, with N per cell);
-- the evaluation-kit sections of :mod:`vlamix.report_kit` (SR versus ratio, significance letters,
+- the evaluation-kit sections of :mod:`vlamix.report.kit` (SR versus ratio, significance letters,
   robustness and instruction-ablation tables, offline metrics per dataset, loss curves, failure
   videos, package versions, "what the data supports");
 - ``mixing_weights.png``: the mixture-weight trajectory of every point (one panel per point), and
@@ -16,7 +16,7 @@ returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
 
 Usage::
 
-    from vlamix.report import write_report
+    from vlamix.report.markdown import write_report
     write_report(results, "workspace/vla_dataselect_job/report")
 """
 
@@ -26,20 +26,15 @@ import logging
 import os
 from typing import Any, Sequence
 
+import numpy as np
+from prettytable import PrettyTable
+
+from vlamix.mixing.trajectory import draw_trajectory
+from vlamix.report.kit import kit_sections, unique_labels
+from vlamix.report.sweep import sweep_section
+from vlamix.report.videos import report_lines
+
 logger = logging.getLogger(__name__)
-
-
-def point_label(result: dict[str, Any]) -> str:
-    """Row label of a point: its data-ratio strategy and parameters (``static spatial:object=2:1``,
-    ``temperature T=2``, ...; :meth:`vlamix.config.BenchConfig.strategy_label`), or the mixture
-    (``spatial:object=2:1``) for results without a strategy label."""
-    label = (result.get("mixing") or {}).get("strategy_label")
-    if label:
-        return str(label)
-    mixture = result.get("config", {}).get("mixture", {})
-    names = [n.replace("libero_", "").replace("_no_noops", "") for n in mixture]
-    weights = [f"{w:g}" for w in mixture.values()]
-    return f"{':'.join(names)}={':'.join(weights)}" if mixture else "?"
 
 
 def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) -> list[dict[str, Any]]:
@@ -50,8 +45,6 @@ def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) ->
     Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, n_errors, worst_task_success_rate,
     action_token_accuracy, action_l1.
     """
-    from vlamix.report_kit import unique_labels
-
     rows = []
     for res, label in zip(results, unique_labels(results)):
         summary, offline = res.get("summary", {}), res.get("offline", {})
@@ -83,8 +76,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False):
     """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = first row)."""
-    from prettytable import PrettyTable
-
     table = PrettyTable()
     table.field_names = ["rank", "strategy / mixture", "success rate", "95% CI", "N", "errors", "worst task SR", "action acc",
                          "action L1"]
@@ -103,8 +94,6 @@ def _per_task_matrix(results: Sequence[dict[str, Any]]) -> tuple[list[str], list
         for task in res.get("summary", {}).get("per_task", {}):
             if task not in tasks:
                 tasks.append(task)
-    from vlamix.report_kit import unique_labels
-
     labels = unique_labels(results)
     matrix = [[r.get("summary", {}).get("per_task", {}).get(t, {}).get("success_rate") for t in tasks] for r in results]
     return labels, tasks, matrix
@@ -117,10 +106,10 @@ def write_report(
 
     ``ranked``: keep the order of ``results`` (already ranked) instead of sorting by success rate.
     """
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     os.makedirs(out_dir, exist_ok=True)
     rows = leaderboard_rows(results, ranked)
@@ -140,8 +129,6 @@ def write_report(
     plt.close(fig)
 
     if tasks:
-        import numpy as np
-
         data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(tasks) + 2), max(2.0, 0.4 * len(labels) + 1)))
         im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -166,15 +153,9 @@ def write_report(
             lines.append(f"| {label} | " + " | ".join(_fmt(v, 2) for v in row) + " |")
         lines.append("")
     lines += _strategy_section(results, out_dir)
-    from vlamix.eval.video import report_lines  # rollout errors and episode videos
-
-    lines += report_lines(results, out_dir)
-    from vlamix.report_kit import kit_sections  # evaluation kit: SR vs ratio, significance, robustness, ...
-
-    lines += kit_sections(results, out_dir)
-    from vlamix.report_sweep import sweep_section  # sweeps over a numeric hyperparameter (issue 14)
-
-    lines += sweep_section(results, out_dir)
+    lines += report_lines(results, out_dir)  # rollout errors and episode videos
+    lines += kit_sections(results, out_dir)  # evaluation kit: SR vs ratio, significance, robustness, ...
+    lines += sweep_section(results, out_dir)  # sweeps over a numeric hyperparameter (issue 14)
     versions = next((r.get("summary", {}).get("versions") for r in results if r.get("summary", {}).get("versions")), None)
     if versions:
         lines += ["## Simulator stack", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
@@ -199,8 +180,6 @@ def _short(name: str) -> str:
 
 def _strategy_section(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
     """Markdown on the data-ratio strategies and ``mixing_weights.png`` (points with mixing info)."""
-    from vlamix.report_kit import unique_labels
-
     points = [(label, r["mixing"]) for label, r in zip(unique_labels(results), results)
               if isinstance(r.get("mixing"), dict) and r["mixing"].get("final_weights")]
     if not points:
@@ -230,17 +209,15 @@ def _strategy_section(results: Sequence[dict[str, Any]], out_dir: str) -> list[s
 
 
 def _plot_trajectories(trajectories: Sequence[tuple[str, list]], steps: Sequence[int], path: str) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib only when a plot is drawn (Agg backend chosen first)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     n = len(trajectories)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    from vlamix.mixing.trajectory import draw_trajectory
-
     for ax, (label, history), total in zip(axes.flat, trajectories, steps):
         draw_trajectory(ax, history, total, label=_short, fontsize=6)
         ax.set_title(label if len(label) <= 48 else label[:45] + "...", fontsize=7)
