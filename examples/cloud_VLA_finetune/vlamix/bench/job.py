@@ -38,6 +38,10 @@ added to the testenv later are computed from ``prediction.json``). A point that 
 (``result.json`` status ``failed``, ``error.txt``), the other points still run, and the next run
 retries it. Module files are imported with ``importlib.util.spec_from_file_location`` under a
 private module name; their folder is on ``sys.path`` only while the file executes.
+
+Size: one file because it is Ianvs's job semantics in one place (grid order, point folders, resume, rank files,
+failed points) that ``vlamix run``, the Ray backend and ``vlamix check`` share; YAML parsing, records, rank
+columns and the command are apart.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ Batches (numpy)::
     group_index    int64   [B]            index into ``loader.group_names`` (train batches only)
 
 Imports TensorFlow (kept off the GPU) when a loader is built; never import it in a MuJoCo process.
+
+Size: one file because the loader's resumable state (per-source iterators, sampler RNG, weights) ties the
+sources, the sampler and the held-out split together; reading, writing, filters and augmentation are apart.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ so do we, by swapping timm's ``LayerScale`` for :class:`ScaleFactorLayerScale`.
 Additions over the official HF class: batched greedy decoding with a KV cache and LEFT padding (the official
 ``predict_action`` runs one sample at a time), loss/logits computed only where they are needed, and a clear
 ``KeyError`` for a missing or ambiguous un-normalisation key.
+
+Size: one file, as transformers' ``modeling_*.py``: the architecture, its attention masks and the decoding that
+must use them stay together (the module tree is the official checkpoint's).
 """
 
 from __future__ import annotations

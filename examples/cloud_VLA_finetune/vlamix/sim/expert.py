@@ -28,6 +28,10 @@ solid objects such as a moka pot are grasped by a thin part (:func:`part_grasps`
 used by config validation (``demos: scripted``) and by the recorder.
 
 No TensorFlow here (see :mod:`vlamix.sim.libero_env`).
+
+Size: one file because the goal parser, the waypoint planner and the controller share the expert's state
+machine and its tolerances (``ExpertConfig``); the articulated primitives and collision geometry are already
+apart (:mod:`vlamix.sim.articulated`, :mod:`vlamix.sim.geometry`).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ Processes: recording runs in ``multiprocessing`` ``spawn`` workers (one per suit
 parent reads the staged episodes and calls :func:`vlamix.data.rlds_writer.write_rlds`, which does
 import TensorFlow. ``spawn`` re-imports the parent's ``__main__`` module in each worker, so a main
 script must not import TensorFlow at module level.
+
+Size: one file because the recording workers, their staging files and the RLDS hand-over share one resumable
+protocol (what is recorded, what is missing, what a rerun keeps).
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Output folder::
 
     <out_dir>/train_log.jsonl          one JSON object per optimiser step (rank 0)
     <out_dir>/step_<NNNNNN>/           checkpoint (see :meth:`FineTuner.save_checkpoint`)
+
+Size: one file because the training loop, the checkpoint and the exact resume are one state machine
+(:class:`FineTuner`); the state files, metrics and configuration are apart (``state.py``, ``metrics.py``, ``settings.py``).
 """
 
 from __future__ import annotations
