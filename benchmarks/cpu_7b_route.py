@@ -309,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     out["checks"] = checks
     out["ok"] = all(checks.values())
     print(json.dumps(out, default=str), flush=True)
+    if not out["ok"]:  # say why on stderr (CI shows it): the failed checks and the end of each stage's log
+        print(f"cpu_7b_route: failed checks: {[k for k, v in checks.items() if not v]}", file=sys.stderr)
+        for name, stage in out["stages"].items():
+            if stage.get("log") and os.path.isfile(os.path.join(ROOT, stage["log"])):
+                with open(os.path.join(ROOT, stage["log"]), encoding="utf-8", errors="replace") as fh:
+                    tail = fh.readlines()[-25:]
+                print(f"--- {name} (exit {stage.get('exit_code')}), last lines of {stage['log']}:\n{''.join(tail)}",
+                      file=sys.stderr)
     return 0 if out["ok"] else 1
 
 
