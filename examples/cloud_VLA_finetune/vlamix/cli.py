@@ -61,10 +61,10 @@ class RunFailed(RuntimeError):
 def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.command import main as run_main  # lazy: the job runner loads torch (see module docstring)
 
-    argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else [])
+    argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else []) + (["--verbose"] if args.verbose else [])
     if args.backend != "local":  # vlamix.bench.ray_backend
         argv += ["--backend", args.backend] + (["--address", args.address] if args.address else [])
-    return run_main(argv)
+    return run_main(argv, redirect_output=True)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -245,7 +245,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="every log line on the console (vlamix run: also what libraries print; default: progress only, "
+                        "the rest in <job dir>/logs/job.log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")

@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import types
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from tqdm import tqdm
 
@@ -85,7 +85,7 @@ def console_handler(verbose: bool = False, stream: TextIO | None = None) -> logg
     return handler
 
 
-def setup_console(log_file: str | None, *, verbose: bool = False, redirect: bool = True) -> None:
+def setup_console(log_file: str | None, *, verbose: bool = False, redirect: bool = True) -> Callable[[], None]:
     """Route a ``vlamix`` command's output: console handler + DEBUG log file, and (``redirect``, not verbose)
     file descriptors 1 and 2 to the log file so that library prints and C-level output land there too.
 
@@ -93,24 +93,25 @@ def setup_console(log_file: str | None, *, verbose: bool = False, redirect: bool
         log_file: the job's log file (folders created); None: console only (commands without a job).
         verbose: every INFO record on the console, nothing redirected.
         redirect: move fds 1 and 2 to the log file (False in tests and under Ianvs).
-    Idempotent per log file: a second call replaces the handlers installed by the first.
+    Returns:
+        ``teardown()``: removes the handlers added here and restores the root logger's level and the environment
+        variables (the redirected descriptors stay: a redirecting caller is the whole process).
+    A second call replaces the handlers installed by the first.
     """
     global _console_stream
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if h.get_name() in ("vlamix-console", "vlamix-file"):
+    for h in list(root.handlers):  # ours from an earlier call, and logging.basicConfig's stream handler
+        if h.get_name() in ("vlamix-console", "vlamix-file") or type(h) is logging.StreamHandler:
             root.removeHandler(h)
             if h.get_name() == "vlamix-file":
                 h.close()
+    previous_level = root.level
+    previous_env = {k: os.environ.get(k) for k in (LOG_FILE_ENV, VERBOSE_ENV)}
+    added: list[logging.Handler] = []
     root.setLevel(logging.DEBUG)
     if log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setLevel(logging.DEBUG)
-        file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
-        file_handler.set_name("vlamix-file")
-        root.addHandler(file_handler)
-        os.environ[LOG_FILE_ENV] = os.path.abspath(log_file)
+        added.append(_file_handler(log_file))
+        root.addHandler(added[-1])
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     elif log_file and redirect and _console_stream is None:
@@ -121,9 +122,46 @@ def setup_console(log_file: str | None, *, verbose: bool = False, redirect: bool
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-    root.addHandler(console_handler(verbose))
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "OpenGL", "urllib3", "filelock", "numexpr"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if log_file else logging.WARNING)
+    added.append(console_handler(verbose))
+    root.addHandler(added[-1])
+
+    def teardown() -> None:
+        for h in added:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(previous_level)
+        for k, v in previous_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    return teardown
+
+
+def attach_to_vlamix_logger(log_file: str | None) -> None:
+    """Under an engine that owns the process (Ianvs): the console handler and the DEBUG log file on the ``vlamix``
+    logger only (not propagated to the engine's root handlers, so nothing shows twice); nothing redirected, the
+    engine's own output untouched. Idempotent."""
+    log = logging.getLogger("vlamix")
+    if any(h.get_name() == "vlamix-console" for h in log.handlers):
+        return
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    log.addHandler(console_handler())
+    if log_file:
+        log.addHandler(_file_handler(log_file))
+
+
+def _file_handler(log_file: str) -> logging.Handler:
+    """The DEBUG handler of the job's log file (folders created); exports :data:`LOG_FILE_ENV` for workers."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    handler.set_name("vlamix-file")
+    os.environ[LOG_FILE_ENV] = os.path.abspath(log_file)
+    return handler
 
 
 def say(message: str, *args: Any) -> None:
@@ -152,7 +190,8 @@ class _Milestones:
             say("%s: %d/%d %s%s", self.desc, min(self.n, self.total), self.total, self.unit, f" ({extra})" if extra else "")
             self._next = self._quarter_after(self.n) if self.n < self.total else 1 << 62
 
-    def set_postfix(self, **kwargs: Any) -> None:
+    def set_postfix(self, refresh: bool = True, **kwargs: Any) -> None:
+        """As tqdm's (``refresh`` is accepted for its signature; the next milestone line shows the values)."""
         self.postfix = kwargs
 
     def close(self) -> None:
