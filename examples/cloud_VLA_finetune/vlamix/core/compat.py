@@ -47,7 +47,7 @@ def ensure_torchvision_importable() -> bool:
         import torchvision  # noqa: F401  (again, now with the shim in place)
 
         _patched = True
-        logger.info("torchvision C++ operators unavailable (CPU torch + CUDA torchvision); registered no-op stand-ins")
+        logger.debug("torchvision C++ operators unavailable (CPU torch + CUDA torchvision); registered no-op stand-ins")
         return True
 
 
