@@ -211,7 +211,13 @@ def progress(total: int, desc: str, unit: str, *, initial: int = 0, enabled: boo
         return _Milestones(0, desc, unit)
     stream = console_stream()
     if hasattr(stream, "isatty") and stream.isatty():
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=stream, leave=True)
+        try:
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            width = 0
+        # a pseudo-terminal with no size (script(1), some CI runners) reports 0 columns: tqdm would draw nothing
+        sized = dict(dynamic_ncols=True) if width > 0 else dict(ncols=100)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, leave=True, **sized)
     return _Milestones(total, desc, unit, initial)
 
 
