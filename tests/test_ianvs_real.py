@@ -3,8 +3,8 @@
 Ianvs and Sedna are installed from ``../shared/ianvs`` by ``scripts/setup.sh --with-ianvs`` (``.ci/run``
 does it). Without them these tests skip, except under CI (``CI=true``), where they fail.
 
-Each "Ianvs root" is a temporary folder holding a copy of the example under ``examples/``, as the
-README tells users to do, and a reduced job: the shipped YAML files with two grid points of the tiny
+Each "Ianvs root" is a temporary folder holding a copy of the example under ``examples/``, as
+docs/ianvs.md tells users to do, and a reduced job: the shipped YAML files with two grid points of the tiny
 model and the smallest budgets of ``tests/test_e2e_job.py``. ``ianvs -f`` runs first, from scratch:
 it records the scripted demos into a ``data_dir`` beside the roots, trains and rolls out. Then
 ``vlamix run -f`` runs the same job in its own root on the same data. To fit the CI budget, both

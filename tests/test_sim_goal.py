@@ -2,7 +2,7 @@
 suites, skill table of the Goal instructions, three-suite recording + mixture, and the expert's
 drawer and knob primitives in the real simulator (the ``libero`` test, ~30-60 s).
 
-The full per-task success rates (10 start states per task, seed 1000) are in the README; the
+The full per-task success rates (10 start states per task, seed 1000) are in docs/scripted-expert.md; the
 simulator test here uses two tasks, start state 0 of seed 0.
 """
 

@@ -3,7 +3,7 @@ as a sequence of its primitives. Supported-task table and its refusals, skill ta
 instructions, goal ordering, and one two-step task in the real simulator (the ``libero`` test,
 ~20-60 s).
 
-The per-task success rates (10 start states per task, seed 1000) are in the README; the simulator
+The per-task success rates (10 start states per task, seed 1000) are in docs/scripted-expert.md; the simulator
 test here uses start state 0 of seed 0.
 """
 

@@ -1,7 +1,7 @@
 """Strategies are registered classes (issue 21): adding one is one module, found by name, nothing else edited.
 
 ``GreedyLoss`` below is written exactly as a new file ``vlamix/mixing/strategies/greedy_loss.py`` would be (the
-README's "Add a strategy" section shows the same class); the test registers it the way the package's
+"Add a strategy" section of docs/strategies.md shows the same class); the test registers it the way the package's
 ``__init__`` does for every module of the folder, then drives it through the configuration, the train key and
 the real fine-tuning loop.
 """

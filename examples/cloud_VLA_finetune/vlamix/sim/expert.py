@@ -76,10 +76,10 @@ PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release
 
 #: Tasks of each suite the expert is claimed for: measured success rate >= 0.8 (LIBERO-Goal and
 #: LIBERO-10: 10 start states per task that no test uses, ``vlamix record-demos --check-only
-#: --episodes 10 --seed 1000``; spatial / object: 5 per task; rates in the README). ``demos: scripted`` records only
-#: these tasks and refuses other suites.
+#: --episodes 10 --seed 1000``; spatial / object: 5 per task; rates in docs/scripted-expert.md).
+#: ``demos: scripted`` records only these tasks and refuses other suites.
 SUPPORTED_TASKS: dict[str, frozenset[int]] = {
-    # 4 (the bowl in the top drawer): 1/5 in the README's spatial/object measurement
+    # 4 (the bowl in the top drawer): 1/5 in the spatial/object measurement (docs/limitations.md)
     "libero_spatial": frozenset(range(10)) - {4},
     "libero_object": frozenset(range(10)),
     # 3 (open the top drawer and put the bowl inside, 1/10): the drawer opens, the bowl under it is
