@@ -33,11 +33,34 @@ def test_scripted_expert_succeeds_in_libero_object():
 
 
 @pytest.mark.libero
-def test_recorded_episode_has_rlds_format_and_no_noops(tmp_path):
+def test_recorded_episode_has_rlds_format_and_no_noops(tmp_path, monkeypatch):
+    from vlamix.sim import record
     from vlamix.sim.record import load_episode, record_suites
 
+    displays = []
+
+    class Display:  # records what the progress display is told (the spawn worker reports each attempt)
+        def __init__(self, total, desc, unit):
+            self.total, self.n, self.postfix = total, 0, {}
+            displays.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def set_postfix(self, refresh=True, **kw):
+            self.postfix = kw
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(record, "progress", lambda total, desc, unit: Display(total, desc, unit))
     stats = record_suites(["libero_spatial"], [0], 1, str(tmp_path), seed=0, workers=1)["libero_spatial"]
     assert stats.successes == 1 and stats.attempts >= 1 and len(stats.files) == 1
+    (display,) = displays  # kept episodes planned and done, and every attempt reported from the worker
+    assert (display.total, display.n, display.postfix.get("attempts")) == (1, 1, stats.attempts)
     assert stats.per_task[0]["instruction"] == (
         "pick up the black bowl between the plate and the ramekin and place it on the plate")
     ep = load_episode(stats.files[0])

@@ -55,7 +55,7 @@ import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -315,6 +315,7 @@ def record_demos(
     seed: int = 0,
     max_attempts_factor: int = 3,
     render: bool = True,
+    on_attempt: Callable[[bool], None] | None = None,
 ) -> RecordStats:
     """Record successful scripted-expert episodes of some tasks of a suite into ``staging_dir``.
 
@@ -331,6 +332,7 @@ def record_demos(
             task; a task that yields fewer episodes is logged as a warning.
         render: False only measures the expert (physics only, nothing rendered or written); with
             ``max_attempts_factor=1`` every task gets exactly ``episodes_per_task`` attempts.
+        on_attempt: called with the outcome (True: success, kept) after each expert attempt (progress displays).
     Returns:
         :class:`RecordStats`.
     Raises:
@@ -382,6 +384,8 @@ def record_demos(
                     f" ({attempt.failure})" if attempt.failure else "",
                 )
                 if not attempt.success:
+                    if on_attempt is not None:
+                        on_attempt(False)
                     continue
                 if render:
                     t1 = time.perf_counter()
@@ -398,6 +402,8 @@ def record_demos(
                 task["episode_steps"].append(attempt.steps)
                 stats.steps_kept += attempt.steps
                 stats.steps_dropped_noop += attempt.noops
+                if on_attempt is not None:
+                    on_attempt(True)
         finally:
             try:
                 env.close()
@@ -415,8 +421,9 @@ def record_demos(
     return stats
 
 
-def _record_worker(kwargs: dict[str, Any], log_level: int) -> dict[str, Any]:
-    """Body of a spawn recording worker: :func:`record_demos` -> ``RecordStats.to_dict()``."""
+def _record_worker(kwargs: dict[str, Any], log_level: int, events: Any = None) -> dict[str, Any]:
+    """Body of a spawn recording worker: :func:`record_demos` -> ``RecordStats.to_dict()``; each attempt's outcome
+    is put on ``events`` (a manager queue) for the parent's progress display."""
     quiet_worker()  # robosuite / LIBERO / EGL output to the job's log file, not the console
     os.environ.setdefault("MUJOCO_GL", "egl")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
@@ -426,7 +433,7 @@ def _record_worker(kwargs: dict[str, Any], log_level: int) -> dict[str, Any]:
             "re-import the parent's __main__ module: move TensorFlow imports of "
             f"{getattr(sys.modules.get('__mp_main__'), '__file__', 'the main script')} into functions"
         )
-    return record_demos(**kwargs).to_dict()
+    return record_demos(**kwargs, on_attempt=None if events is None else events.put).to_dict()
 
 
 def record_suites(
@@ -451,8 +458,11 @@ def record_suites(
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     out: dict[str, RecordStats] = {}
-    bar = progress(len(suites), "recording demonstrations", "suite")
-    with bar, concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(suites)), mp_context=ctx) as pool:
+    attempts = 0
+    bar = progress(len(suites) * len(task_ids) * episodes_per_task, "recording demonstrations", "episodes")
+    with bar, ctx.Manager() as manager, \
+            concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(suites)), mp_context=ctx) as pool:
+        events = manager.Queue()
         futures = {
             pool.submit(
                 _record_worker,
@@ -460,13 +470,20 @@ def record_suites(
                      staging_dir=os.path.join(staging_dir, suite), seed=seed, max_attempts_factor=max_attempts_factor,
                      render=render),
                 level,
+                events,
             ): suite
             for suite in suites
         }
-        for future in concurrent.futures.as_completed(futures):
-            out[futures[future]] = RecordStats.from_dict(future.result())
-            bar.set_postfix(last=futures[future])
-            bar.update(1)
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=1.0)
+            while not events.empty():  # one outcome per expert attempt; the bar counts kept episodes
+                success = events.get()
+                attempts += 1
+                bar.set_postfix(attempts=attempts, refresh=False)
+                bar.update(int(success))
+            for future in done:
+                out[futures[future]] = RecordStats.from_dict(future.result())
     return {suite: out[suite] for suite in suites}
 
 
