@@ -14,8 +14,8 @@ import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.special import expit, logit
 
-from vlamix.eval.arms import (METHOD_ONE_SEED, METHOD_SEEDS, compare_arms, estimate, pareto_front, prob_best, prob_greater,
-                              seed_counts)
+from vlamix.eval.arms import (METHOD_ONE_SEED, METHOD_SEEDS, compare_arms, estimate, pareto_front, prob_best,
+                              prob_greater, seed_counts)
 from vlamix.eval.stats import wilson_interval
 
 REPS = 1000
@@ -87,7 +87,8 @@ def test_interval_over_seeds_is_clopper_pearson_on_the_effective_sample_size():
     assert est.method == METHOD_SEEDS and est.seeds == (7, 8, 9) and est.n_episodes == 60 and est.n_successes == 42
     assert est.pooled_success_rate == pytest.approx(0.7) and est.between_seed_sd == pytest.approx(rates.std(ddof=1))
     assert est.n_effective == pytest.approx(n_star) and n_star < 10  # the seeds disagree: far fewer than 60 episodes
-    assert (est.ci_low, est.ci_high) == pytest.approx((beta(x, n_star - x + 1).ppf(0.025), beta(x + 1, n_star - x).ppf(0.975)))
+    exact = (beta(x, n_star - x + 1).ppf(0.025), beta(x + 1, n_star - x).ppf(0.975))
+    assert (est.ci_low, est.ci_high) == pytest.approx(exact)
     # seeds that agree exactly keep a positive width: the floor makes n* the episodes, times the df adjustment
     same = estimate({1: (10, 20), 2: (10, 20), 3: (10, 20)})
     assert same.n_effective == pytest.approx(60 * (norm.ppf(0.975) / t.ppf(0.975, 2)) ** 2)
@@ -285,8 +286,8 @@ def test_new_columns_survive_ianvs_csv_round_trip_and_deduplication(tmp_path):
     preds = [_pred("solo", s, k, cost=cost, data_fingerprint={"fingerprint": "123456789012"})
              for s, k in ((7, 13), (8, 17), (9, 11))] + [_pred("mix", 7, 9)]
     paths = [record(ledger, p) for p in preds]
-    names = [*metrics.ARM_METRICS, "train_wall_s", "rollout_wall_s", "episodes_per_hour", "device", "dataset_fingerprint",
-             "sim_versions"]
+    names = [*metrics.ARM_METRICS, "train_wall_s", "rollout_wall_s", "episodes_per_hour", "device",
+             "dataset_fingerprint", "sim_versions"]
     # the seed is a hyperparameter column of every Ianvs rank row: the seeds of one arm share their arm columns
     names = ["seed", *names]
     rows = [{name: p["config"]["seed"] if name == "seed" else
@@ -299,3 +300,69 @@ def test_new_columns_survive_ianvs_csv_round_trip_and_deduplication(tmp_path):
     old = pd.read_csv(buf, index_col=0)
     both = pd.concat([old, pd.DataFrame(rows)]).drop_duplicates(names)
     assert len(both) == len(rows)
+
+
+# ---------------------------------------------------------------------------- cost record and dataset fingerprint
+def test_training_cost_sums_each_logged_step_once_up_to_train_steps(tmp_path):
+    import json
+
+    from vlamix.pipeline.provenance import CHECKPOINT_META, training_cost
+
+    log = tmp_path / "train_log.jsonl"
+    rows = [{"step": s, "step_time_s": 0.5} for s in range(1, 5)]
+    rows += [{"step": 3, "step_time_s": 2.0}, {"step": 4, "step_time_s": 2.0},  # resumed: steps 3-4 again, last wins
+             {"step": 5, "step_time_s": 9.0},  # past train_steps (a longer run's log): not this point's cost
+             {"event": "saved"}]  # rows without a step time do not count
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / CHECKPOINT_META).write_text(json.dumps({"training": {"device": "cuda", "device_name": "NVIDIA H100"}}))
+    cost = training_cost(str(log), str(ckpt), train_steps=4)
+    assert cost == {"train_wall_s": 0.5 + 0.5 + 2.0 + 2.0, "train_steps_logged": 4, "train_device": "NVIDIA H100"}
+    none = training_cost(None, None, 4)
+    assert math.isnan(none["train_wall_s"]) and none["train_steps_logged"] == 0 and none["train_device"] is None
+
+
+def test_rollout_cost_counts_the_calls_that_ran_episodes(tmp_path):
+    import json
+
+    from vlamix.pipeline.provenance import rollout_cost
+
+    episodes = tmp_path / "episodes.jsonl"
+    runs = [{"wall_s": 300.0, "n_run": 6, "device": "cpu", "device_name": "cpu (2 cores)"},
+            {"wall_s": 60.0, "n_run": 2, "device": "cpu", "device_name": "cpu (2 cores)"},
+            {"wall_s": 5.0, "n_run": 0, "device_name": "NVIDIA H100"}]  # a resumed call that found every episode
+    (tmp_path / "episodes.meta.json").write_text(json.dumps({"runs": runs}))
+    cost = rollout_cost(str(episodes))
+    assert cost == {"rollout_wall_s": 360.0, "rollout_episodes_run": 8, "episodes_per_hour": 80.0,
+                    "rollout_device": "cpu (2 cores)"}
+    assert math.isnan(rollout_cost(str(tmp_path / "none.jsonl"))["episodes_per_hour"])
+
+
+def test_dataset_fingerprint_follows_the_training_datasets_files(tmp_path):
+    from vlamix.pipeline.config import BenchConfig
+    from vlamix.pipeline.provenance import data_fingerprint
+
+    def write(name, payload):
+        folder = tmp_path / name / "1.0.0"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "features.json").write_text('{"steps": "spec"}')
+        (folder / f"{name}-train.tfrecord-00000-of-00001").write_bytes(payload)
+
+    write("libero_object_no_noops", b"a" * 1000)
+    write("libero_spatial_no_noops", b"b" * 1000)
+    def cfg(mix):
+        return BenchConfig.from_dict({"mixture": mix, "data_dir": str(tmp_path)}).data
+
+    both = data_fingerprint(cfg({"libero_object_no_noops": 1, "libero_spatial_no_noops": 1}))
+    solo = data_fingerprint(cfg({"libero_object_no_noops": 1, "libero_spatial_no_noops": 0}))
+    assert set(both["datasets"]) == {"libero_object_no_noops", "libero_spatial_no_noops"}
+    assert set(solo["datasets"]) == {"libero_object_no_noops"} and solo["fingerprint"] != both["fingerprint"]
+    # a cache file written beside the data (norm stats) changes nothing; re-recorded data changes the fingerprint
+    (tmp_path / "libero_object_no_noops" / "1.0.0" / "dataset_statistics_abc.json").write_text("{}")
+    assert data_fingerprint(cfg({"libero_object_no_noops": 1, "libero_spatial_no_noops": 0})) == solo
+    write("libero_object_no_noops", b"c" * 1000)
+    again = data_fingerprint(cfg({"libero_object_no_noops": 1, "libero_spatial_no_noops": 0}))
+    assert again["fingerprint"] != solo["fingerprint"] and len(again["fingerprint"]) == 12
+    missing = data_fingerprint(cfg({"libero_goal_no_noops": 1}))
+    assert missing["datasets"] == {"libero_goal_no_noops": "missing"}

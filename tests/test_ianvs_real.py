@@ -174,7 +174,8 @@ def test_seed_group_and_cost_columns_under_ianvs_and_vlamix_run(runs):
         for r in rows:
             assert (r["num_seeds"], r["seed_success_rates"], r["pooled_success_rate"]) == ("1", "7:0/1", "0.0")
             assert r["group"] == "a" and r["tied_with_best"] == "True" and r["best_tradeoff"] == "True"
-            assert float(r["pooled_ci_low"]) == 0.0 and 0.5 < float(r["pooled_ci_high"]) < 1.0  # Clopper-Pearson, 0 of 1
+            # Clopper-Pearson of 0 successes in 1 episode
+            assert float(r["pooled_ci_low"]) == 0.0 and 0.5 < float(r["pooled_ci_high"]) < 1.0
             assert r["between_seed_sd"] == ""  # one seed: not measured
             assert float(r["train_wall_s"]) > 0 and float(r["rollout_wall_s"]) > 0 and float(r["episodes_per_hour"]) > 0
             assert r["device"] and "mujoco=" in r["sim_versions"]
