@@ -104,7 +104,7 @@ def supports_text(table: Mapping[str, Mapping[str, Any]], labels: Mapping[str, s
         "Below it on the aggregated evidence (Holm, alpha 0.05): ": [
             f"{labels[a]} (p = {fmt_p(table[a]['p_adjusted'])})" for a in below],
         "Not distinguishable from it: ": [
-            f"{labels[a]} (difference {fmt(-table[a]['difference'])}"
+            f"{labels[a]} (difference {fmt(0.0 - table[a]['difference'] + 0.0)}"  # never "-0.000"
             f"{'; within the seed-to-seed spread' if table[a]['within_seed_spread'] else ''}, "
             f"p = {fmt_p(table[a]['p_adjusted'])})" for a in tied],
     }
