@@ -26,6 +26,23 @@ METRICS = [
     "tied_with_best",
     # racing (issue 12)
     "episodes_saved",
+    # training seeds, groups, P(best), best trade-offs (issue 28)
+    "num_seeds",
+    "seed_success_rates",
+    "pooled_success_rate",
+    "between_seed_sd",
+    "pooled_ci_low",
+    "pooled_ci_high",
+    "prob_best",
+    "group",
+    "best_tradeoff",
+    # cost and provenance (issue 28)
+    "train_wall_s",
+    "rollout_wall_s",
+    "episodes_per_hour",
+    "device",
+    "dataset_fingerprint",
+    "sim_versions",
 ]
 
 #: The smallest end-to-end grid (two LoRA ranks, scripted demos of LIBERO-Spatial task 0, 2 training

@@ -135,6 +135,31 @@ def test_equal_exposure_job_reuses_the_learnable_points_and_adds_1_1_at_twice_th
     assert train_key(extra) not in {train_key(c) for c in learnable}
 
 
+def test_seeds_job_repeats_the_1_0_and_1_1_points_with_three_seeds_reusing_the_seed_7_runs():
+    """Issue 28: seed 7 (the default) keeps the learnable job's train and eval keys, so only seeds 8 and 9 train (4
+    new runs); the grid runs seed by seed; the six points form two arms."""
+    from vlamix.pipeline.arms import arm_key
+
+    learnable = validate_grid(expand_grid(load_job(os.path.join(EXAMPLE, "benchmarkingjob_learnable.yaml"))))
+    job = load_job(os.path.join(EXAMPLE, "benchmarkingjob_learnable_seeds.yaml"))
+    configs = validate_grid(expand_grid(job))
+    grid = [(c.get("seed"), c.mixture_weights()[OBJECT]) for c in configs]
+    assert grid == [(s, w) for s in (7, 8, 9) for w in (1.0, 0.5)]
+    assert [train_key(c) for c in configs[:2]] == [train_key(c) for c in learnable[:2]]
+    assert {eval_key(c) for c in configs} == {eval_key(learnable[0])}
+    new = {train_key(c) for c in configs} - {train_key(c) for c in learnable}
+    assert len(new) == 4
+    arms = [arm_key(c) for c in configs]
+    assert arms[2:] == arms[:2] * 2 and arms[0] != arms[1]
+    # selected_rank.csv: the arm's columns only, so the seeds of one mixture collapse into one row
+    selected = job.rank.selected_dataitem
+    assert selected["hyperparameters"] == ["basemodel-mixture"]
+    assert {"pooled_success_rate", "seed_success_rates", "between_seed_sd", "pooled_ci_low", "pooled_ci_high",
+            "prob_best", "group"} <= set(selected["metrics"])
+    # per-seed columns would keep the six rows
+    assert not {"success_rate", "train_wall_s", "rollout_wall_s"} & set(selected["metrics"])
+
+
 def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path, monkeypatch):
     # "{}" is OpenVLA-7B's shape; its memory check has its own tests (test_model_memory.py): any machine fits here
     monkeypatch.setattr("vlamix.pipeline.checks.available_bytes", lambda device: 1024**5)

@@ -71,7 +71,7 @@ class FakeVLA:
     def predict(self, data, **kwargs):
         _log(call="predict", w=round(self.w, 3), x=[os.path.basename(p) for p in data],
              result_saved_url=os.environ.get("RESULT_SAVED_URL"))
-        k = round(4 * self.loaded)
+        k = round(4 * self.loaded) - self.hps.get("seed", 0) % 2  # odd training seeds: one success fewer
         episodes = [{"suite": "libero_spatial", "task_id": i // 2, "episode_index": i % 2, "success": i < k}
                     for i in range(4)]
         offline = {"action_token_accuracy": self.w, "action_l1": 1 - self.w} if self.w > 0.5 else {}
@@ -294,6 +294,49 @@ def test_metric_added_later_is_computed_from_the_saved_prediction(ianvs_root):
     assert result.points[1].metrics["success_rate"] == 0.75  # ...unless asked to recompute
     assert json.load(open(record_path))["metrics"]["success_rate"] == 0.75
     assert len(calls(ianvs_root)) == n_calls
+
+
+def test_seed_axis_aggregates_each_mixture_into_one_selected_row(ianvs_root):
+    """Issue 28: ``seed`` listed with three values is a grid axis; the points of one mixture form one arm, whose
+    columns are equal on its three rows, so selected_rank.csv (Ianvs's rule: rows equal but for time and url count
+    once) has one row per mixture while all_rank.csv keeps the six points."""
+    algo = ianvs_root / EXAMPLE_REL / "testalgorithms" / "fake" / "fake_algorithm.yaml"
+    algo.write_text(FAKE_ALGORITHM.replace("TRIALS", "2") + "        - seed:\n            values: [1, 2, 3]\n")
+    job = (ianvs_root / "fake_job.yaml").read_text().replace(
+        'metrics: ["success_rate", "num_episodes"]',
+        'metrics: ["num_seeds", "seed_success_rates", "pooled_success_rate", "between_seed_sd", "pooled_ci_low", '
+        '"pooled_ci_high", "prob_best", "group", "best_tradeoff", "tied_with_best"]').replace(
+        '[{"success_rate": "descend"}, {"action_l1": "ascend"}]', '[{"pooled_success_rate": "descend"}]')
+    (ianvs_root / "fake_job.yaml").write_text(job)
+    result = bench_job.run_job("fake_job.yaml", print_leaderboard=False)
+    assert [p.status for p in result.points] == ["completed"] * 6
+    job_dir = os.path.join("./workspace", "fake_job")
+    header, rows = read_csv(os.path.join(job_dir, "rank", "all_rank.csv"))
+    table = [dict(zip(header, r)) for r in rows]
+    assert len(table) == 6 and sorted(r["basemodel-seed"] for r in table) == ["1", "1", "2", "2", "3", "3"]
+    sel_header, sel_rows = read_csv(os.path.join(job_dir, "rank", "selected_rank.csv"))
+    sel = [dict(zip(sel_header, r)) for r in sel_rows]
+    assert [r["basemodel-mixture"] for r in sel] == [
+        "{'libero_spatial_no_noops': 2, 'libero_object_no_noops': 1}",
+        "{'libero_spatial_no_noops': 1, 'libero_object_no_noops': 2}",
+    ]
+    best, worst = sel
+    # 2:1: k = 3 - (seed % 2) of 4 -> 2, 3, 2; 1:2: 0, 1, 0 (the fake basemodel)
+    assert best["seed_success_rates"] == "1:2/4 2:3/4 3:2/4" and worst["seed_success_rates"] == "1:0/4 2:1/4 3:0/4"
+    assert best["num_seeds"] == "3" and float(best["pooled_success_rate"]) == pytest.approx(7 / 12, abs=1e-6)
+    assert float(best["between_seed_sd"]) == pytest.approx(0.144338, abs=1e-6)  # SD of (0.5, 0.75, 0.5)
+    assert float(best["pooled_ci_low"]) < 7 / 12 < float(best["pooled_ci_high"])
+    # P(best) of the arm model (vlamix.eval.arms) over the per-seed counts above: 3 seeds x 4 episodes is little
+    # evidence after the t(2) adjustment, so 0.88 rather than near 1
+    from vlamix.eval.arms import estimate, prob_best
+
+    expected = prob_best({"2:1": estimate({1: (2, 4), 2: (3, 4), 3: (2, 4)}),
+                          "1:2": estimate({1: (0, 4), 2: (1, 4), 3: (0, 4)})})
+    assert float(best["prob_best"]) == pytest.approx(expected["2:1"], abs=1e-4) and 0.8 < expected["2:1"] < 0.95
+    # 0.58 against 0.08 looks clear, but three seeds of 4 episodes do not separate the arms (p 0.25): one group
+    assert (best["group"], worst["group"], worst["tied_with_best"]) == ("a", "a", "True")
+    assert float(best["prob_best"]) + float(worst["prob_best"]) == pytest.approx(1, abs=1e-3)
+    assert best["best_tradeoff"] == "True" and worst["best_tradeoff"] == "False"
 
 
 def test_a_metric_file_that_raises_stops_the_job_before_any_point(ianvs_root):

@@ -20,6 +20,7 @@ training and rollouts with canned results.
 import csv
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import yaml
 
 from bench_constants import TINY_GRID
 from vlamix.bench import job as bench_job
+from vlamix.bench.metrics import ARM_METRICS
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE = os.path.join("examples", "cloud_VLA_finetune")
@@ -42,6 +44,8 @@ GRID = dict(TINY_GRID, data_dir=["../data/libero_rlds"])  # relative to the root
 #: See the module docstring: one runs_dir beside the roots, or one per root.
 INDEPENDENT = os.environ.get("VLAMIX_IANVS_TEST_INDEPENDENT") == "1"
 RUNS_DIR = os.path.join("workspace", "vlamix_runs") if INDEPENDENT else os.path.join("..", "runs")
+#: Rank columns of measured wall times: equal across the engines only when they share the runs (the default).
+TIMING = ("train_wall_s", "rollout_wall_s", "episodes_per_hour")
 
 
 def _missing(message):
@@ -141,10 +145,13 @@ def test_ianvs_rank_equals_vlamix_run(runs):
     by_rank = lambda rows: {r["basemodel-lora_rank"]: r for r in rows}
     ianvs, vlamix = by_rank(ianvs_rows), by_rank(vlamix_rows)
     assert set(ianvs) == {"4", "8"}
+    # columns that need the other points (Ianvs computes them as each point finishes) and, with separate runs
+    # dirs, the measured wall times: compared below
+    apart = {"time", "url", *ARM_METRICS, *(TIMING if INDEPENDENT else ())}
     for lora_rank in ("4", "8"):
         i, v = ianvs[lora_rank], vlamix[lora_rank]
         # every cell but time and url (the uuid folder under Ianvs, the hash folder under vlamix run)
-        assert {k: x for k, x in i.items() if k not in ("time", "url")} == {k: x for k, x in v.items() if k not in ("time", "url")}
+        assert {k: x for k, x in i.items() if k not in apart} == {k: x for k, x in v.items() if k not in apart}
         assert i["basemodel"] == "VLADataSelect" and i["paradigm"] == "singletasklearning"
         assert i["num_episodes"] == "1" and float(i["success_rate"]) == 0.0  # three steps cannot finish a task
         assert 0.0 < float(i["action_l1"]) and 0.0 <= float(i["action_token_accuracy"]) <= 1.0
@@ -154,6 +161,29 @@ def test_ianvs_rank_equals_vlamix_run(runs):
         assert os.path.isfile(os.path.join(point_dir, "output", "train", "eval", "episodes.jsonl"))
     # the two points differ (LoRA rank changes training), so the comparison above compares something
     assert ianvs["4"]["action_l1"] != ianvs["8"]["action_l1"] or ianvs["4"]["action_token_accuracy"] != ianvs["8"]["action_token_accuracy"]
+
+
+@pytest.mark.ianvs
+@pytest.mark.libero
+def test_seed_group_and_cost_columns_under_ianvs_and_vlamix_run(runs):
+    """Issue 28's columns in both engines' all_rank.csv. The two points (LoRA rank 4 and 8, seed 7) are two arms of
+    one seed; each failed its one 3-step episode. Under Ianvs the first point to finish saw only itself (P(best) 1),
+    the second saw both (0.5 each, equal evidence); vlamix run recomputes them over both points."""
+    ianvs, vlamix = runs["ianvs_all"], runs["vlamix_all"]
+    for rows in (ianvs, vlamix):
+        for r in rows:
+            assert (r["num_seeds"], r["seed_success_rates"], r["pooled_success_rate"]) == ("1", "7:0/1", "0.0")
+            assert r["group"] == "a" and r["tied_with_best"] == "True" and r["best_tradeoff"] == "True"
+            # Clopper-Pearson of 0 successes in 1 episode
+            assert float(r["pooled_ci_low"]) == 0.0 and 0.5 < float(r["pooled_ci_high"]) < 1.0
+            assert r["between_seed_sd"] == ""  # one seed: not measured
+            assert float(r["train_wall_s"]) > 0 and float(r["rollout_wall_s"]) > 0 and float(r["episodes_per_hour"]) > 0
+            assert r["device"] and "mujoco=" in r["sim_versions"]
+            assert re.fullmatch(r"rlds:[0-9a-f]{12}", r["dataset_fingerprint"])
+        assert len({r["dataset_fingerprint"] for r in rows}) == 1  # both points train on the same recorded data
+    assert sorted(float(r["prob_best"]) for r in ianvs) == [0.5, 1.0]
+    assert [float(r["prob_best"]) for r in vlamix] == [0.5, 0.5]
+    assert ianvs[0]["dataset_fingerprint"] == vlamix[0]["dataset_fingerprint"]  # one data_dir beside the roots
 
 
 @pytest.mark.ianvs

@@ -86,7 +86,8 @@ from vlamix.core.errors import ConfigError
 from vlamix.core.io import atomic_write_text
 from vlamix.core.labels import mixture_label
 from vlamix.pipeline.config import BenchConfig
-from vlamix.eval.paired import compare_to_best
+from vlamix.bench.metrics import ARM_METRICS, arm_values
+from vlamix.pipeline.arms import arm_table
 from vlamix.pipeline.checks import check_environment
 from vlamix.pipeline.expert import check_hyperparameters as check_reference_hyperparameters
 from vlamix.pipeline.ledger import entries as ledger_entries
@@ -448,8 +449,8 @@ def finish_job(
     """Write the rank files and the report of the finished points, log failures, print the leaderboard.
 
     ``results`` in grid order (one per point); shared by every backend so that their outputs agree.
-    ``metric_funcs`` (from :func:`prepare_job`) enables the cross-point metrics (``tied_with_best``
-    over every finished point of the job).
+    ``metric_funcs`` (from :func:`prepare_job`) enables the cross-point metrics (training-seed arms, letter groups,
+    P(best), ``tied_with_best``: over every finished point of the job).
     """
     results = list(results)
     _cross_point_metrics(results, metric_funcs or {})
@@ -510,20 +511,22 @@ def _load_predictions(results: Sequence[PointResult]) -> list[dict[str, Any]]:
 
 
 def _cross_point_metrics(results: Sequence[PointResult], metric_funcs: Mapping[str, Callable]) -> None:
-    """Evaluation kit: ``tied_with_best`` over every finished point of the job (the metric file alone
-    sees only the points finished before it, :func:`vlamix.bench.metrics.tied_with_best`)."""
-    if "tied_with_best" not in metric_funcs:
+    """The columns that need the other points (:data:`vlamix.bench.metrics.ARM_METRICS`: training-seed arms, P(best),
+    letter groups, best trade-offs, ``tied_with_best``) over every finished point of this run of the job; the metric
+    files alone see only the points finished before them (:func:`vlamix.bench.metrics.peer_predictions`)."""
+    names = [name for name in ARM_METRICS if name in metric_funcs]
+    if not names:
         return
-    episodes = {}
+    predictions = {}
     for r in results:
         pred = read_json(os.path.join(r.output_dir, PREDICTION_FILE)) if r.ok else None
-        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list) and not pred.get("reference"):
-            episodes[r.output_dir] = pred["episodes"]
-    points = compare_to_best(episodes)["points"]
+        if isinstance(pred, dict) and isinstance(pred.get("episodes"), list):
+            predictions[r.output_dir] = pred
+    table = arm_table(predictions.values())
     for r in results:
         if r.ok:  # reference rows (not compared) stay empty
-            tied = points[r.output_dir]["tied_with_best"] if r.output_dir in points else None
-            r.metrics["tied_with_best"] = math.nan if tied is None else bool(tied)
+            values = arm_values(predictions[r.output_dir], table) if r.output_dir in predictions else {}
+            r.metrics.update({name: values.get(name, math.nan) for name in names})
 
 
 def _write_report(results: Sequence[PointResult], job: JobSpec) -> str | None:

@@ -36,6 +36,32 @@ CACHE_FILE_PREFIXES = ("dataset_statistics_", "episodes_", ".")
 _HASH_CHUNK = 1 << 16
 
 
+def files_hash(path: str) -> str:
+    """Fingerprint of an RLDS version folder's files: names, sizes and the first and last 64 KiB of each (so the whole
+    of ``dataset_info.json`` and ``features.json``, the feature spec), 20 hex digits of a SHA-256.
+
+    Cheap even for multi-GB datasets (no record is parsed), unchanged by copying, and different for a re-recorded
+    dataset (new JPEG bytes). Cache files written beside the data (:data:`CACHE_FILE_PREFIXES`) are excluded, so
+    computing the norm stats does not change it. No TensorFlow.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder.
+    """
+    digest = hashlib.sha256()
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if entry.startswith(CACHE_FILE_PREFIXES) or not os.path.isfile(full):
+            continue
+        size = os.path.getsize(full)
+        digest.update(f"{entry}\0{size}\0".encode())
+        with open(full, "rb") as fh:
+            digest.update(fh.read(_HASH_CHUNK))
+            if size > _HASH_CHUNK:
+                fh.seek(max(_HASH_CHUNK, size - _HASH_CHUNK))
+                digest.update(fh.read(_HASH_CHUNK))
+    return digest.hexdigest()[:20]
+
+
 def resolve_version_dir(path: str | os.PathLike) -> str:
     """Return the version folder for ``path`` = ``<root>/<name>/1.0.0`` or ``<root>/<name>``.
 
@@ -201,24 +227,8 @@ class RLDSDataset:
         return int(self.episode_lengths().sum())
 
     def files_hash(self) -> str:
-        """Fingerprint of the dataset's files (names, sizes, first and last 64 KiB of each).
-
-        Cheap even for multi-GB datasets, unchanged by copying, and different for a re-recorded
-        dataset (new JPEG bytes). Cache files written beside the data are excluded.
-        """
-        digest = hashlib.sha256()
-        for entry in sorted(os.listdir(self.path)):
-            full = os.path.join(self.path, entry)
-            if entry.startswith(CACHE_FILE_PREFIXES) or not os.path.isfile(full):
-                continue
-            size = os.path.getsize(full)
-            digest.update(f"{entry}\0{size}\0".encode())
-            with open(full, "rb") as fh:
-                digest.update(fh.read(_HASH_CHUNK))
-                if size > _HASH_CHUNK:
-                    fh.seek(max(_HASH_CHUNK, size - _HASH_CHUNK))
-                    digest.update(fh.read(_HASH_CHUNK))
-        return digest.hexdigest()[:20]
+        """:func:`files_hash` of the dataset's version folder."""
+        return files_hash(self.path)
 
     def info(self) -> dict[str, Any]:
         """Small JSON-able summary from ``dataset_info.json`` (no data pass)."""

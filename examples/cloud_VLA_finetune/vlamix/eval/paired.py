@@ -29,7 +29,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import norm
@@ -38,6 +38,7 @@ from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "ALPHA",
+    "compact_letters",
     "compare_to_best",
     "episode_key",
     "holm",
@@ -198,14 +199,9 @@ def pairwise_p_values(points: Mapping[str, Any], method: str = "mcnemar") -> dic
 
 
 def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str = "mcnemar") -> dict[str, str]:
-    """Compact letter display: points sharing a letter are not significantly different.
-
-    Points are sorted by success rate (descending); each group is a maximal run of consecutive
-    points whose pairwise Holm-adjusted p-values (over all pairs) are all >= ``alpha``; group k gets
-    the k-th letter. Runs of consecutive points are the groups of the insert-absorb display
-    (Piepho, J. Comput. Graph. Statist. 13, 2004) whenever the non-significant pairs are
-    contiguous in rate order, which is the usual case; a pair without shared episodes counts as
-    not different.
+    """Compact letter display of the points (:func:`compact_letters`): points sharing a letter are not significantly
+    different (pairwise tests of :func:`paired_test`, Holm-adjusted over all pairs); a pair without shared episodes
+    counts as not different. Points are ordered by success rate (descending).
 
     Returns:
         {label: letters}, e.g. ``{"2:1": "a", "1:1": "ab", "1:2": "b"}``.
@@ -218,23 +214,33 @@ def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str =
         return value is not None and not math.isnan(value) and value < alpha
 
     order = sorted(outs, key=lambda label: -(_success_rate(outs[label]) if outs[label] else -1.0))
-    groups: list[list[str]] = []
+    return compact_letters(order, differ)
+
+
+def compact_letters(order: Sequence[Hashable], differ: Callable[[Hashable, Hashable], bool]) -> dict[Hashable, str]:
+    """Compact letter display: labels sharing a letter are not significantly different.
+
+    ``order`` is the labels by decreasing success rate; each group is a maximal run of consecutive labels no two of
+    which ``differ``; group k gets the k-th letter. Runs of consecutive labels are the groups of the insert-absorb
+    display (Piepho, J. Comput. Graph. Statist. 13, 2004) whenever the non-significant pairs are contiguous in rate
+    order, which is the usual case.
+
+    Returns:
+        ``{label: letters}``, e.g. ``{"2:1": "a", "1:1": "ab", "1:2": "b"}``.
+    """
+    groups: list[list[Hashable]] = []
     for i in range(len(order)):
         j = i
         while j + 1 < len(order) and not any(differ(order[k], order[j + 1]) for k in range(i, j + 1)):
             j += 1
-        run = order[i : j + 1]
+        run = list(order[i : j + 1])
         if not any(set(run) <= set(g) for g in groups):
             groups.append(run)
-    letters = {label: "" for label in outs}
+    letters = {label: "" for label in order}
     for k, group in enumerate(groups):
         for label in group:
-            letters[label] += _letter(k)
+            letters[label] += "abcdefghijklmnopqrstuvwxyz"[k] if k < 26 else f"g{k}"
     return letters
-
-
-def _letter(k: int) -> str:
-    return "abcdefghijklmnopqrstuvwxyz"[k] if k < 26 else f"g{k}"
 
 
 def pairs_needed(test: Mapping[str, Any], alpha: float = ALPHA, power: float = 0.8) -> int | None:

@@ -430,6 +430,13 @@ def evaluate(
                      batch_log=runner.batch_log, assign_log=runner.assign_log, n_slots=runner.n_slots,
                      groups=runner.groups, wall_s=wall)
     if out_jsonl is not None:
+        if runner is not None and is_path:  # what ran the episodes, for the cost columns (vlamix.pipeline.provenance)
+            # torch: `import vlamix.eval` must not load it (env workers import this package)
+            from vlamix.model.memory import device_label
+
+            device_name = device_label(dev)
+        else:
+            device_name = None
         _append_meta(out_jsonl, {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "wall_s": round(wall, 3),
             "policy": os.fspath(policy) if is_path else repr(policy), "policy_kwargs": policy_kwargs,
@@ -437,7 +444,7 @@ def evaluate(
             "num_steps_wait": num_steps_wait, "resolution": resolution, "n_episodes": len(specs),
             "n_run": len(todo), "n_resumed": len(specs) - len(todo), "versions": versions,
             "policy_s": round(runner.policy_s, 3) if runner else 0.0, "rounds": runner.rounds if runner else 0,
-            "restarts": runner.restarts if runner else 0,
+            "restarts": runner.restarts if runner else 0, "device": _device_type(dev), "device_name": device_name,
         })
     n_succ = sum(bool(done[k]["success"]) for k in keys)
     n_err = sum(bool(done[k].get("error")) for k in keys)

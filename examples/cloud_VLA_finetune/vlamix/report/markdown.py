@@ -4,7 +4,7 @@ Input is one result record per benchmark point, as :meth:`vlamix.pipeline.point.
 returns it (``{"config", "summary", "offline", ...}``). Output, in ``out_dir``:
 
 - ``report.md``: leaderboard (success rate with its Wilson 95% interval and N, worst task, offline
-  metrics), per-task success rates, and the simulator versions;
+  metrics, the letter group and P(best) of the point's arm), per-task success rates, and the simulator versions;
 - ``success_rate.png``: success rate and 95% interval per mixture;
 - ``per_task.png``: per-task success rate heat map (mixtures x tasks, with N per cell);
 - the evaluation-kit sections of :mod:`vlamix.report.kit` (SR versus ratio, significance letters,
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from prettytable import PrettyTable
 
 from vlamix.mixing.trajectory import draw_trajectory
+from vlamix.pipeline.arms import arm_of, arm_table
 from vlamix.report.kit import kit_sections, unique_labels
 from vlamix.report.sweep import sweep_section
 from vlamix.report.videos import report_lines
@@ -37,17 +38,22 @@ from vlamix.report.videos import report_lines
 logger = logging.getLogger(__name__)
 
 
-def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) -> list[dict[str, Any]]:
+def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False,
+                     table: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One flat row per point, sorted by success rate (desc), then CI lower bound (desc); with
     ``ranked=True`` the input order is kept (the caller ranked the points, e.g. by the job's
     ``rank.sort_by``).
 
     Row keys: mixture, success_rate, ci_low, ci_high, n_episodes, n_errors, worst_task_success_rate,
-    action_token_accuracy, action_l1.
+    action_token_accuracy, action_l1, group (letters of the point's arm), prob_best (P(best) of the point's arm):
+    from ``table`` (:func:`vlamix.pipeline.arms.arm_table`, computed from ``results`` when None); None for points
+    without episodes and for reference rows.
     """
+    table = arm_table(results) if table is None else table
     rows = []
     for res, label in zip(results, unique_labels(results)):
         summary, offline = res.get("summary", {}), res.get("offline", {})
+        arm = table.get(arm_of(res)) if isinstance(res.get("episodes"), list) and not res.get("reference") else None
         rows.append(
             {
                 "mixture": label,
@@ -59,6 +65,8 @@ def leaderboard_rows(results: Sequence[dict[str, Any]], ranked: bool = False) ->
                 "worst_task_success_rate": summary.get("worst_task_success_rate"),
                 "action_token_accuracy": offline.get("action_token_accuracy"),
                 "action_l1": offline.get("action_l1"),
+                "group": arm["group"] if arm else None,
+                "prob_best": arm["p_best"] if arm else None,
             }
         )
     if not ranked:
@@ -74,16 +82,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False):
-    """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = first row)."""
+def leaderboard_table(results: Sequence[dict[str, Any]], ranked: bool = False,
+                      arms: Mapping[str, Mapping[str, Any]] | None = None):
+    """A ``prettytable.PrettyTable`` of :func:`leaderboard_rows` (rank 1 = first row); ``group``: points sharing a
+    letter are not distinguishable (Holm, alpha 0.05; with training seeds, on their arms' aggregated evidence),
+    ``P(best)``: probability that the point's arm is the best (:mod:`vlamix.eval.arms`)."""
     table = PrettyTable()
     table.field_names = ["rank", "strategy / mixture", "success rate", "95% CI", "N", "errors", "worst task SR", "action acc",
-                         "action L1"]
-    for i, row in enumerate(leaderboard_rows(results, ranked), start=1):
+                         "action L1", "group", "P(best)"]
+    for i, row in enumerate(leaderboard_rows(results, ranked, arms), start=1):
         ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if row["ci_low"] is not None else "-"
         table.add_row(
             [i, row["mixture"], _fmt(row["success_rate"]), ci, _fmt(row["n_episodes"]), _fmt(row["n_errors"]),
-             _fmt(row["worst_task_success_rate"]), _fmt(row["action_token_accuracy"]), _fmt(row["action_l1"], 4)]
+             _fmt(row["worst_task_success_rate"]), _fmt(row["action_token_accuracy"]), _fmt(row["action_l1"], 4),
+             _fmt(row["group"]), _fmt(row["prob_best"], 2)]
         )
     return table
 
@@ -112,7 +124,8 @@ def write_report(
     import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), as above
 
     os.makedirs(out_dir, exist_ok=True)
-    rows = leaderboard_rows(results, ranked)
+    arms = arm_table(results)
+    rows = leaderboard_rows(results, ranked, arms)
     labels, tasks, matrix = _per_task_matrix(results)
 
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.2))
@@ -145,7 +158,8 @@ def write_report(
         fig.savefig(os.path.join(out_dir, "per_task.png"), dpi=120)
         plt.close(fig)
 
-    lines = [f"# {title}", "", "## Leaderboard", "", "```", leaderboard_table(results, ranked).get_string(), "```", ""]
+    board = leaderboard_table(results, ranked, arms).get_string()
+    lines = [f"# {title}", "", "## Leaderboard", "", "```", board, "```", ""]
     if tasks:
         lines += ["## Per-task success rate", "", "| mixture | " + " | ".join(tasks) + " |",
                   "|---" * (len(tasks) + 1) + "|"]

@@ -63,6 +63,7 @@ from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, p
 from vlamix.mixing.weights import group_frames
 from vlamix.model.checkpoint import ADAPTER_DIR, load_vla, save_vla
 from vlamix.model.lora import apply_lora, merge_lora, set_adapter_state
+from vlamix.model.memory import device_label
 from vlamix.model.settings import ModelConfig
 from vlamix.train.distributed import (
     DistContext,
@@ -592,7 +593,8 @@ class FineTuner:
                 keep_base = m.builtin or m.finetune_mode == "full"
                 base_model = None if keep_base else m.path
                 training = {"image_aug": bool(self.cfg.data.image_aug), "precision": self.precision,
-                            "device": self.ctx.device.type, "finetune_mode": m.finetune_mode, "lora_rank": m.lora_rank}
+                            "device": self.ctx.device.type, "device_name": device_label(str(self.ctx.device)),
+                            "finetune_mode": m.finetune_mode, "lora_rank": m.lora_rank}
                 save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model,
                          training=training)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
