@@ -191,12 +191,23 @@ def make_bright_slot(settings, dark_tasks=()):
 
 
 def batch1_expert_rows(specs, max_steps, seed=7):
-    """The batch-1 loop (``run_episode``) with the scripted expert as the policy, in this (spawned) process."""
+    """The batch-1 loop (``run_episode``) with the scripted expert as the policy, in this (spawned) process;
+    each row also has ``actions``: float32 [steps, 7], the model-space actions the loop executed."""
     from vlamix.eval.expert_policy import ExpertPolicy, ExpertSlot
     from vlamix.eval.rollout import run_episode
 
-    slot = ExpertSlot(seed=seed)
+    class Recorded(ExpertPolicy):
+        def act(self, *args, **kwargs):
+            out = super().act(*args, **kwargs)
+            actions.append(out[0].astype(np.float32))
+            return out
+
+    slot, rows = ExpertSlot(seed=seed), []
     try:
-        return [run_episode(slot, ExpertPolicy(), spec, max_steps) for spec in specs]
+        for spec in specs:
+            actions = []
+            row = run_episode(slot, Recorded(), spec, max_steps)
+            rows.append({**row, "actions": np.array(actions, dtype=np.float32).reshape(-1, 7)})
+        return rows
     finally:
         slot.close()

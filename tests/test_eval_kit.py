@@ -451,12 +451,24 @@ def test_expert_reference_plans_the_same_episodes_as_the_vla_points():
 @pytest.mark.libero
 def test_default_job_reference_row_reports_its_successes_through_the_evaluator(monkeypatch, tmp_path):
     from vlamix.bench import metrics
+    from vlamix.eval.server import BatchedRollout
     from vlamix.pipeline.expert import ExpertReference
 
+    # a spy on the batched server's end of episode: the outcomes it detected (suite, success, step, error)
+    detected, finish = [], BatchedRollout._finish
+
+    def spy(self, slot, success, error):
+        ep = self._slots[slot]
+        detected.append((ep.spec.suite, success, ep.steps, error))
+        return finish(self, slot, success, error)
+
+    monkeypatch.setattr(BatchedRollout, "_finish", spy)
     monkeypatch.setenv("RESULT_SAVED_URL", str(tmp_path / "job" / "scripted_expert" / "p" / "output" / "inference"))
     [point] = [p for p in _default_job_points() if p.basemodel.name == "ScriptedExpertReference"]
     pred = ExpertReference(**dict(point.basemodel.hyperparameters)).predict()
     rows = pred["episodes"]
+    # every row is an outcome the server detected (success flag and step), once per episode
+    assert sorted(detected) == sorted((r["suite"], r["success"], r["steps"], r["error"]) for r in rows)
     assert [(r["suite"], r["task_id"], r["episode_index"]) for r in rows] == [
         ("libero_spatial", 0, 0), ("libero_object", 0, 0), ("libero_goal", 0, 0)]
     assert all(r["error"] is None for r in rows)

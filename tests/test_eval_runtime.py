@@ -31,9 +31,10 @@ from vlamix.pipeline.point import flag_errors
 from vlamix.eval.settings import RolloutConfig
 
 SPATIAL = "libero_spatial_no_noops"
-#: Step limit of the expert equality test: between the scripted expert's success steps on LIBERO-Spatial
-#: task 0 and LIBERO-Object task 0 (init state 0, seed 7; measured with tests/sim_attempts.py::expert_rollouts).
-EXPERT_MAX_STEPS = 0
+#: Step limit of the expert equality test: the scripted expert (init state 0, seed 7, 10 wait steps) wins
+#: LIBERO-Spatial task 0 at step 88 and LIBERO-Goal task 0 at step 95 (measured with
+#: tests/sim_attempts.py::expert_rollouts).
+EXPERT_MAX_STEPS = 100
 
 
 def _specs(tasks=2, trials=4, suite="libero_spatial"):
@@ -548,29 +549,28 @@ def test_expert_through_the_evaluator_equals_the_batch1_loop_and_its_own_loop_wi
     from vlamix.eval.expert_policy import ExpertPolicy
     from vlamix.eval.rollout import plan_episodes
 
-    # the scripted expert wins both episodes, at different steps; MAX_STEPS lies between them, so the later
-    # one is a failure at the step limit (a success and a failure through the same server rounds)
-    specs = plan_episodes("libero_spatial", [0], 1) + plan_episodes("libero_object", [0], 1)
+    # the scripted expert wins both episodes, at different steps: in lock-step rounds the first success ends
+    # one episode while the other runs on (episodes of two suites in one policy call until then)
+    specs = [plan_episodes(suite, [0], 1)[0] for suite in ("libero_spatial", "libero_goal")]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         batch1 = pool.submit(batch1_expert_rows, specs, EXPERT_MAX_STEPS)  # the batch-1 loop, one LIBERO env
-        own = pool.submit(expert_rollouts, specs, 7, 10, EXPERT_MAX_STEPS + 60)  # the expert's own loop, longer
+        own = pool.submit(expert_rollouts, specs, 7, 10, EXPERT_MAX_STEPS)  # the expert's own loop (old reference)
         stats = {}
-        # two env workers in lock-step: both episodes' expert actions in one policy call (two suites)
         rows = evaluate(ExpertPolicy, specs, RolloutConfig(eval_workers=2), max_steps=EXPERT_MAX_STEPS, seed=7,
                         progress=False, stats=stats)
         ref, oracle = batch1.result(), own.result()
     assert [r["error"] for r in rows] == [None] * 2 and [r["error"] for r in ref] == [None] * 2
-    # the expert's own loop (the reference row's loop before) wins both, the spatial one first
-    assert [o["success"] for o in oracle] == [True, True] and oracle[0]["steps"] <= EXPERT_MAX_STEPS < oracle[1]["steps"]
-    # vectorised evaluator == batch-1 loop, episode by episode: success flag, step, executed actions
+    # vectorised evaluator == batch-1 loop, episode by episode: success flag, step of detection, executed actions
     assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
         [(r["success"], r["steps"], r["action_digest"]) for r in ref]
-    assert [(r["success"], r["steps"]) for r in rows] == [(True, oracle[0]["steps"]), (False, EXPERT_MAX_STEPS)]
-    # the same actions as the expert's own loop: all of the success, the first EXPERT_MAX_STEPS of the other
-    own_digests = [hashlib.sha1(o["actions"][:r["steps"]].tobytes()).hexdigest()[:16] for o, r in zip(oracle, rows)]
-    assert [r["action_digest"] for r in rows] == own_digests
+    assert [r["success"] for r in rows] == [True, True] and rows[0]["steps"] < rows[1]["steps"] < EXPERT_MAX_STEPS
+    assert [hashlib.sha1(r["actions"].tobytes()).hexdigest()[:16] for r in ref] == [r["action_digest"] for r in ref]
     assert max(b for b, _, _ in stats["batch_log"]) == 2 and [r["batch_size"] for r in rows] == [2, 2]
-
+    # the expert's own loop (the reference row's loop before; its env is built for recording, without the
+    # camera) wins at the same steps with the same actions, up to float noise of the two simulators
+    assert [(o["success"], o["steps"]) for o in oracle] == [(r["success"], r["steps"]) for r in rows]
+    for o, r in zip(oracle, ref):
+        np.testing.assert_allclose(r["actions"], o["actions"], rtol=0, atol=1e-4)
 
 def test_report_lists_error_counts_and_links_videos(tmp_path):
     from vlamix.report.markdown import write_report
