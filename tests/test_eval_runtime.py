@@ -137,8 +137,8 @@ def test_slot_states_reach_a_state_policy_in_both_loops_and_the_env_gets_the_pro
     specs = _specs(tasks=2, trials=2) + _specs(tasks=1, trials=2, suite="libero_object")
     stats = {}
     # no slot_factory: evaluate takes the policy's own (here the fake state slots)
-    rows = evaluate(_state_slot_expert, specs, RolloutConfig(eval_workers=2, envs_per_worker=2), max_steps=8, stats=stats,
-                    progress=False)
+    rows = evaluate(_state_slot_expert, specs, RolloutConfig(eval_workers=2, envs_per_worker=2), max_steps=8,
+                    stats=stats, progress=False)
     lengths = [episode_length(s.task_id, s.episode_index) for s in specs]
     assert [(r["success"], r["steps"], r["error"]) for r in rows] == [(True, n, None) for n in lengths]
     assert max(b for b, _, _ in stats["batch_log"]) == 2 and all(r["policy_batch"] == 2 for r in rows)

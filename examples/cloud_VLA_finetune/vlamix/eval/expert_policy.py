@@ -116,7 +116,7 @@ class ExpertSlot(LiberoSlot):
 
 
 def make_expert_slot(settings: dict[str, Any]) -> ExpertSlot:
-    """Slot factory of :class:`ExpertPolicy` (picklable; the same settings as :func:`vlamix.eval.envs.make_libero_slot`)."""
+    """Slot factory of :class:`ExpertPolicy` (picklable; the settings of :func:`vlamix.eval.envs.make_libero_slot`)."""
     return ExpertSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"])
 
 
@@ -152,7 +152,7 @@ class ExpertPolicy:
             if isinstance(state, dict) and EXPERT_ERROR in state:
                 raise RuntimeError(f"scripted expert: {state[EXPERT_ERROR]}")
             if not isinstance(state, dict) or EXPERT_ACTION not in state:
-                raise ValueError(f"states[{i}] has no '{EXPERT_ACTION}': the scripted expert needs env slots that run it "
-                                 "(slot_factory=vlamix.eval.expert_policy.make_expert_slot)")
+                raise ValueError(f"states[{i}] has no '{EXPERT_ACTION}': the scripted expert needs env slots that "
+                                 "run it (slot_factory=vlamix.eval.expert_policy.make_expert_slot)")
             out[i] = env_to_model_action(np.asarray(state[EXPERT_ACTION], dtype=np.float64))
         return out

@@ -404,7 +404,8 @@ def evaluate(
                          row["wall_s"])
 
         settings = {"slot_factory": slot_factory or getattr(pol, "slot_factory", None) or make_libero_slot,
-                    "resolution": resolution, "seed": seed, "num_steps_wait": num_steps_wait, "image_size": MODEL_IMAGE_SIZE,
+                    "resolution": resolution, "seed": seed, "num_steps_wait": num_steps_wait,
+                    "image_size": MODEL_IMAGE_SIZE,
                     "render_threads": max(1, (os.cpu_count() or 1) // workers)}
         runner = BatchedRollout(
             pol, workers=workers, envs_per_worker=envs_per_worker, settings=settings,

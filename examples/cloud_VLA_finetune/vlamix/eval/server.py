@@ -106,7 +106,8 @@ def policy_batch_size(workers: int, envs_per_worker: int) -> int:
     return workers * envs_per_worker // (2 if envs_per_worker >= 2 else 1)
 
 
-def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any], states: Sequence[Any] | None = None) -> np.ndarray:
+def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any],
+                states: Sequence[Any] | None = None) -> np.ndarray:
     """One policy call for the episodes ``specs``: the interface every rollout path (:class:`BatchedRollout`,
     the batch-1 loop :func:`vlamix.eval.rollout.run_episode`) uses.
 
