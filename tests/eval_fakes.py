@@ -78,6 +78,53 @@ class FakeSlot:
         pass
 
 
+def env_action_of(task_id, trial, t):
+    """The action a :class:`StateSlot` proposes at step ``t``, in the environment's convention (gripper -1 / +1)."""
+    return np.array([0.01 * task_id, 0.02 * trial, -0.03 * t, 0.1, -0.2, 0.3, 1.0 if (t + trial) % 3 == 0 else -1.0],
+                    dtype=np.float32)
+
+
+class StateSlot(FakeSlot):
+    """A FakeSlot that, like the scripted expert's slot, sends a privileged ``state`` with each image:
+    ``{"expert_action": env_action_of(...)}``; an episode succeeds after ``episode_length`` steps only if
+    every action, post-processed for the environment (``model_to_env_action``), is exactly the proposed one.
+    ``executed`` keeps the environment actions it got. ``fail`` maps ``(task, trial)`` to the step at which
+    the state carries an expert error (``{"expert_error": ...}``) instead of an action."""
+
+    def __init__(self, faults, marker_dir, fail=()):
+        super().__init__(faults, marker_dir)
+        self.fail = dict(fail)
+
+    def _propose(self):
+        key = (self.spec.task_id, self.spec.episode_index)
+        if self.fail.get(key) == self.t:
+            self.state = {"expert_error": "UnsupportedTaskError: no primitive for this goal"}
+        else:
+            self.state = {"expert_action": env_action_of(*key, self.t).tolist()}
+
+    def begin(self, spec):
+        image = super().begin(spec)
+        self.executed = []
+        self._propose()
+        return image
+
+    def step(self, action):
+        from vlamix.eval.envs import model_to_env_action
+
+        env_action = model_to_env_action(action)
+        self.executed.append(env_action)
+        proposed = np.asarray(self.state["expert_action"], dtype=np.float64)
+        self.ok = self.ok and np.array_equal(env_action, proposed)
+        self.t += 1
+        self.frame = image_of(self.spec.task_id, self.spec.episode_index, self.t)
+        self._propose()
+        return self.frame, self.ok and self.t >= episode_length(self.spec.task_id, self.spec.episode_index)
+
+
+def make_state_slot(settings, fail=()):
+    return StateSlot({}, None, fail)
+
+
 def make_fake_slot(settings, faults=(), marker_dir=None):
     return FakeSlot(dict(faults), marker_dir)
 
@@ -141,3 +188,26 @@ class BrightSlot:
 
 def make_bright_slot(settings, dark_tasks=()):
     return BrightSlot(dark_tasks)
+
+
+def batch1_expert_rows(specs, max_steps, seed=7):
+    """The batch-1 loop (``run_episode``) with the scripted expert as the policy, in this (spawned) process;
+    each row also has ``actions``: float32 [steps, 7], the model-space actions the loop executed."""
+    from vlamix.eval.expert_policy import ExpertPolicy, ExpertSlot
+    from vlamix.eval.rollout import run_episode
+
+    class Recorded(ExpertPolicy):
+        def act(self, *args, **kwargs):
+            out = super().act(*args, **kwargs)
+            actions.append(out[0].astype(np.float32))
+            return out
+
+    slot, rows = ExpertSlot(seed=seed), []
+    try:
+        for spec in specs:
+            actions = []
+            row = run_episode(slot, Recorded(), spec, max_steps)
+            rows.append({**row, "actions": np.array(actions, dtype=np.float32).reshape(-1, 7)})
+        return rows
+    finally:
+        slot.close()

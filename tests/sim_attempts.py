@@ -69,3 +69,53 @@ def expert_attempt(suite: str, task_id: int, index: int = 0) -> dict:
 def expert_attempts(suite: str, task_ids) -> dict:
     """``{task_id: expert_attempt(suite, task_id)}`` for several tasks in one worker."""
     return {task_id: expert_attempt(suite, task_id) for task_id in task_ids}
+
+
+def expert_rollouts(specs, seed: int = 7, num_steps_wait: int = 10, max_steps: int = 300) -> list:
+    """The scripted expert's own rollout loop (the reference row's loop before it ran through the evaluator).
+
+    The oracle of the expert policy (``vlamix.eval.expert_policy``): per episode ``np.random.seed(seed)``,
+    ``env.seed(seed)``, ``env.reset()``, the spec's init state, ``num_steps_wait`` dummy steps, then
+    ``ScriptedExpert(env, rng=np.random.default_rng(seed))`` acts until the env's ``done``, the expert's
+    failure flag, or ``max_steps``. No camera is rendered.
+
+    Returns:
+        one dict per spec: ``success`` (bool), ``steps`` (int), ``failure`` (None or the expert's reason),
+        ``actions`` (float32 [steps, 7]: the actions executed, in model space: gripper -1 / +1 -> 1.0 / 0.0).
+    """
+    from vlamix.sim.expert import ScriptedExpert
+    from vlamix.sim.libero_env import dummy_action, init_states, task_info
+    from vlamix.sim.record import make_recording_env
+
+    out = []
+    for spec in specs:
+        env = make_recording_env(task_info(spec.suite, spec.task_id))
+        try:
+            np.random.seed(seed)
+            env.seed(seed)
+            env.reset()
+            obs = env.set_init_state(init_states(spec.suite, spec.task_id)[spec.init_state_index])
+            for _ in range(num_steps_wait):
+                obs, _, _, _ = env.step(dummy_action())
+            expert = ScriptedExpert(env, rng=np.random.default_rng(seed))
+            expert.reset(obs)
+            row = {"success": False, "steps": 0, "failure": None}
+            actions = []
+            for _ in range(max_steps):
+                action = np.asarray(expert.act(obs), dtype=np.float32)
+                model = action.copy()
+                model[6] = (1.0 - action[6]) / 2.0
+                actions.append(model)
+                obs, _, done, _ = env.step(action.tolist())
+                row["steps"] += 1
+                if done:
+                    row["success"] = True
+                    break
+                if expert.failure:
+                    row["failure"] = expert.failure
+                    break
+            row["actions"] = np.array(actions, dtype=np.float32).reshape(-1, 7)
+            out.append(row)
+        finally:
+            env.close()
+    return out

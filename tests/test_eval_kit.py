@@ -449,18 +449,38 @@ def test_expert_reference_plans_the_same_episodes_as_the_vla_points():
 
 
 @pytest.mark.libero
-def test_expert_reference_row_succeeds_on_the_default_episodes(monkeypatch, tmp_path):
+def test_default_job_reference_row_reports_its_successes_through_the_evaluator(monkeypatch, tmp_path):
     from vlamix.bench import metrics
+    from vlamix.eval.server import BatchedRollout
     from vlamix.pipeline.expert import ExpertReference
 
+    # a spy on the batched server's end of episode: the outcomes it detected (suite, success, step, error)
+    detected, finish = [], BatchedRollout._finish
+
+    def spy(self, slot, success, error):
+        ep = self._slots[slot]
+        detected.append((ep.spec.suite, success, ep.steps, error))
+        return finish(self, slot, success, error)
+
+    monkeypatch.setattr(BatchedRollout, "_finish", spy)
     monkeypatch.setenv("RESULT_SAVED_URL", str(tmp_path / "job" / "scripted_expert" / "p" / "output" / "inference"))
-    pred = ExpertReference(eval_suites=["libero_spatial", "libero_object"], eval_tasks=2, eval_workers=2).predict()
+    [point] = [p for p in _default_job_points() if p.basemodel.name == "ScriptedExpertReference"]
+    pred = ExpertReference(**dict(point.basemodel.hyperparameters)).predict()
     rows = pred["episodes"]
+    # every row is an outcome the server detected (success flag and step), once per episode
+    assert sorted(detected) == sorted((r["suite"], r["success"], r["steps"], r["error"]) for r in rows)
     assert [(r["suite"], r["task_id"], r["episode_index"]) for r in rows] == [
-        ("libero_spatial", 0, 0), ("libero_spatial", 1, 0), ("libero_object", 0, 0), ("libero_object", 1, 0)]
+        ("libero_spatial", 0, 0), ("libero_object", 0, 0), ("libero_goal", 0, 0)]
     assert all(r["error"] is None for r in rows)
-    assert metrics.success_rate(None, pred) > 0.8
-    assert all(r["steps"] < r["max_steps"] for r in rows if r["success"])
+    # the rows are the batched evaluator's (fields only its server writes): 3 env workers in lock-step, the
+    # expert's actions served to all three episodes in one policy call, each episode run once
+    assert all((r["episode_key"], r["attempts"], r["batch_size"], r["policy_batch"], r["env_slots"], r["max_steps"]) ==
+               ([r["suite"], r["task_id"], 0], 1, 3, 3, 3, 180) for r in rows)
+    assert all(len(r["action_digest"]) == 16 and r["render_s"] > 0 and r["physics_s"] > 0 for r in rows)
+    assert len({r["action_digest"] for r in rows}) == 3
+    # and they report the expert's successes, detected by the server before the step limit
+    assert [r["success"] for r in rows] == [True] * 3 and all(r["steps"] < r["max_steps"] for r in rows)
+    assert metrics.success_rate(None, pred) == 1.0
     assert pred["reference"] is True and math.isnan(metrics.tied_with_best(None, pred))
     assert math.isnan(metrics.seen_success_rate(None, pred)) and math.isnan(metrics.action_l1(None, pred))
 

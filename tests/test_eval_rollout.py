@@ -119,6 +119,19 @@ def test_model_to_env_action_gripper_binarised_and_inverted():
         model_to_env_action(np.zeros(6))
 
 
+def test_env_to_model_action_is_the_inverse_of_the_post_processing_for_a_binary_gripper():
+    from vlamix.eval.envs import env_to_model_action
+
+    env = np.array([[0.1, -0.2, 0.3, -0.4, 0.5, -0.6, g] for g in (-1.0, 1.0)], dtype=np.float32)
+    model = env_to_model_action(env)
+    assert model[:, -1].tolist() == [1.0, 0.0]  # model: 1 open, 0 close
+    assert np.array_equal(model_to_env_action(model), env.astype(np.float64))  # exact round trip
+    with pytest.raises(ValueError, match=r"-1 \(open\) or \+1 \(close\), got \[0.5\]"):
+        env_to_model_action([0.0] * 6 + [0.5])
+    with pytest.raises(ValueError, match="7"):
+        env_to_model_action(np.zeros(6))
+
+
 def test_resolve_unnorm_key_order_and_errors():
     both = {"libero_spatial": {}, "libero_spatial_no_noops": {}, "libero_goal": {}}
     assert resolve_unnorm_key(both, "libero_spatial") == "libero_spatial_no_noops"

@@ -31,6 +31,10 @@ from vlamix.pipeline.point import flag_errors
 from vlamix.eval.settings import RolloutConfig
 
 SPATIAL = "libero_spatial_no_noops"
+#: Step limit of the expert equality test: the scripted expert (init state 0, seed 7, 10 wait steps) wins
+#: LIBERO-Spatial task 0 at step 88 and LIBERO-Goal task 0 at step 95 (measured with
+#: tests/sim_attempts.py::expert_rollouts).
+EXPERT_MAX_STEPS = 100
 
 
 def _specs(tasks=2, trials=4, suite="libero_spatial"):
@@ -112,6 +116,54 @@ def test_episodes_of_different_suites_share_one_policy_call(tmp_path):
     assert all(r["success"] and r["batch_size"] == 3 for r in rows)
     assert max(policy.batches) == 3 and len(policy.batches) == stats["rounds"] - 1  # one call per round, not per suite
     assert policy.suites[0] == ["libero_spatial", "libero_object", "libero_goal"]
+
+
+def _state_slot_expert():
+    """ExpertPolicy paired with the fake state slots (as ExpertPolicy is with make_expert_slot)."""
+    from eval_fakes import make_state_slot
+    from vlamix.eval.expert_policy import ExpertPolicy
+
+    policy = ExpertPolicy()
+    policy.slot_factory = make_state_slot
+    return policy
+
+
+def test_slot_states_reach_a_state_policy_in_both_loops_and_the_env_gets_the_proposed_actions(tmp_path):
+    from eval_fakes import StateSlot, env_action_of, make_state_slot
+    from vlamix.eval.expert_policy import ExpertPolicy
+    from vlamix.eval.rollout import run_episode
+
+    # 6 episodes of two suites on 2 workers x 2 slots: each row of a batch must get its own slot's state
+    specs = _specs(tasks=2, trials=2) + _specs(tasks=1, trials=2, suite="libero_object")
+    stats = {}
+    # no slot_factory: evaluate takes the policy's own (here the fake state slots)
+    rows = evaluate(_state_slot_expert, specs, RolloutConfig(eval_workers=2, envs_per_worker=2), max_steps=8,
+                    stats=stats, progress=False)
+    lengths = [episode_length(s.task_id, s.episode_index) for s in specs]
+    assert [(r["success"], r["steps"], r["error"]) for r in rows] == [(True, n, None) for n in lengths]
+    assert max(b for b, _, _ in stats["batch_log"]) == 2 and all(r["policy_batch"] == 2 for r in rows)
+    # the batch-1 loop: same outcomes and the same digests of the model-space actions
+    slot = StateSlot({}, None)
+    ref = [run_episode(slot, ExpertPolicy(), spec, 8) for spec in specs]
+    assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
+        [(r["success"], r["steps"], r["action_digest"]) for r in ref]
+    # what the env executed is the proposal (gripper -1 / +1 included), through model space and back
+    last = specs[-1]
+    expected = [env_action_of(last.task_id, last.episode_index, t) for t in range(lengths[-1])]
+    np.testing.assert_array_equal(np.array(slot.executed), np.array(expected, dtype=np.float64))
+    assert sorted({a[6] for a in slot.executed}) == [-1.0, 1.0]
+    # an exception of the expert in its slot is the policy's: an error row at once (not retried, not a
+    # failure), while the episode beside it in the same policy call runs on
+    rows = evaluate(ExpertPolicy, specs[:2], RolloutConfig(eval_workers=2), max_steps=8, progress=False,
+                    slot_factory=functools.partial(make_state_slot, fail=[((0, 1), 1)]))
+    assert (rows[0]["success"], rows[0]["error"]) == (True, None)
+    assert (rows[1]["success"], rows[1]["steps"], rows[1]["attempts"], rows[1]["error"]) == \
+        (False, 1, 1, "RuntimeError: scripted expert: UnsupportedTaskError: no primitive for this goal")
+    # slots without a state (image-only): the expert policy cannot act; error rows, not failures
+    rows = evaluate(ExpertPolicy, specs[:2], RolloutConfig(eval_workers=1), max_steps=8, slot_factory=_fake(tmp_path),
+                    progress=False)
+    assert all(not r["success"] and "has no 'expert_action'" in r["error"] and "make_expert_slot" in r["error"]
+               for r in rows)
 
 
 def test_one_env_per_worker_steps_every_slot_each_round_in_lock_step(tmp_path):
@@ -485,6 +537,40 @@ def test_vectorised_evaluator_equals_the_batch1_loop_and_writes_failure_videos(t
         assert len(frames) == r["steps"] + 1 and frames[0].shape == (256, 256, 3)
     assert sorted(os.listdir(os.path.dirname(out) + "/videos")) == sorted(os.path.basename(r["video"]) for r in videos)
 
+
+@pytest.mark.libero
+def test_expert_through_the_evaluator_equals_the_batch1_loop_and_its_own_loop_with_successes(tmp_path):
+    import hashlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from eval_fakes import batch1_expert_rows
+    from sim_attempts import expert_rollouts
+    from vlamix.eval.expert_policy import ExpertPolicy
+    from vlamix.eval.rollout import plan_episodes
+
+    # the scripted expert wins both episodes, at different steps: in lock-step rounds the first success ends
+    # one episode while the other runs on (episodes of two suites in one policy call until then)
+    specs = [plan_episodes(suite, [0], 1)[0] for suite in ("libero_spatial", "libero_goal")]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        batch1 = pool.submit(batch1_expert_rows, specs, EXPERT_MAX_STEPS)  # the batch-1 loop, one LIBERO env
+        own = pool.submit(expert_rollouts, specs, 7, 10, EXPERT_MAX_STEPS)  # the expert's own loop (old reference)
+        stats = {}
+        rows = evaluate(ExpertPolicy, specs, RolloutConfig(eval_workers=2), max_steps=EXPERT_MAX_STEPS, seed=7,
+                        progress=False, stats=stats)
+        ref, oracle = batch1.result(), own.result()
+    assert [r["error"] for r in rows] == [None] * 2 and [r["error"] for r in ref] == [None] * 2
+    # vectorised evaluator == batch-1 loop, episode by episode: success flag, step of detection, executed actions
+    assert [(r["success"], r["steps"], r["action_digest"]) for r in rows] == \
+        [(r["success"], r["steps"], r["action_digest"]) for r in ref]
+    assert [r["success"] for r in rows] == [True, True] and rows[0]["steps"] < rows[1]["steps"] < EXPERT_MAX_STEPS
+    assert [hashlib.sha1(r["actions"].tobytes()).hexdigest()[:16] for r in ref] == [r["action_digest"] for r in ref]
+    assert max(b for b, _, _ in stats["batch_log"]) == 2 and [r["batch_size"] for r in rows] == [2, 2]
+    # the expert's own loop (the reference row's loop before; its env is built for recording, without the
+    # camera) wins at the same steps with the same actions, up to float noise of the two simulators
+    assert [(o["success"], o["steps"]) for o in oracle] == [(r["success"], r["steps"]) for r in rows]
+    for o, r in zip(oracle, ref):
+        np.testing.assert_allclose(r["actions"], o["actions"], rtol=0, atol=1e-4)
 
 def test_report_lists_error_counts_and_links_videos(tmp_path):
     from vlamix.report.markdown import write_report

@@ -5,6 +5,8 @@ Modules:
     vlamix.eval.rollout  ``evaluate`` (batched policy + env workers, JSONL rows, resume), ``read_rows``, ``run_episode``
     vlamix.eval.server   ``BatchedRollout``: one batched policy in this process, slot refill, faults
     vlamix.eval.envs     ``LiberoSlot`` and the spawned env-worker processes (no torch, no TensorFlow)
+    vlamix.eval.expert_policy  ``ExpertPolicy``: the scripted expert behind the policy interface (its ``ExpertSlot``
+                         runs it in the env workers); the reference row's rollouts
     vlamix.eval.video    ``EpisodeVideo`` (imageio MP4s), report links
     vlamix.eval.policy   ``VLAPolicy`` (checkpoint -> ``act(images, instructions, suite)``, device, dtype,
                          merged LoRA), ``resolve_device``, ``resolve_unnorm_key``

@@ -68,6 +68,32 @@ def model_to_env_action(action: np.ndarray) -> np.ndarray:
     return out
 
 
+def env_to_model_action(action: np.ndarray) -> np.ndarray:
+    """LIBERO environment action -> model-space action: the inverse of :func:`model_to_env_action` for a
+    binary gripper (a new array).
+
+    The gripper goes from the environment's -1 (open) / +1 (close) to the model's 1.0 (open) / 0.0
+    (close), so that ``model_to_env_action(env_to_model_action(a))`` is ``a`` exactly; the other 6
+    dims pass through. Used by policies that compute environment actions themselves (the scripted
+    expert, :mod:`vlamix.eval.expert_policy`) so that their actions take the VLA's post-processing path.
+
+    Args:
+        action: float [..., 7] with the gripper exactly -1.0 or 1.0.
+    Returns:
+        float64 [..., 7]; the gripper is 1.0 or 0.0.
+    Raises:
+        ValueError: last dimension is not 7, or a gripper value other than -1 / +1 (naming it).
+    """
+    out = np.array(action, dtype=np.float64, copy=True)
+    if out.shape[-1:] != (ACTION_DIM,):
+        raise ValueError(f"action must have {ACTION_DIM} values in its last dimension, got shape {list(out.shape)}")
+    bad = out[..., -1][np.abs(out[..., -1]) != 1.0]
+    if bad.size:
+        raise ValueError(f"environment gripper must be -1 (open) or +1 (close), got {bad.tolist()[:3]}")
+    out[..., -1] = (1.0 - out[..., -1]) / 2.0
+    return out
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's global and (when imported) torch's RNGs (LIBERO's ``env.seed`` is ``np.random.seed``)."""
     random.seed(seed)
@@ -89,6 +115,9 @@ class LiberoSlot:
     Attributes (seconds, reset by :meth:`begin`): ``physics_s`` (``env.step`` minus rendering),
     ``render_s`` (MuJoCo offscreen rendering of the camera), ``preprocess_s`` (JPEG + resize).
     ``frame`` is the last camera frame (uint8 [resolution, resolution, 3], rotated 180 degrees).
+    ``state`` is the privileged observation of the last ``begin`` / ``step`` that the worker sends
+    with the image (plain numbers, picklable): None here, where the policy sees images only; a subclass
+    sets it in :meth:`_observe` (:class:`vlamix.eval.expert_policy.ExpertSlot`).
     """
 
     def __init__(self, resolution: int = RLDS_IMAGE_SIZE, seed: int = 7, num_steps_wait: int = NUM_STEPS_WAIT,
@@ -98,6 +127,7 @@ class LiberoSlot:
         self.task: tuple[str, int] | None = None
         self.states = None
         self.frame: np.ndarray | None = None
+        self.state: Any = None
         self.physics_s = self.render_s = self.preprocess_s = 0.0
 
     def _timed_render(self, render: Callable) -> Callable:
@@ -116,7 +146,9 @@ class LiberoSlot:
         self.physics_s += time.perf_counter() - t0 - (self.render_s - render_before)
         return obs, bool(done)
 
-    def _image(self, obs: dict) -> np.ndarray:
+    def _observe(self, obs: dict) -> np.ndarray:
+        """The policy's observation of ``obs`` (after the wait steps, and after each policy step): the
+        policy image uint8 [S, S, 3]; a subclass may also set :attr:`state`."""
         t0 = time.perf_counter()
         self.frame = camera_image(obs, AGENTVIEW)
         image = preprocess_image(self.frame, size=self.image_size)
@@ -126,6 +158,7 @@ class LiberoSlot:
     def begin(self, spec: Any) -> np.ndarray:
         """Start episode ``spec`` (reset, init state, wait steps). Returns the first policy image uint8 [S, S, 3]."""
         self.physics_s = self.render_s = self.preprocess_s = 0.0
+        self.state = None
         task = (spec.suite, spec.task_id)
         if self.task != task:
             self.close()
@@ -144,12 +177,12 @@ class LiberoSlot:
         self.physics_s += time.perf_counter() - t0
         for _ in range(self.num_steps_wait):
             obs, _ = self._env_step(dummy_action())
-        return self._image(obs)
+        return self._observe(obs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
         """Apply a model-space action float [7]; returns (next policy image uint8 [S, S, 3], done)."""
         obs, done = self._env_step(model_to_env_action(action).tolist())
-        return self._image(obs), done
+        return self._observe(obs), done
 
     def close(self) -> None:
         """Close the environment (a failing close is logged, never raised)."""
@@ -195,7 +228,8 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
     float64 [7]) and ``"end"`` (arg = final video path or None: keep the episode video there, or
     delete it). ``busy`` (shared doubles) holds ``[slot, monotonic start]`` of the command running
     now and ``[-1, 0]`` between commands, so the parent can time out a hung one. The answer is ``[result, ...]`` in command order; a result is a dict with ``slot``,
-    ``op``, and for begin/step ``image`` (uint8 [S, S, 3] or None on error), ``done`` (bool),
+    ``op``, and for begin/step ``image`` (uint8 [S, S, 3] or None on error), ``state`` (the slot's
+    privileged observation, ``slot.state``: None for image-only slots or on error), ``done`` (bool),
     ``error`` (None or "Type: message" with the traceback logged), ``physics_s``, ``render_s``,
     ``preprocess_s`` (seconds of the episode so far). An exception in a slot is reported in its
     result and the slot's env is closed (rebuilt on the next begin).
@@ -249,7 +283,7 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
 
 
 def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"slot": slot, "op": op, "image": None, "done": False, "error": None}
+    out: dict[str, Any] = {"slot": slot, "op": op, "image": None, "state": None, "done": False, "error": None}
     try:
         if op == "end":
             if videos[slot] is not None:
@@ -272,10 +306,11 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
             out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))
         else:
             raise ValueError(f"unknown env-worker command {op!r}")
+        out["state"] = getattr(env, "state", None)
         if videos[slot] is not None:
             videos[slot].add(getattr(env, "frame", None))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which retries or records an error
-        out["image"] = None
+        out["image"] = out["state"] = None
         out["error"] = f"{type(err).__name__}: {err}"
         logger.error("env slot %d, %s failed:\n%s", slot, op, traceback.format_exc())
         if slots[slot] is not None:

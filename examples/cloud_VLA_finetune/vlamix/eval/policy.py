@@ -8,7 +8,9 @@ model space (the space of OpenVLA's ``libero_dataset_transform``):
            gripper in [0, 1] with 1 = open, 0 = close.
 
 The rollout (:mod:`vlamix.eval.rollout`) turns the gripper into the environment's convention.
-Anything with this ``act`` method can be rolled out; tests use small stand-ins.
+Anything with this ``act`` method can be rolled out; tests use small stand-ins. A policy that declares
+``uses_state = True`` also gets ``states=[...]``, the env slots' privileged observations (the scripted
+expert, :class:`vlamix.eval.expert_policy.ExpertPolicy`; :func:`vlamix.eval.server.call_policy`).
 
 Reference: openvla/openvla ``experiments/robot/openvla_utils.py`` (``get_vla_action``: optional
 centre crop, prompt, ``predict_action(..., unnorm_key)``) and

@@ -46,13 +46,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from vlamix.core.console import progress as progress_display
-from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
+from vlamix.core.constants import NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.envs import make_libero_slot, model_to_env_action, seed_everything  # noqa: F401  (re-exported)
 from vlamix.eval.image import MODEL_IMAGE_SIZE
 from vlamix.eval.plan import EpisodeSpec, plan_episodes  # noqa: F401  (re-exported)
 from vlamix.core.suites import suite_max_steps
 from vlamix.eval.policy import VLAPolicy, dtype_name, resolve_device
-from vlamix.eval.server import BatchedRollout
+from vlamix.eval.server import BatchedRollout, call_policy
 from vlamix.eval.settings import RolloutConfig
 from vlamix.model.settings import BUILTIN_MODELS
 from vlamix.sim.libero_env import simulator_versions
@@ -83,8 +83,9 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
 
     Args:
         slot: env slot, e.g. :class:`vlamix.eval.envs.LiberoSlot` (``begin(spec) -> image``,
-            ``step(action) -> (image, done)``).
-        policy: ``act(images uint8 [1, S, S, 3], [instruction], suite) -> float [1, 7]``.
+            ``step(action) -> (image, done)``, optional ``state``: the privileged observation).
+        policy: ``act(images uint8 [1, S, S, 3], [instruction], suite) -> float [1, 7]``, called through
+            :func:`vlamix.eval.server.call_policy` as the batched evaluator calls it (``variants``, ``states``).
         spec: the episode. max_steps: policy steps before the episode is a failure.
     Returns:
         dict with ``success`` (bool), ``steps`` (int), ``action_digest`` (as in :func:`evaluate`),
@@ -99,10 +100,8 @@ def run_episode(slot: Any, policy: Any, spec: EpisodeSpec, max_steps: int) -> di
         image = slot.begin(spec)
         for _ in range(max_steps):
             t0 = time.perf_counter()
-            action = np.asarray(policy.act(image[None], [spec.instruction], spec.suite), dtype=np.float64)
+            action = call_policy(policy, image[None], [spec], [getattr(slot, "state", None)])
             policy_s += time.perf_counter() - t0
-            if action.shape != (1, ACTION_DIM) or not np.all(np.isfinite(action)):
-                raise ValueError(f"policy returned {list(action.shape)}, expected finite float [1, {ACTION_DIM}]")
             digest.update(action[0].astype(np.float32).tobytes())
             image, done = slot.step(action[0])
             row["steps"] += 1
@@ -252,7 +251,9 @@ def evaluate(
         torch_threads: torch CPU threads of the policy (default: torch's).
         rerun_errors: run again the episodes whose stored row has an ``error``.
         progress: False: no progress display; else a bar on a terminal, a line per quarter elsewhere.
-        slot_factory: picklable ``settings -> env slot`` (default: LIBERO; tests pass fakes).
+        slot_factory: picklable ``settings -> env slot`` (default: the policy's ``slot_factory`` attribute if it
+            has one, e.g. :class:`vlamix.eval.expert_policy.ExpertPolicy`'s slots that run the expert, else
+            LIBERO's :func:`vlamix.eval.envs.make_libero_slot`; tests pass fakes).
         policy_cache: a dict the caller keeps between calls (e.g. the rounds of racing): a checkpoint
             policy loaded once with the same path and options is reused instead of being loaded
             again; it holds one policy at a time (clear it to free the model's memory).
@@ -401,8 +402,9 @@ def evaluate(
             logger.debug("episode %s: success=%s steps=%d (%.1f s)", row["episode_key"], row["success"], row["steps"],
                          row["wall_s"])
 
-        settings = {"slot_factory": slot_factory or make_libero_slot, "resolution": resolution, "seed": seed,
-                    "num_steps_wait": num_steps_wait, "image_size": MODEL_IMAGE_SIZE,
+        settings = {"slot_factory": slot_factory or getattr(pol, "slot_factory", None) or make_libero_slot,
+                    "resolution": resolution, "seed": seed, "num_steps_wait": num_steps_wait,
+                    "image_size": MODEL_IMAGE_SIZE,
                     "render_threads": max(1, (os.cpu_count() or 1) // workers)}
         runner = BatchedRollout(
             pol, workers=workers, envs_per_worker=envs_per_worker, settings=settings,

@@ -8,7 +8,10 @@
 2. the commands go to the workers, which execute them in parallel and answer;
 3. episodes that ended (success, step limit, error) become rows; the policy images of all other
    episodes go to the policy as ONE batch, whatever their task suites (``policy.act(images uint8
-   [B, 224, 224, 3], instructions, suite or suites)``), and the actions come back for the next round.
+   [B, 224, 224, 3], instructions, suite or suites)``, :func:`call_policy`), and the actions come back
+   for the next round. A slot may send a privileged observation with its image (``state``: plain
+   numbers; the scripted expert's slot sends the action its expert computed from the simulator,
+   :mod:`vlamix.eval.expert_policy`); it goes to policies that declare ``uses_state``.
 
 **Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
 odd slot index within the worker), and the rounds alternate between them: while the workers step
@@ -70,6 +73,7 @@ class _Episode:
     timings: dict[str, float] = field(default_factory=dict)
     action: np.ndarray | None = None
     image: np.ndarray | None = None
+    state: Any = None  # the slot's privileged observation with the image (None for image-only slots)
     video_tmp: str | None = None
     digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
     max_batch: int = 0  # largest policy call this episode was served in
@@ -102,6 +106,39 @@ def policy_batch_size(workers: int, envs_per_worker: int) -> int:
     return workers * envs_per_worker // (2 if envs_per_worker >= 2 else 1)
 
 
+def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any],
+                states: Sequence[Any] | None = None) -> np.ndarray:
+    """One policy call for the episodes ``specs``: the interface every rollout path (:class:`BatchedRollout`,
+    the batch-1 loop :func:`vlamix.eval.rollout.run_episode`) uses.
+
+    ``policy.act(images, instructions, suite)`` with ``suite`` one name when every episode is of the same
+    suite, else one name per row; ``variants=[...]`` is added when some episode's ``instruction_variant`` is
+    not "original", and ``states=[...]`` (the slots' privileged observations, :attr:`vlamix.eval.envs.LiberoSlot.state`)
+    when the policy declares ``uses_state = True`` (the scripted expert, :mod:`vlamix.eval.expert_policy`).
+
+    Args:
+        images: uint8 [B, S, S, 3] policy images. specs: B episode specs. states: B slot states (or None).
+    Returns:
+        float64 [B, 7] model-space actions.
+    Raises:
+        ValueError: the policy returned another shape or a non-finite value; whatever ``act`` raises.
+    """
+    instructions = [spec.instruction for spec in specs]
+    suites = [spec.suite for spec in specs]
+    suite = suites[0] if len(set(suites)) == 1 else suites  # one name, or one per row
+    kwargs: dict[str, Any] = {}
+    variants = [getattr(spec, "instruction_variant", "original") for spec in specs]
+    if any(v != "original" for v in variants):
+        kwargs["variants"] = variants
+    if getattr(policy, "uses_state", False) is True:
+        kwargs["states"] = list(states) if states is not None else [None] * len(specs)
+    out = np.asarray(policy.act(images, instructions, suite, **kwargs), dtype=np.float64)
+    if out.shape != (len(specs), ACTION_DIM) or not np.all(np.isfinite(out)):
+        raise ValueError(f"policy returned {list(out.shape)} (finite: {bool(np.all(np.isfinite(out)))}), "
+                         f"expected finite float [{len(specs)}, {ACTION_DIM}]")
+    return out
+
+
 def video_name(spec: Any, success: bool) -> str:
     """File name of an episode video: ``<suite>__task<NN>__trial<NNN>[__<more key parts>]__<success|failure>.mp4``."""
     key = list(spec.key)
@@ -115,10 +152,11 @@ class BatchedRollout:
 
     Args:
         policy: object with ``act(images uint8 [B, S, S, 3], instructions list[str], suite) ->
-            float [B, 7]`` (model-space actions); ``suite`` is one task-suite name when every row is of the
-            same suite, else a list of B names (one call per round serves every waiting episode, so the batch
-            is what the slots give); called with ``variants=[...]`` as well when some episode's
-            ``instruction_variant`` is not "original".
+            float [B, 7]`` (model-space actions), called through :func:`call_policy`; ``suite`` is one
+            task-suite name when every row is of the same suite, else a list of B names (one call per round
+            serves every waiting episode, so the batch is what the slots give); called with ``variants=[...]``
+            as well when some episode's ``instruction_variant`` is not "original", and with ``states=[...]``
+            (the slots' privileged observations) when it declares ``uses_state = True``.
         workers: env-worker processes (>= 1). envs_per_worker: env slots per worker (>= 1).
         settings: picklable dict for the workers (``slot_factory``, ``resolution``, ``seed``,
             ``num_steps_wait``, ``image_size``).
@@ -448,7 +486,7 @@ class BatchedRollout:
                 if ep.steps >= ep.max_steps:
                     self._finish(slot, False, None)
                     continue
-            ep.image = res["image"]
+            ep.image, ep.state = res["image"], res.get("state")
             ep.action = None
 
     def _act(self, slots: Sequence[int]) -> int:
@@ -478,23 +516,11 @@ class BatchedRollout:
             if isinstance(action, str):
                 self._finish(slot, False, action)
             else:
-                ep.action, ep.image = action, None
+                ep.action, ep.image, ep.state = action, None, None
                 ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
         return len(waiting)
 
     def _call(self, slots: list[int]) -> np.ndarray:
         eps = [self._slots[s] for s in slots]
-        images = np.stack([ep.image for ep in eps])
-        instructions = [ep.spec.instruction for ep in eps]
-        suites = [ep.spec.suite for ep in eps]
-        suite = suites[0] if len(set(suites)) == 1 else suites  # one name, or one per row
-        variants = [getattr(ep.spec, "instruction_variant", "original") for ep in eps]
-        if any(v != "original" for v in variants):
-            out = self.policy.act(images, instructions, suite, variants=variants)
-        else:
-            out = self.policy.act(images, instructions, suite)
-        out = np.asarray(out, dtype=np.float64)
-        if out.shape != (len(slots), ACTION_DIM) or not np.all(np.isfinite(out)):
-            raise ValueError(f"policy returned {list(out.shape)} (finite: {bool(np.all(np.isfinite(out)))}), "
-                             f"expected finite float [{len(slots)}, {ACTION_DIM}]")
-        return out
+        return call_policy(self.policy, np.stack([ep.image for ep in eps]), [ep.spec for ep in eps],
+                           [ep.state for ep in eps])

@@ -1,5 +1,7 @@
 """The scripted expert as a reference row of the leaderboard: a point that rolls the expert out on the planned
-episodes (:func:`vlamix.eval.expert_eval.run_expert_episodes`), the same episodes as every VLA point.
+episodes, the same episodes as every VLA point, through the same batched evaluator
+(:func:`vlamix.eval.rollout.evaluate` with :class:`vlamix.eval.expert_policy.ExpertPolicy`: env workers,
+server rounds, success detection, step limit and rows as for a VLA checkpoint).
 
 Usage::
 
@@ -15,8 +17,10 @@ import os
 from typing import Any, Mapping
 
 from vlamix.core.errors import ConfigError
-from vlamix.eval.expert_eval import run_expert_episodes
+from vlamix.eval.expert_policy import ExpertPolicy
 from vlamix.eval.plan import plan_episodes
+from vlamix.eval.rollout import evaluate
+from vlamix.eval.settings import RolloutConfig
 from vlamix.eval.stats import summarize
 from vlamix.pipeline import ledger as job_ledger
 
@@ -106,12 +110,15 @@ class ExpertReference:
     def predict(self, data: Any = None, *, ledger: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """Roll the expert out; returns a prediction dict like :meth:`vlamix.pipeline.point.VLADataSelect.predict`
         (``offline`` empty: no model) with ``reference: True`` (left out of the paired comparisons). ``ledger``:
-        the job ledger (:mod:`vlamix.pipeline.ledger`) the prediction is recorded in, for the report."""
+        the job ledger (:mod:`vlamix.pipeline.ledger`) the prediction is recorded in, for the report.
+
+        The rows are :func:`vlamix.eval.rollout.evaluate`'s (``eval_workers`` env workers with one environment
+        each, lock-step rounds; ``device`` / ``dtype`` None: no model), plus ``split: "reference"``."""
         s = self.settings
         specs = plan_episodes(s["eval_suites"], s["eval_tasks"], s["trials_per_task"], s["eval_instruction"],
                               s["eval_instruction_suites"])
-        rows = run_expert_episodes(specs, seed=s["eval_seed"], num_steps_wait=s["num_steps_wait"],
-                                   max_steps=s["eval_max_steps"], workers=s["eval_workers"])
+        rows = evaluate(ExpertPolicy, specs, RolloutConfig(eval_workers=s["eval_workers"]), seed=s["eval_seed"],
+                        num_steps_wait=s["num_steps_wait"], max_steps=s["eval_max_steps"])
         for row in rows:
             row["split"] = "reference"
         result = {"summary": summarize(rows), "episodes": rows, "offline": {},

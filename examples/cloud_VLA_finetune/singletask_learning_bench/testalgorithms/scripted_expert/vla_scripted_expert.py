@@ -16,10 +16,10 @@
 
 A thin adapter over :class:`vlamix.pipeline.expert.ExpertReference`: ``train``/``save``/``load``
 have nothing to learn; ``predict`` rolls the scripted expert out on the same planned episodes as
-the VLA points (same suites, tasks, init states, seed), so the leaderboard shows what the
-evaluator reports for a competent policy. The file is not called ``basemodel.py`` because Ianvs
-imports module files by their stem (``importlib.import_module("basemodel")``): two files of one
-example with the same stem would shadow each other.
+the VLA points (same suites, tasks, init states, seed) through the same batched evaluator, so the
+leaderboard shows what the evaluator reports for a competent policy. The file is not called
+``basemodel.py`` because Ianvs imports module files by their stem
+(``importlib.import_module("basemodel")``): two files of one example with the same stem would shadow each other.
 """
 
 try:
