@@ -160,6 +160,11 @@ def _binary(name: str, x: Any) -> np.ndarray:
     return arr.astype(np.int8)
 
 
+def _result(field: str) -> property:
+    """Read-only view of the array attribute ``field`` through the class's ``_out`` (scalar or per race)."""
+    return property(lambda self: self._out(getattr(self, field)))
+
+
 class PairedSequentialTest:
     """Exact error-spending test of two points on shared episodes (module docstring), looking after every pair.
 
@@ -209,37 +214,17 @@ class PairedSequentialTest:
         return arr[0].item() if self.batch is None else arr.copy()
 
     @property
-    def codes(self) -> Any:
-        return self._out(self._code)
-
-    @property
     def decision(self) -> Any:
         names = [_NAMES[int(c)] for c in self._code]
         return names[0] if self.batch is None else names
 
-    @property
-    def n_pairs(self) -> Any:
-        return self._out(self._n)
-
-    @property
-    def a_only(self) -> Any:
-        return self._out(self._a)
-
-    @property
-    def b_only(self) -> Any:
-        return self._out(self._b)
-
-    @property
-    def decided_at(self) -> Any:
-        return self._out(self._at)
-
-    @property
-    def alpha_spent(self) -> Any:
-        return self._out(self._spent)
-
-    @property
-    def boundary(self) -> Any:
-        return self._out(self._bound)
+    codes = _result("_code")
+    n_pairs = _result("_n")
+    a_only = _result("_a")
+    b_only = _result("_b")
+    decided_at = _result("_at")
+    alpha_spent = _result("_spent")
+    boundary = _result("_bound")
 
     # ------------------------------------------------------------------ updating
     def update(self, x_a: Any, x_b: Any, active: Any = None) -> Any:
@@ -396,11 +381,11 @@ class PairedRace:
     def _out(self, arr: np.ndarray) -> np.ndarray:
         return arr[0].copy() if self.batch is None else arr.copy()
 
-    running = property(lambda self: self._out(self._running))
-    episodes = property(lambda self: self._out(self._episodes))
-    successes = property(lambda self: self._out(self._successes))
-    stopped_at_round = property(lambda self: self._out(self._stopped_at))
-    stopped_by = property(lambda self: self._out(self._stopped_by))
+    running = _result("_running")
+    episodes = _result("_episodes")
+    successes = _result("_successes")
+    stopped_at_round = _result("_stopped_at")
+    stopped_by = _result("_stopped_by")
 
     @property
     def episodes_saved(self) -> Any:
