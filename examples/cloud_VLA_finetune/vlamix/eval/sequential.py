@@ -62,7 +62,7 @@ only at discordant pairs, so positively correlated outcomes (shared init-state d
 LIBERO) need fewer episodes. ``benchmarks/bench_racing.py`` measures all three on the same simulated
 pairs (10,000 per setting, looks after every pair, alpha 0.05 two-sided, success rates 0.5 -+ gap / 2):
 
-- false decisions at equal rates 0.3 / 0.5 / 0.8: this test 0.046-0.054 (exact spending; Monte Carlo
+- false decisions at equal rates 0.3 / 0.5 / 0.8: this test 0.045-0.054 (exact spending; Monte Carlo
   error 0.002), the beta-binomial mixture at ``1/alpha`` 0.021-0.032, STEP 0.047-0.052 on independent
   outcomes and 0.008-0.013 on correlated ones (it ignores the pairing).
 - mean pairs to a decision, correlated outcomes (phi 0.33), 200 / 500 pairs: gap 0.2: this test 66.9 /
