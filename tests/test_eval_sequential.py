@@ -159,6 +159,8 @@ def test_invalid_inputs_name_the_argument():
         PairedRace(1)
     with pytest.raises(ValueError, match="outcomes"):
         PairedRace(3, batch=2).update(np.zeros((3, 10), bool))
+    with pytest.raises(ValueError, match="max_episodes"):
+        PairedRace(2, max_episodes=10).update(np.zeros((2, 11), bool))
     with pytest.raises(ValueError, match="round_size"):
         race_paired(np.zeros((2, 10), bool), round_size=0)
     with pytest.raises(ValueError, match="rho"):

@@ -149,9 +149,9 @@ def stratified_sign_test(a_only: Any, b_only: Any, n_shared: Any, *, max_lattice
     rates times the number of tasks (every task weighs the same, as ``mean_task_success_rate`` of
     :func:`vlamix.eval.stats.summarize`). Null hypothesis: on every episode the two points have the same
     success probability, so each discordant pair is won by a or by b with probability 1/2,
-    independently (the conditional argument of McNemar's test, applied per stratum: Mantel & Haenszel,
-    JNCI 22, 1959, for matched pairs; the permutation distribution is that of the sign-flip test,
-    Fisher 1935, section 21). Then ``a_t ~ Binomial(a_t + b_t, 1/2)`` independently and the p-value
+    independently (the conditional argument of McNemar's exact test, Psychometrika 12, 1947, applied
+    within each stratum; the resulting distribution of T is that of the sign-flip randomisation test
+    of paired data, Fisher, The Design of Experiments, 1935, section 21). Then ``a_t ~ Binomial(a_t + b_t, 1/2)`` independently and the p-value
     is ``P0(|T| >= |T_observed|)``, computed exactly (up to floating-point rounding: scipy's direct or
     FFT convolution) by convolving the strata on the integer lattice
     ``T * lcm(n_t)`` (tasks with the same ``n_t`` pooled into one binomial). With equal ``n_t`` this is
@@ -172,7 +172,7 @@ def stratified_sign_test(a_only: Any, b_only: Any, n_shared: Any, *, max_lattice
     if not a.shape == b.shape == n.shape:
         raise ValueError(f"a_only, b_only and n_shared must have the same shape, got {a.shape}, {b.shape}, {n.shape}")
     if np.any(a < 0) or np.any(b < 0) or np.any(n < 1) or np.any(a + b > n):
-        raise ValueError("need a_only, b_only >= 0 and 1 <= a_only + b_only <= n_shared per stratum "
+        raise ValueError("need a_only >= 0, b_only >= 0, n_shared >= 1 and a_only + b_only <= n_shared per stratum "
                          f"(a_only={a.tolist()}, b_only={b.tolist()}, n_shared={n.tolist()})")
     m = a + b
     if not m.any():

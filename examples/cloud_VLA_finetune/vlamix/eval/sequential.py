@@ -426,6 +426,9 @@ class PairedRace:
         if x.ndim != len(want) + 1 or x.shape[:-1] != want:
             raise ValueError(f"outcomes must have shape [{', '.join(map(str, want))}, c], got {list(x.shape)}")
         x = x.reshape(len(self._running), self.n_points, -1)
+        if np.any(self._episodes[self._running] + x.shape[2] > self.max_episodes):
+            raise ValueError(f"more episodes than max_episodes={self.max_episodes}: "
+                             f"{int(self._episodes.max())} run, {x.shape[2]} more given")
         self.rounds += 1
         run = self._running.copy()
         worse = np.zeros_like(run)
