@@ -6,11 +6,14 @@ then, by seeded simulation on correlated paired outcomes with task-dependent suc
 0.7, tasks at success rates 0.15 .. 0.85 with 10 or 20 shared episodes), its type-I error at 0.05
 against that of the independent-samples CMH test on the same data, and their power at a gap.
 
-Why CMH is the wrong test here: it treats the two points' episodes of a task as independent samples.
-With positively correlated pairs (shared init states) the difference of the two success counts varies
-less than CMH assumes, so CMH is *conservative*: its type-I error falls far below alpha and it loses
-power, the error the paired test does not waste. (CMH would exceed alpha only with negatively
-correlated pairs, which shared init states do not produce.)
+Why CMH is the wrong test here: it treats the two points' episodes of a task as independent samples,
+so its error depends on how the two points' outcomes on one episode correlate, which it does not see.
+When both points find the same init states hard (positive correlation) the difference of the two
+success counts varies less than CMH assumes: CMH is *conservative* and loses power. When each point
+fails on init states the other solves (two mixtures that learned different skills: negative
+correlation at equal task success rates) it varies more, and CMH rejects a true null far more often
+than alpha. The paired tests condition on the discordant episodes and hold alpha in both cases
+(:func:`test_type_one_error_when_the_points_fail_on_different_init_states`).
 """
 
 import itertools
@@ -79,11 +82,49 @@ def test_type_one_error_by_simulation():
     assert rates["cmh"] < rates["mcnemar_strata"] - 0.01
 
 
+def _specialised(rng, races, rates, share=0.9):
+    """Outcomes bool [R, 2, episodes] of two points with the same success rate ``rates[e]`` on every episode,
+    each better on a different half of the init states: per race and episode a fair coin says which point
+    gets ``rate + d`` and which ``rate - d`` (``d = share * min(rate, 1 - rate)``), then independent draws.
+    Marginally P(a succeeds) = P(b succeeds) on every episode and episodes are independent: the paired null
+    holds; within an episode the outcomes are negatively correlated (covariance -d^2)."""
+    d = share * np.minimum(rates, 1.0 - rates)
+    sign = np.where(rng.random((races, len(rates))) < 0.5, 1.0, -1.0)
+    p = np.stack([rates + sign * d, rates - sign * d], axis=1)  # [R, 2, episodes]
+    return rng.random(p.shape) < p
+
+
+def test_type_one_error_when_the_points_fail_on_different_init_states():
+    # 4,000 races under the paired null (MC standard error 0.0034 at 0.05); task-dependent rates 0.15 .. 0.85
+    x = _specialised(np.random.default_rng(8), 4000, RATES[TASK])
+    rates = _rejection_rates(x, ("mcnemar", "mcnemar_strata", "cmh"))
+    for paired in ("mcnemar", "mcnemar_strata"):
+        assert 0.025 <= rates[paired] <= 0.05 + 3 * 0.0034
+    # the independent-samples CMH test on the same episodes: far above alpha
+    assert rates["cmh"] > 0.08
+
+
 def test_power_by_simulation():
     # a better by 0.1 on every task; 2,000 races (MC standard error <= 0.011)
     x = simulate_outcomes(np.random.default_rng(6), 2000, _rates(0.1), 0.7)
     rates = _rejection_rates(x, ("mcnemar_strata", "cmh"))
     assert rates["mcnemar_strata"] > rates["cmh"] + 0.08
+
+
+def test_the_ranking_and_the_report_use_the_stratified_test():
+    from vlamix.eval.paired import RANKING_METHOD, compare_to_best, letter_groups
+
+    # task 0: 2 shared episodes, both won by a; task 1: 10 shared episodes, 3 won by b: pooled 2 vs 3 (McNemar
+    # p = 1), per task a leads by 1.0 - 0.3 (tasks weighted equally)
+    keys = [("libero_object", 0, i, "original") for i in range(2)] + [("libero_object", 1, i, "original") for i in range(10)]
+    a = dict(zip(keys, [True, True] + [False] * 10))
+    b = dict(zip(keys, [False, False] + [True] * 3 + [False] * 7))
+    strata, pooled = paired_test(a, b, "mcnemar_strata")["p_value"], paired_test(a, b, "mcnemar")["p_value"]
+    assert pooled == pytest.approx(1.0) and strata < 0.9
+    out = compare_to_best({"b": b, "a": a})
+    assert RANKING_METHOD == "mcnemar_strata" and out["method"] == RANKING_METHOD
+    assert out["points"]["a" if out["best"] == "b" else "b"]["p_value"] == pytest.approx(strata)
+    assert letter_groups({"a": a, "b": b}) == {"a": "a", "b": "a"}
 
 
 def test_invalid_arguments():

@@ -16,8 +16,10 @@ from vlamix.eval.sequential import (
     B_WORSE,
     PairedRace,
     PairedSequentialTest,
+    VersusFinished,
     paired_sequential_test,
     race_paired,
+    race_sequential,
     simulate_outcomes,
     spending,
 )
@@ -103,6 +105,65 @@ def test_false_stop_with_four_equal_points():
         loose.update(x[:, :, start:start + 10])
     assert np.mean((loose.stopped_at_round > 0).any(axis=1)) > 0.1
     assert race.running.any(axis=1).all()  # a race never stops every point
+
+
+def _mc_bound(races):
+    """alpha plus three Monte Carlo standard errors of a rate near alpha over ``races`` races."""
+    return ALPHA + 3.0 * np.sqrt(ALPHA * (1 - ALPHA) / races)
+
+
+def test_racing_one_point_after_another_stops_an_equal_point_at_most_alpha_of_the_time():
+    # what racing: true runs: 4 points of equal success rate, run in order; point i races the i finished ones,
+    # each comparison one-sided at alpha / i, looks after every round of 10 but the last
+    rng = np.random.default_rng(13)
+    x = np.concatenate([simulate_outcomes(rng, 1000, [p] * 4, rho, 200) for p in (0.3, 0.5, 0.8) for rho in (0.5, 0.0)])
+    episodes, stopped, by = race_sequential(x, round_size=10, alpha=ALPHA)
+    each = (stopped[:, 1:] > 0).mean(axis=0)  # points 2, 3, 4: 6,000 races each
+    assert each.max() <= _mc_bound(len(x))
+    assert each[0] >= 0.03  # the single comparison uses most of its alpha (one-sided, exact spending)
+    assert not (stopped[:, 0] > 0).any() and (episodes[:, 0] == 200).all()
+    assert ((by[:, 1:] >= 0) == (stopped[:, 1:] > 0)).all() and (by[:, 3][stopped[:, 3] > 0] < 3).all()
+    assert (episodes[stopped > 0] == 10 * stopped[stopped > 0]).all()
+    # the same looks without the split over the 3 finished points (each comparison at alpha): the 4th point is
+    # stopped far more often, so this simulation can tell the Bonferroni split from its absence
+    last = x[:, 3, :190]
+    loose = np.zeros(len(x), bool)
+    for j in range(3):
+        test = PairedSequentialTest(2 * ALPHA, 200, batch=len(x))
+        test.update(last, x[:, j, :190])
+        loose |= test.codes == -1
+    assert loose.mean() > 0.08 and each[2] < loose.mean() - 0.03
+
+
+def test_versus_finished_splits_alpha_and_names_the_competitor_that_stopped_the_point():
+    race = VersusFinished(2, ALPHA, 40)
+    assert race.comparison_alpha == pytest.approx(ALPHA / 2) and race.tests[0].alpha == pytest.approx(ALPHA)
+    race.update(0, [0] * 10, [0] * 10)  # no discordant pair against competitor 0
+    assert race.update(1, [0] * 10, [1] * 10)  # every pair lost against competitor 1
+    assert race.stopped_by == 1 and race.tests[0].decision is None and race.tests[1].decision == A_WORSE
+    # a competitor found worse cannot stop the point later
+    race = VersusFinished(1, ALPHA, 40)
+    race.update(0, [1] * 10, [0] * 10)
+    assert race.tests[0].decision == B_WORSE
+    assert not race.update(0, [0] * 10, [1] * 10) and race.stopped_by == -1
+    with pytest.raises(ValueError, match="alpha"):
+        VersusFinished(1, 0.5)
+    with pytest.raises(ValueError, match="n_competitors"):
+        VersusFinished(0)
+    with pytest.raises(IndexError, match="competitor"):
+        VersusFinished(2).update(2, [0], [1])
+
+
+def test_racing_one_point_after_another_saves_episodes_at_a_gap():
+    rng = np.random.default_rng(17)
+    # the best point first: the three worse points are stopped early against it
+    x = simulate_outcomes(rng, 1000, [0.7, 0.3, 0.3, 0.3], 0.5, 200)
+    episodes, stopped, by = race_sequential(x, round_size=10, alpha=ALPHA)
+    assert np.mean(stopped[:, 1:] > 0) > 0.99 and episodes[:, 1:].mean() < 60
+    # the best point last: it is never stopped by the worse ones
+    x = simulate_outcomes(rng, 1000, [0.3, 0.3, 0.3, 0.7], 0.5, 200)
+    _, stopped, _ = race_sequential(x, round_size=10, alpha=ALPHA)
+    assert not (stopped[:, 3] > 0).any()
 
 
 def test_clear_gap_is_detected_early():

@@ -213,8 +213,9 @@ def peer_episodes(y_pred: Any) -> dict[str, list]:
 
 
 def tied_with_best(y_true: Any, y_pred: Any) -> Any:
-    """True when this point is not significantly worse than the best point (exact McNemar on the
-    shared episodes, Holm-corrected over the comparisons, alpha 0.05; :func:`vlamix.eval.paired.compare_to_best`).
+    """True when this point is not significantly worse than the best point (exact stratified matched-pairs test
+    by task on the shared episodes, Holm-corrected over the comparisons, alpha 0.05;
+    :func:`vlamix.eval.paired.compare_to_best` with :data:`vlamix.eval.paired.RANKING_METHOD`).
 
     Metrics are computed point by point, so here "the best" is the best of the points of the same
     job that have finished so far (:func:`peer_episodes`); ``vlamix run`` recomputes this column over
@@ -230,8 +231,8 @@ def tied_with_best(y_true: Any, y_pred: Any) -> Any:
 
 # ------------------------------------------------------------------ racing (issue 12)
 def episodes_saved(y_true: Any, y_pred: Any) -> Any:
-    """Planned rollout episodes that racing did not run (:mod:`vlamix.pipeline.racing`): the point's
-    Wilson upper bound fell below the best finished point's lower bound after a round. An int, 0 for
+    """Planned rollout episodes that racing did not run (:mod:`vlamix.pipeline.racing`): after a round the
+    paired sequential test found the point significantly worse than a finished point. An int, 0 for
     a point raced that ran its whole plan; NaN when racing was off for the point."""
     record = _prediction(y_pred).get("racing")
     if not isinstance(record, Mapping):

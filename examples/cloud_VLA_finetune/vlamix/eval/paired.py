@@ -7,11 +7,13 @@ right test is a paired one. The tests come from statsmodels; this module only bu
 - :func:`paired_test`: exact McNemar test (binomial test on the discordant pairs; McNemar,
   Psychometrika 12, 1947) on the shared episodes; the exact stratified matched-pairs test
   (``method="mcnemar_strata"``, :func:`stratified_sign_test`: sign flips of the discordant pairs
-  within each task, tasks weighted equally); or Cochran-Mantel-Haenszel stratified by task
-  (``method="cmh"``, statsmodels ``StratifiedTable.test_null_odds``), which treats the two points'
-  episodes of a task as independent samples although they share init states: with positively
-  correlated outcomes (as on LIBERO) it is conservative and loses power
-  (``tests/test_eval_paired_strata.py`` measures both).
+  within each task, tasks weighted equally; :data:`RANKING_METHOD`, the test of the report and of
+  ``tied_with_best``); or Cochran-Mantel-Haenszel stratified by task (``method="cmh"``, statsmodels
+  ``StratifiedTable.test_null_odds``), which treats the two points' episodes of a task as independent
+  samples although they share init states, so its error depends on how the two points' outcomes
+  correlate within a task: conservative (and less powerful) when both find the same init states
+  hard, above alpha when each point fails on init states the other solves
+  (``tests/test_eval_paired_strata.py`` measures both cases; the paired tests hold alpha in both).
 - :func:`holm`: Holm's step-down correction (Holm, Scand. J. Statist. 6, 1979) via statsmodels
   ``multipletests``.
 - :func:`compare_to_best`: every point against the best one (highest success rate), Holm-corrected;
@@ -37,12 +39,15 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import norm
+from scipy.signal import convolve
+from scipy.stats import binom, norm
 from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "ALPHA",
+    "METHOD_NAMES",
+    "RANKING_METHOD",
     "compare_to_best",
     "episode_key",
     "holm",
@@ -55,6 +60,19 @@ __all__ = [
 
 #: ``method`` values of :func:`paired_test`.
 METHODS = ("mcnemar", "mcnemar_strata", "cmh")
+
+#: What each method is called in the report.
+METHOD_NAMES = {
+    "mcnemar": "exact McNemar test on the shared episodes (McNemar 1947)",
+    "mcnemar_strata": "exact stratified matched-pairs (sign-flip) test by task (the exact conditional McNemar "
+                      "argument within each task, tasks weighted equally; McNemar 1947, Fisher 1935)",
+    "cmh": "Cochran-Mantel-Haenszel test by task (independent samples)",
+}
+
+#: The test of :func:`compare_to_best`, :func:`letter_groups` and :func:`pairwise_p_values` (report, ``tied_with_best``):
+#: a matched-pairs test stratified by task. With the same number of shared episodes in every task (the plan's
+#: default) its p-value is the exact McNemar one.
+RANKING_METHOD = "mcnemar_strata"
 
 #: Significance level of every test here (two-sided).
 ALPHA = 0.05
@@ -151,8 +169,8 @@ def stratified_sign_test(a_only: Any, b_only: Any, n_shared: Any, *, max_lattice
     success probability, so each discordant pair is won by a or by b with probability 1/2,
     independently (the conditional argument of McNemar's exact test, Psychometrika 12, 1947, applied
     within each stratum; the resulting distribution of T is that of the sign-flip randomisation test
-    of paired data, Fisher, The Design of Experiments, 1935, section 21). Then ``a_t ~ Binomial(a_t + b_t, 1/2)`` independently and the p-value
-    is ``P0(|T| >= |T_observed|)``, computed exactly (up to floating-point rounding: scipy's direct or
+    of paired data, Fisher, The Design of Experiments, 1935, section 21). Then ``a_t ~ Binomial(a_t + b_t, 1/2)``
+    independently and the p-value is ``P0(|T| >= |T_observed|)``, computed exactly (up to floating-point rounding: scipy's direct or
     FFT convolution) by convolving the strata on the integer lattice
     ``T * lcm(n_t)`` (tasks with the same ``n_t`` pooled into one binomial). With equal ``n_t`` this is
     the exact McNemar test on the pooled discordant pairs. When the lattice would exceed
@@ -182,9 +200,6 @@ def stratified_sign_test(a_only: Any, b_only: Any, n_shared: Any, *, max_lattice
     pooled = [(lattice // int(size), int(m[n == size].sum())) for size in sizes]  # (step, discordant)
     observed = abs(int(sum((a[n == size] - b[n == size]).sum() * step for size, (step, _) in zip(sizes, pooled))))
     if 2 * sum(step * count for step, count in pooled) + 1 <= max_lattice:
-        from scipy.signal import convolve
-        from scipy.stats import binom
-
         dist = np.ones(1)
         for step, count in pooled:  # 2 A - count, A ~ Bin(count, 1/2), on a lattice of spacing step
             part = np.zeros(2 * step * count + 1)
@@ -231,7 +246,7 @@ def _success_rate(o: Mapping) -> float:
     return sum(o.values()) / len(o) if o else math.nan
 
 
-def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str = "mcnemar") -> dict[str, Any]:
+def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str = RANKING_METHOD) -> dict[str, Any]:
     """Every point against the best point on their shared episodes, Holm-corrected over the comparisons.
 
     Args:
@@ -268,7 +283,7 @@ def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str
     return result
 
 
-def pairwise_p_values(points: Mapping[str, Any], method: str = "mcnemar") -> dict[tuple[str, str], float]:
+def pairwise_p_values(points: Mapping[str, Any], method: str = RANKING_METHOD) -> dict[tuple[str, str], float]:
     """Holm-adjusted p-values of every pair of points ``{(label_i, label_j): p}`` (i before j)."""
     outs = {label: _as_outcomes(rows) for label, rows in points.items()}
     labels = list(outs)
@@ -277,7 +292,7 @@ def pairwise_p_values(points: Mapping[str, Any], method: str = "mcnemar") -> dic
     return dict(zip(pairs, holm(raw)))
 
 
-def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str = "mcnemar") -> dict[str, str]:
+def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str = RANKING_METHOD) -> dict[str, str]:
     """Compact letter display: points sharing a letter are not significantly different.
 
     Points are sorted by success rate (descending); each group is a maximal run of consecutive

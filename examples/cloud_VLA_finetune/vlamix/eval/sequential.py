@@ -26,8 +26,8 @@ under H0, given the pattern, ``S`` is a simple symmetric random walk that moves 
 *Boundary*: two-sided error spending (Lan & DeMets, "Discrete sequential boundaries for clinical
 trials", Biometrika 70, 1983) with the power family ``alpha(t) = alpha * t^rho`` (Kim & DeMets,
 "Design and analysis of group sequential tests based on the type I error spending rate function",
-Biometrika 74, 1987, the family ``alpha t^rho``), ``t = n / max_pairs`` the fraction of the planned pairs. The test looks
-after **every pair**; at pair ``n`` the boundary is the smallest integer ``b_n >= 1`` with
+Biometrika 74, 1987, the family ``alpha t^rho``), ``t = n / max_pairs`` the fraction of the planned pairs.
+The test looks after **every pair**; at pair ``n`` the boundary is the smallest integer ``b_n >= 1`` with
 
     P0(|S_n| >= b_n, no earlier crossing | discordance pattern) <= alpha(t_n) - spent_{n-1},
 
@@ -74,8 +74,27 @@ pairs (10,000 per setting, looks after every pair, alpha 0.05 two-sided, success
 So the mixture is ahead only at the largest gap with the longer horizon (by 3-5%), and behind by up to
 17% elsewhere.
 
-Several points: :class:`PairedRace`
------------------------------------
+One point against finished points: :class:`VersusFinished` (what ``racing: true`` runs)
+-----------------------------------------------------------------------------------------
+:func:`vlamix.pipeline.racing.race_point` evaluates points one after another: the point in hand races
+against the ``m`` points of the job that have finished on the same episode plan. Competitor ``j`` gets
+its own test, fed the pairs of the episodes both ran, in plan order; the point stops when a test finds
+it worse. Only the point can be stopped (the competitors are done), so each test is used one-sided:
+a two-sided test at ``2 alpha / m`` whose "a_worse" direction has probability exactly ``alpha / m`` of
+ever rejecting under H0 (symmetry of the walk). Guarantee (Bonferroni): if the point is as good as
+every competitor on every episode, each comparison stops it with probability ``<= alpha / m`` (for a
+competitor that is worse, "point worse" is an increasing event of the competitor's wins, so its
+probability is at most the one under H0), and ``P(stopped) <= alpha`` over all looks. Nothing is
+selected by observed rates (no "best" competitor), so no selection effect enters. A competitor that was
+itself stopped ran a prefix of rounds chosen by its own outcomes; its test sees a prefix of the pairs,
+and a rejection on a prefix is a rejection of the same test fed the whole plan, so the bound holds.
+The bound is per point: in a job of ``k`` equal points run in turn, each later point is stopped with
+probability ``<= alpha``, so *some* point is stopped with probability up to ``(k - 1) alpha``
+(``benchmarks/bench_racing.py`` reports both). :func:`race_sequential` runs this for R simulated
+jobs at once (the benchmark checks it against ``race_point`` race by race).
+
+Several points together: :class:`PairedRace`
+--------------------------------------------
 ``k`` points run the same episodes in rounds. Every pair of points ``(i, j)`` has its own test at
 level ``alpha / C(k, 2)`` (two-sided), fed the pairs while both run. After a round a point stops when
 a test against a point still running says it is worse. The leader is never needed: every pair is
@@ -103,13 +122,15 @@ and the tests' model).
 
 Usage::
 
-    from vlamix.eval.sequential import PairedSequentialTest, paired_sequential_test, race_paired
+    from vlamix.eval.sequential import PairedSequentialTest, VersusFinished, paired_sequential_test, race_paired
     test = PairedSequentialTest(alpha=0.05, max_pairs=200)
     test.update(round_a, round_b)          # bool [10] each: one round of shared episodes
     test.decision                          # None, "a_worse" or "b_worse"
     paired_sequential_test(xa, xb, max_pairs=200)["decision"]
     race = race_paired(outcomes, round_size=10)   # bool [k, 200]: k points on the same episodes
     race.stopped_at_round, race.episodes, race.episodes_saved
+    point = VersusFinished(n_competitors=2, alpha=0.05, max_pairs=200)
+    point.update(1, mine, theirs)          # this round's pairs with competitor 1; then point.stopped, .stopped_by
 """
 
 from __future__ import annotations
@@ -118,6 +139,7 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from vlamix.eval.paired import ALPHA
 
@@ -126,8 +148,10 @@ __all__ = [
     "B_WORSE",
     "PairedRace",
     "PairedSequentialTest",
+    "VersusFinished",
     "paired_sequential_test",
     "race_paired",
+    "race_sequential",
     "simulate_outcomes",
     "spending",
 ]
@@ -374,8 +398,8 @@ class PairedRace:
         rounds: rounds run (int).
     """
 
-    def __init__(self, n_points: int, alpha: float = ALPHA, max_episodes: int = 200, *, spending_rho: float = DEFAULT_RHO,
-                 batch: int | None = None) -> None:
+    def __init__(self, n_points: int, alpha: float = ALPHA, max_episodes: int = 200, *,
+                 spending_rho: float = DEFAULT_RHO, batch: int | None = None) -> None:
         if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or n_points < 2:
             raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
         self.n_points = int(n_points)
@@ -455,6 +479,77 @@ class PairedRace:
         return self.running
 
 
+class VersusFinished:
+    """One point against ``m`` finished points on shared episodes: what ``racing: true`` runs (module docstring).
+
+    The point (``x_a`` of every test) is stopped when it is significantly worse than *any* of the ``m``
+    competitors: competitor ``j`` has its own :class:`PairedSequentialTest` at two-sided level
+    ``2 alpha / m`` whose "a_worse" direction alone is acted on, a one-sided test at ``alpha / m``
+    (the walk is symmetric under H0, so each direction gets exactly half of what is spent). By
+    Bonferroni, a point at least as good as every competitor on every episode is stopped with
+    probability <= ``alpha``, over all looks, however the competitors were chosen, and whatever their
+    observed rates (no "best" competitor is selected). A test whose competitor is found significantly
+    *worse* ("b_worse") is decided and frozen: that competitor can no longer stop the point.
+
+    Args:
+        n_competitors: m >= 1, fixed when the object is made (the Bonferroni divisor; a competitor
+            that appears later needs a share of alpha already given out, so it is not added).
+        alpha: bound on the probability of stopping a point that is as good as the best (float in (0, 0.5)).
+        max_pairs: planned episodes of the point (int >= 1), the horizon of every test.
+        spending_rho: see :func:`spending`.
+        batch: None for one point; an int R >= 1 for R independent races (the benchmark's Monte Carlo).
+    Raises:
+        ValueError: ``n_competitors`` < 1, ``alpha`` outside (0, 0.5), and as :class:`PairedSequentialTest`.
+
+    Attributes:
+        comparison_alpha: ``alpha / m``, the one-sided level of each comparison (float).
+        tests: the m :class:`PairedSequentialTest` (two-sided level ``2 alpha / m``).
+    """
+
+    def __init__(self, n_competitors: int, alpha: float = ALPHA, max_pairs: int = 200, *,
+                 spending_rho: float = DEFAULT_RHO, batch: int | None = None) -> None:
+        self.n_competitors = _check_count(n_competitors, "n_competitors")
+        self.alpha = _check_alpha(alpha)
+        if not self.alpha < 0.5:
+            raise ValueError(f"alpha must be a number in (0, 0.5), got {alpha!r}")
+        self.comparison_alpha = self.alpha / self.n_competitors
+        self.batch = None if batch is None else _check_count(batch, "batch")
+        self.tests = [PairedSequentialTest(2.0 * self.comparison_alpha, max_pairs, spending_rho=spending_rho,
+                                           batch=batch) for _ in range(self.n_competitors)]
+
+    def update(self, competitor: int, x_point: Any, x_competitor: Any, active: Any = None) -> Any:
+        """Feed pairs of the point and competitor ``competitor`` (index 0 .. m-1) on shared episodes, in plan order.
+
+        Args and Raises: as :meth:`PairedSequentialTest.update` (``x_a`` = the point, ``x_b`` = the
+        competitor); IndexError for a competitor index outside 0 .. m-1.
+        Returns:
+            :attr:`stopped` after the pairs.
+        """
+        if not 0 <= competitor < self.n_competitors:
+            raise IndexError(f"competitor must be in 0..{self.n_competitors - 1}, got {competitor!r}")
+        self.tests[competitor].update(x_point, x_competitor, active)
+        return self.stopped
+
+    def _worse(self) -> np.ndarray:
+        """int64 [m, R]: pairs at which test j found the point worse (0: it did not)."""
+        return np.stack([np.where(t._code == -1, t._at, 0) for t in self.tests])
+
+    @property
+    def stopped(self) -> Any:
+        """True where some comparison found the point worse (bool, or bool [R])."""
+        hit = (self._worse() > 0).any(axis=0)
+        return bool(hit[0]) if self.batch is None else hit
+
+    @property
+    def stopped_by(self) -> Any:
+        """Index of the competitor whose test found the point worse at the fewest pairs (the lowest index on
+        ties); -1 where none did (int, or int64 [R])."""
+        at = self._worse()
+        first = np.where(at > 0, at, np.iinfo(np.int64).max).argmin(axis=0)
+        out = np.where((at > 0).any(axis=0), first, -1)
+        return int(out[0]) if self.batch is None else out
+
+
 def race_paired(outcomes: Any, *, round_size: int = 10, alpha: float = ALPHA, max_episodes: int | None = None,
                 spending_rho: float = DEFAULT_RHO) -> PairedRace:
     """Race ``k`` points over whole outcome tables in rounds of ``round_size`` episodes (:class:`PairedRace`).
@@ -485,6 +580,54 @@ def race_paired(outcomes: Any, *, round_size: int = 10, alpha: float = ALPHA, ma
     return race
 
 
+def race_sequential(outcomes: Any, *, round_size: int = 10, alpha: float = ALPHA,
+                    spending_rho: float = DEFAULT_RHO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points evaluated one after another, each racing the finished ones (:class:`VersusFinished`), vectorised.
+
+    What ``racing: true`` does (:func:`vlamix.pipeline.racing.race_point`) for R independent jobs at once:
+    point 0 runs every episode; point i runs rounds of ``round_size`` episodes and, after every round but
+    the last, feeds each earlier point's test the round's pairs (when that point ran the round too: a
+    stopped point ran a prefix of rounds) and stops when one finds it worse.
+
+    Args:
+        outcomes: bool or 0/1 [R, k, n]: point i's outcome on episode e of race r, points in run order.
+        round_size: episodes per round (int >= 1).
+        alpha: per-point bound (float in (0, 0.5)).
+        spending_rho: see :func:`spending`.
+    Returns:
+        ``(episodes, stopped_at_round, stopped_by)``, int64 [R, k]: episodes run, the 1-based round after which
+        the point stopped (0: not stopped) and the index of the point that stopped it (-1: none).
+    Raises:
+        ValueError: ``outcomes`` not 3-D or with k < 2, ``round_size`` < 1, and as :class:`VersusFinished`.
+    """
+    x = _binary("outcomes", outcomes)
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"outcomes must have shape [R, k, n] with k >= 2, got {list(x.shape)}")
+    round_size = _check_count(round_size, "round_size")
+    r, k, n = x.shape
+    rounds = [(s, min(s + round_size, n)) for s in range(0, n, round_size)]
+    episodes = np.zeros((r, k), np.int64)
+    stopped = np.zeros((r, k), np.int64)
+    stopped_by = np.full((r, k), -1, np.int64)
+    ran = np.zeros((r, k, len(rounds)), bool)  # point i ran round q
+    episodes[:, 0], ran[:, 0] = n, True
+    for i in range(1, k):
+        race = VersusFinished(i, alpha, n, spending_rho=spending_rho, batch=r)
+        running = np.ones(r, bool)
+        for q, (s, e) in enumerate(rounds):
+            episodes[running, i] += e - s
+            ran[running, i, q] = True
+            if q == len(rounds) - 1:
+                break
+            for j in range(i):
+                race.update(j, x[:, i, s:e], x[:, j, s:e], active=running & ran[:, j, q])
+            stop = running & race.stopped
+            stopped[stop, i] = q + 1
+            stopped_by[stop, i] = race.stopped_by[stop]
+            running &= ~stop
+    return episodes, stopped, stopped_by
+
+
 def simulate_outcomes(rng: np.random.Generator, races: int, rates: Any, rho: float,
                       episodes: int | None = None) -> np.ndarray:
     """Outcomes of points on shared episodes with a shared per-episode difficulty (latent-Gaussian model).
@@ -509,8 +652,6 @@ def simulate_outcomes(rng: np.random.Generator, races: int, rates: Any, rho: flo
         ValueError: rates outside (0, 1) or not 1-D/2-D, ``rho`` outside [0, 1), ``races`` or
             ``episodes`` not an integer >= 1 (naming the argument).
     """
-    from scipy.stats import norm  # only simulations need scipy here
-
     p = np.asarray(rates, dtype=np.float64)
     if p.ndim == 1:
         p = np.repeat(p[:, None], _check_count(episodes, "episodes"), axis=1)
