@@ -128,6 +128,23 @@ def check_manifest(folder: str) -> dict:
             "ok": not (missing or unexpected or wrong)}
 
 
+def gemm_gflops() -> dict:
+    """Matrix-multiply throughput of this CPU in float32 and bfloat16 ([2048, 4096] @ [4096, 4096], torch's
+    threads): what bounds a bf16 LoRA step and a policy call here (CPUs without AVX512-BF16 or AMX run bf16
+    GEMMs several times slower than float32)."""
+    import torch
+
+    out: dict = {"torch_threads": torch.get_num_threads()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(2048, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        a @ b  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        out[f"gemm_{name}_gflops"] = round(3 * 2 * 2048 * 4096 * 4096 / (time.perf_counter() - t0) / 1e9, 1)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ job
 def write_job(job_dir: str, model_folder: str, runs_dir: str, policy_steps: int, offline_frames: int) -> str:
     """The job (benchmarkingjob + algorithm file) of one OpenVLA-7B point; paths relative to the repository root.
@@ -228,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offline-frames", type=int, default=2, help="held-out frames of the offline metrics")
     parser.add_argument("--tokenizer", choices=("auto", "llama", "tiny"), default="auto",
                         help="auto: the Llama-2 tokenizer when benchmarks/llama_tokenizer.py has cached it, else tiny")
-    parser.add_argument("--stage", choices=("all", "build-model"), default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("all", "build-model", "machine"), default="all",
+                        help="machine: only this CPU's GEMM throughput (fp32 vs bf16), a few seconds")
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     if args.stage == "build-model":
         print(json.dumps(build_model_folder(args.folder, args.tokenizer_dir)))
+        return 0
+    if args.stage == "machine":
+        print(json.dumps(gemm_gflops()))
         return 0
 
     python = sys.executable
@@ -251,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     use_llama = has_llama and args.tokenizer != "tiny"
     folder = os.path.join(ws, "openvla-7b-random-" + ("llama2tok" if use_llama else "tinytok"))
     out: dict = {"route": "openvla-7b random weights, bf16, CPU", "stages": {}, "machine": {
-        "cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}}
+        "cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        **gemm_gflops()}}
     t_all = time.perf_counter()
 
     # 1. the model folder (cached)

@@ -347,8 +347,11 @@ def test_unknown_hyperparameter_is_rejected_unless_allowed(ianvs_root):
 
 def test_cli_exit_status_and_leaderboard(ianvs_root, capsys):
     assert bench_command.main(["-f", "fake_job.yaml"]) == 0
-    out = capsys.readouterr().out
-    assert "success_rate" in out and "0.75" in out and "+--" in out  # prettytable
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert "Leaderboard of 'fake_job'" in console and "0.75" in console and "+--" in console  # prettytable, once
+    assert sum(line.startswith("+") for line in console.splitlines()) == 3  # one table: Ianvs's wide one is in the log
+    assert "point 1/2  fake_algo" in console and "point 2/2  fake_algo" in console and "rank files: " in console
     algo = ianvs_root / EXAMPLE_REL / "testalgorithms" / "fake" / "fake_algorithm.yaml"
     algo.write_text(FAKE_ALGORITHM.replace("TRIALS", "-1"))
     assert bench_command.main(["-f", "fake_job.yaml"]) == 2

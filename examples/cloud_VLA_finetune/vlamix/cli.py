@@ -61,10 +61,10 @@ class RunFailed(RuntimeError):
 def _cmd_run(args: argparse.Namespace) -> int:
     from vlamix.bench.command import main as run_main  # lazy: the job runner loads torch (see module docstring)
 
-    argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else [])
+    argv = ["-f", args.file] + (["--dry-run"] if args.dry_run else []) + (["--verbose"] if args.verbose else [])
     if args.backend != "local":  # vlamix.bench.ray_backend
         argv += ["--backend", args.backend] + (["--address", args.address] if args.address else [])
-    return run_main(argv)
+    return run_main(argv, redirect_output=True)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -221,6 +221,20 @@ def _cmd_suites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fields(args: argparse.Namespace) -> int:
+    """The configuration reference (every vla_algorithm.yaml field), generated from the field declarations."""
+    from vlamix.pipeline.reference_doc import configuration_reference  # lazy: loads torch (see module docstring)
+
+    text = configuration_reference()
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.write}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """Evaluation kit: the report of a job from its finished points."""
     from vlamix.bench.job import report_for_job  # lazy: loads torch (see module docstring)
@@ -231,7 +245,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlamix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="every log line on the console (vlamix run: also what libraries print; default: progress only, "
+                        "the rest in <job dir>/logs/job.log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a benchmarkingjob.yaml without Ianvs (same grid, same rank files)")
@@ -272,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suites", help="LIBERO / LIBERO-PRO task suites usable in eval_suites (base suite, step limit, perturbation)")
     p.add_argument("--all", action="store_true", help="also list registered suites whose files are not installed")
     p.set_defaults(func=_cmd_suites)
+
+    p = sub.add_parser("fields", help="the configuration reference: every vla_algorithm.yaml field (type, default, "
+                       "allowed values, unit, key, meaning), generated from the code")
+    p.add_argument("--write", metavar="PATH", default=None, help="write it to PATH (docs/configuration.md) instead of printing")
+    p.set_defaults(func=_cmd_fields)
 
     p = sub.add_parser("report", help="write report.md and plots of a job from its finished points (vlamix run or Ianvs)")
     p.add_argument("-f", "--file", required=True, help="path to benchmarkingjob.yaml")

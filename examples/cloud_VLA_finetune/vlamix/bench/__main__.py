@@ -4,4 +4,4 @@ import sys
 
 from vlamix.bench.command import main
 
-sys.exit(main())
+sys.exit(main(redirect_output=True))

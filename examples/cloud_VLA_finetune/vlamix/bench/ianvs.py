@@ -28,6 +28,8 @@ import sys
 from typing import Mapping, Sequence
 
 from vlamix.bench.job import check_job
+from vlamix.bench.spec import load_job
+from vlamix.core.console import attach_to_vlamix_logger, say
 from vlamix.pipeline.ledger import ledger_of
 
 #: The module every ``ianvs`` process has imported (the console script's entry point).
@@ -61,10 +63,21 @@ def ensure_log_handler() -> logging.Handler | None:
     (a :class:`FallbackHandler`: each record is printed once even if the root logger gets a
     handler later).
 
+    In an Ianvs process (:func:`ianvs_job_file`), instead: the console handler and the job's DEBUG log file
+    (``<job dir>/logs/job.log``) on the ``vlamix`` logger (:func:`vlamix.core.console.attach_to_vlamix_logger`).
+
     Returns:
         the handler added, or None when one was already configured.
     """
     vlamix_logger = logging.getLogger("vlamix")
+    job_file = ianvs_job_file()
+    if job_file is not None:  # under ianvs -f: progress lines on the console, the rest in the job's log file
+        try:
+            log_file = os.path.join(load_job(job_file).job_dir, "logs", "job.log")
+        except Exception:  # noqa: BLE001 - the job check reports a broken job file; logging must not
+            log_file = None
+        attach_to_vlamix_logger(log_file)
+        return next(h for h in vlamix_logger.handlers if h.get_name() == "vlamix-console")
     if vlamix_logger.handlers or logging.getLogger().handlers:
         return None
     handler = FallbackHandler()
@@ -73,6 +86,13 @@ def ensure_log_handler() -> logging.Handler | None:
     if vlamix_logger.level == logging.NOTSET:
         vlamix_logger.setLevel(logging.INFO)
     return handler
+
+
+def announce(message: str, *args: object) -> None:
+    """A console line (:func:`vlamix.core.console.say`) only in an Ianvs process, where no job runner of ours
+    prints the point headers and results (under ``vlamix run`` the runner does, so nothing shows twice)."""
+    if ianvs_job_file() is not None:
+        say(message, *args)
 
 
 def ianvs_job_file(argv: Sequence[str] | None = None) -> str | None:

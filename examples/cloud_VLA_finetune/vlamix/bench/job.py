@@ -81,9 +81,11 @@ from vlamix.bench.records import (
 from vlamix.bench.rank import RankRow, format_rank_table, hyperparameter_columns, read_rank_file, write_rank_files
 from vlamix.bench.registry import get_class_factory
 from vlamix.bench.spec import AlgorithmSpec, JobConfigError, JobSpec, load_job
+from vlamix.core.console import LOG_FILE_ENV, say
 from vlamix.core.errors import ConfigError
-from vlamix.pipeline.config import BenchConfig
 from vlamix.core.io import atomic_write_text
+from vlamix.core.labels import mixture_label
+from vlamix.pipeline.config import BenchConfig
 from vlamix.eval.paired import compare_to_best
 from vlamix.pipeline.checks import check_environment
 from vlamix.pipeline.expert import check_hyperparameters as check_reference_hyperparameters
@@ -153,6 +155,17 @@ class GridPoint:
         if "strategy" in hps:
             what = f"strategy {hps['strategy']}, {what}"
         return f"grid point {self.number}/{self.total} of algorithm '{self.algorithm.name}' ({what})"
+
+    def headline(self) -> str:
+        """The console header of the point: ``point 2/4  vla_dataselect  static spatial:object:goal=1:1:1``."""
+        hps = self.basemodel.hyperparameters
+        mixture = hps.get("mixture")
+        what = mixture_label(mixture) if isinstance(mixture, Mapping) else ", ".join(f"{k}={v}" for k, v in hps.items())
+        if "strategy" in hps:
+            what = f"{hps['strategy']} {what}"
+        if "seed" in hps:
+            what += f" seed {hps['seed']}"
+        return f"point {self.number}/{self.total}  {self.algorithm.name}  {what}"
 
     def rank_hyperparameters(self) -> dict[str, str]:
         """Hyperparameter cells of the rank files: ``{"<module type>-<name>": str(value)}``."""
@@ -449,13 +462,19 @@ def finish_job(
     for r in results:
         if not r.ok:
             logger.error("%s FAILED: %s (details in %s)", r.point.describe(), r.error, os.path.join(r.output_dir, ERROR_FILE))
-    if print_leaderboard and rank_files.get("selected"):
+    wide = None
+    if rank_files.get("selected"):  # Ianvs's wide table (rank.visualization print_table)
         vis = job.rank.visualization
         if vis.get("mode", "selected_only") == "selected_only" and vis.get("method", "print_table") == "print_table":
-            print(format_rank_table(rank_files["selected"]))
-    if print_leaderboard and report:
-        print(f"\nLeaderboard of '{job.name}' (details: {report}; rank files: {os.path.dirname(rank_files['selected'])})")
-        print(_leaderboard_text(results_ranked))
+            wide = format_rank_table(rank_files["selected"])
+            logger.info("selected rank table:\n%s", wide)
+    if print_leaderboard and (report or wide):  # the leaderboard, once (ours, else Ianvs's), then where things are
+        say("\nLeaderboard of '%s'\n%s", job.name, _leaderboard_text(results_ranked) if report else wide)
+        if report:
+            say("report: %s", report)
+        say("rank files: %s", ", ".join(rank_files[k] for k in ("all", "selected") if rank_files.get(k)))
+        if os.environ.get(LOG_FILE_ENV):
+            say("log: %s", os.environ[LOG_FILE_ENV])
     return JobResult(job=job, points=results, rank_files=rank_files)
 
 
@@ -534,12 +553,14 @@ def run_point(
     resumed = resume_point(point, out_dir, metric_funcs, job, recompute_metrics)
     if resumed is not None:
         logger.info("%s: results exist in %s, not re-run", point.describe(), out_dir)
+        say("%s  (finished earlier: %s)", point.headline(), _outcome(resumed.metrics))
         return resumed
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, POINT_FILE), _point_record(point))
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out_dir, ERROR_FILE))
     logger.info("%s: running in %s", point.describe(), out_dir)
+    say("%s", point.headline())
     start = time.time()
     try:
         prediction = _run_single_task(point, job, out_dir, classes)
@@ -551,6 +572,7 @@ def run_point(
         atomic_write_text(os.path.join(out_dir, ERROR_FILE), traceback.format_exc())
         message = f"{type(err).__name__}: {err}"
         write_json(os.path.join(out_dir, RESULT_FILE), {"status": "failed", "point_id": point.point_id, "error": message})
+        say("  FAILED: %s (traceback: %s)", message, os.path.join(out_dir, ERROR_FILE))
         return PointResult(point, "failed", out_dir, error=message)
     finished = time.strftime(TIME_FORMAT, time.localtime())
     write_json(
@@ -558,7 +580,27 @@ def run_point(
         {"status": "completed", "point_id": point.point_id, "metrics": nan_to_none(metrics), "time": finished, "wall_seconds": time.time() - start},
     )
     logger.info("%s: %s", point.describe(), metrics)
+    say("  done in %s: %s", _duration(time.time() - start), _outcome(metrics))
     return PointResult(point, "completed", out_dir, metrics=metrics, time=finished)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _outcome(metrics: Mapping[str, Any] | None) -> str:
+    """``success rate 0.650 [0.43, 0.82], N = 20`` from a point's metrics (what is there of it)."""
+    m = metrics or {}
+    sr = m.get("success_rate")
+    if not isinstance(sr, (int, float)) or sr != sr:
+        return "no success rate"
+    text = f"success rate {sr:.3f}"
+    if isinstance(m.get("success_rate_ci_low"), (int, float)) and isinstance(m.get("success_rate_ci_high"), (int, float)):
+        text += f" [{m['success_rate_ci_low']:.2f}, {m['success_rate_ci_high']:.2f}]"
+    if m.get("num_episodes") is not None:
+        text += f", N = {int(m['num_episodes'])}"
+    return text
 
 
 def _run_single_task(point: GridPoint, job: JobSpec, out_dir: str, classes: Mapping[tuple[str, str], Any]) -> Any:

@@ -64,10 +64,10 @@ def _summary(y_pred: Any) -> Mapping[str, Any]:
 
 
 def _offline(y_pred: Any, key: str) -> float:
-    offline = _prediction(y_pred).get("offline") or {}
-    value = offline.get(key)
-    if value is None:
-        logger.warning("prediction has no offline metric '%s'; reporting NaN", key)
+    pred = _prediction(y_pred)
+    value = (pred.get("offline") or {}).get(key)
+    if value is None:  # the reference row (no model) has none by design: not worth a warning
+        (logger.debug if pred.get("reference") else logger.warning)("prediction has no offline metric '%s'; reporting NaN", key)
         return math.nan
     return float(value)
 
@@ -122,9 +122,10 @@ def mixing_strategy(y_true: Any, y_pred: Any) -> str:
 
 
 def _filter_total(y_pred: Any, key: str) -> float:
-    counts = (_prediction(y_pred).get("mixing") or {}).get("filter_counts")
-    if not counts:
-        logger.warning("prediction has no filter counts; reporting NaN for '%s'", key)
+    pred = _prediction(y_pred)
+    counts = (pred.get("mixing") or {}).get("filter_counts")
+    if not counts:  # the reference row trains nothing: no filter counts by design
+        (logger.debug if pred.get("reference") else logger.warning)("prediction has no filter counts; reporting NaN for '%s'", key)
         return math.nan
     return float(sum(int(c.get(key, 0)) for c in counts.values()))
 

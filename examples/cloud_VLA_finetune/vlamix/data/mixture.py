@@ -573,12 +573,12 @@ class MixtureLoader:
             member = np.zeros(info.train_episodes, dtype=bool)
             member[list(source.episodes)] = True
             member_t = tf.constant(member)
-            episodes = episodes.filter(lambda ep: tf.gather(member_t, ep["episode_index"]))
+            episodes = episodes.filter(_plain_tf(tf, lambda ep: tf.gather(member_t, ep["episode_index"])))
         to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], info.index, self._keep.get(info.index))
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
         frames = frames.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
         if self.image_aug:  # the frame's ordinal in this stream seeds its augmentation (a resumed run skips to it)
-            frames = frames.enumerate().map(lambda i, frame: {**frame, "_ordinal": i})
+            frames = frames.enumerate().map(_plain_tf(tf, lambda i, frame: {**frame, "_ordinal": i}))
         if skip:
             frames = frames.skip(skip)
         return self._decoded(tf, frames, aug_seed=_derive_seed(self.seed, self.rank, index + 1, 1) if self.image_aug else None)
@@ -719,7 +719,7 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep
         with tf.control_dependencies([tf.debugging.assert_equal(tf.size(step_mask), length, message="keep mask length")]):
             return {k: tf.boolean_mask(v, step_mask) for k, v in out.items()}
 
-    return fn
+    return _plain_tf(tf, fn)
 
 
 def _frame_transform(tf, size: int, aug_seed: int | None = None):
@@ -738,7 +738,13 @@ def _frame_transform(tf, size: int, aug_seed: int | None = None):
             image.set_shape((size, size, 3))
         return {**frame, "image": image}
 
-    return fn
+    return _plain_tf(tf, fn)
+
+
+def _plain_tf(tf, fn):
+    """``fn`` marked for tf.data to trace as written: it is TensorFlow ops with Python branches on Python values
+    only, so AutoGraph has nothing to convert (and its failed attempts on closures print warnings)."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _collate(frames: list[dict[str, Any]]) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class RLDSDataset:
             episode["episode_index"] = index
             return episode
 
-        return fn
+        return tf.autograph.experimental.do_not_convert(fn)  # TF ops only: nothing for AutoGraph to convert
 
     # ------------------------------------------------------------------ numpy access
     def episodes(self, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
@@ -190,7 +190,8 @@ class RLDSDataset:
                 self._episode_lengths = np.zeros(0, np.int64)
             else:
                 tf, _ = _tf()
-                ds = self.trajectories().map(lambda ep: tf.shape(ep["steps"]["action"], out_type=tf.int64)[0])
+                ds = self.trajectories().map(tf.autograph.experimental.do_not_convert(
+                    lambda ep: tf.shape(ep["steps"]["action"], out_type=tf.int64)[0]))
                 self._episode_lengths = np.fromiter(ds.as_numpy_iterator(), dtype=np.int64, count=self.num_episodes)
         return self._episode_lengths
 

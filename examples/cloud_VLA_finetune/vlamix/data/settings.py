@@ -42,16 +42,16 @@ class DataConfig:
         "scripted", role="train", may_change_on_resume=True, allowed=", ".join(DEMO_SOURCES),
         doc="scripted: record missing datasets with the scripted expert in LIBERO; none: they must exist")
     demo_tasks: int = setting(
-        2, role="train", may_change_on_resume=True, unit="tasks", doc="tasks per suite to record (first N supported ids)")
+        2, role="train", may_change_on_resume=True, unit="tasks", doc="tasks per suite to record (first N supported ids)", allowed=">= 1")
     demo_episodes_per_task: int = setting(
-        4, role="train", may_change_on_resume=True, unit="episodes", doc="successful episodes recorded per task")
+        4, role="train", may_change_on_resume=True, unit="episodes", doc="successful episodes recorded per task", allowed=">= 1")
     filter_nonfinite: bool = setting(True, role="train", doc="drop training steps with a NaN/Inf action value")
     filter_action_limit: float | None = setting(
-        None, role="train", unit="raw action units", doc="drop steps with any |action value| above this (null = off)")
+        None, role="train", unit="raw action units", doc="drop steps with any |action value| above this (null = off)", allowed="> 0, null")
     filter_min_motion: float = setting(
         0.0, role="train", unit="raw action units",
-        doc="drop steps whose windowed max ||a[:6]|| is below this, except around gripper changes (0 = off)")
-    filter_motion_window: int = setting(1, role="train", unit="steps", doc="window of filter_min_motion")
+        doc="drop steps whose windowed max ||a[:6]|| is below this, except around gripper changes (0 = off)", allowed=">= 0")
+    filter_motion_window: int = setting(1, role="train", unit="steps", doc="window of filter_min_motion", allowed=">= 1")
     dataset_whitelist: tuple[str, ...] | None = setting(
         None, role="train", allowed=_DATASETS, doc="datasets of the mixture to keep (null = all)")
     dataset_blacklist: tuple[str, ...] | None = setting(
@@ -59,7 +59,7 @@ class DataConfig:
     heldout_tasks: Mapping[str, tuple[int, ...]] | None = setting(
         None, role="train", key_omits_default=True,
         doc="{dataset: [task id, ...]}: tasks left out of training (their evaluated episodes are 'unseen')")
-    shuffle_buffer_size: int = setting(1000, role="train", unit="frames", doc="frames in each dataset's shuffle buffer")
+    shuffle_buffer_size: int = setting(1000, role="train", unit="frames", doc="frames in each dataset's shuffle buffer", allowed=">= 1")
     image_aug: bool = setting(
         False, role="train", key_omits_default=True,
         doc="OpenVLA's training image augmentation (90% crop, brightness, contrast, saturation, hue); "

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vlamix.core.console import quiet_worker
 from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.image import preprocess_image
 from vlamix.eval.video import EpisodeVideo
@@ -200,6 +201,7 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
     result and the slot's env is closed (rebuilt on the next begin).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    quiet_worker()  # robosuite / LIBERO / EGL output to the job's log file, not the console
     _die_with_parent(parent_pid)
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])

@@ -39,14 +39,13 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from vlamix.core.console import progress as progress_display
 from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.envs import make_libero_slot, model_to_env_action, seed_everything  # noqa: F401  (re-exported)
 from vlamix.eval.image import MODEL_IMAGE_SIZE
@@ -199,8 +198,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
-    disable = not sys.stderr.isatty() if enabled is None else not enabled
-    return tqdm(total=total, initial=initial, desc="rollouts", unit="ep", disable=disable, dynamic_ncols=True)
+    """Episodes done / planned with successes and errors (:func:`vlamix.core.console.progress`)."""
+    return progress_display(total, "rollouts", "episodes", initial=initial, enabled=enabled is not False)
 
 
 def evaluate(
@@ -252,7 +251,7 @@ def evaluate(
         resolution: camera side in pixels (reference: 256).
         torch_threads: torch CPU threads of the policy (default: torch's).
         rerun_errors: run again the episodes whose stored row has an ``error``.
-        progress: tqdm progress bar (None: only when stderr is a terminal).
+        progress: False: no progress display; else a bar on a terminal, a line per quarter elsewhere.
         slot_factory: picklable ``settings -> env slot`` (default: LIBERO; tests pass fakes).
         policy_cache: a dict the caller keeps between calls (e.g. the rounds of racing): a checkpoint
             policy loaded once with the same path and options is reused instead of being loaded

@@ -22,11 +22,11 @@ class EvalConfig:
     eval_suites: tuple[str, ...] | None = setting(
         None, role="episodes", allowed="LIBERO / LIBERO-PRO suites (`vlamix suites`)",
         doc="task suites to roll out in; null = the suites of the datasets trained on")
-    eval_tasks: int | None = setting(2, role="episodes", unit="tasks", doc="first N task ids of each suite (null = all)")
-    trials_per_task: int = setting(1, role="episodes", unit="episodes", doc="episodes per task, each from the next init state")
+    eval_tasks: int | None = setting(2, role="episodes", unit="tasks", doc="first N task ids of each suite (null = all)", allowed=">= 1, null")
+    trials_per_task: int = setting(1, role="episodes", unit="episodes", doc="episodes per task, each from the next init state", allowed=">= 1")
     eval_max_steps: int | None = setting(
-        None, role="episodes", unit="policy steps", doc="episode step limit (null = the suite's reference limit)")
-    num_steps_wait: int = setting(10, role="episodes", unit="steps", doc="dummy-action steps before the policy acts")
+        None, role="episodes", unit="policy steps", doc="episode step limit (null = the suite's reference limit)", allowed=">= 1, null")
+    num_steps_wait: int = setting(10, role="episodes", unit="steps", doc="dummy-action steps before the policy acts", allowed=">= 0")
     eval_seed: int = setting(7, role="episodes", allowed="[0, 2**32)", doc="seed of the environments")
     center_crop: bool | None = setting(
         None, role="episodes", allowed="true, false, null (auto)",
@@ -37,7 +37,7 @@ class EvalConfig:
     eval_instruction_suites: tuple[str, ...] | None = setting(
         None, role="eval", doc="suites on which the variants other than original run (null = every evaluation suite)")
     offline_max_frames: int | None = setting(
-        None, role="eval", unit="frames", doc="held-out frames the offline metrics use at most (null = all)")
+        None, role="eval", unit="frames", doc="held-out frames the offline metrics use at most (null = all)", allowed=">= 1, null")
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field (suite names by their form; whether they
@@ -76,7 +76,7 @@ class EvalConfig:
 class RolloutConfig:
     """The rollout runtime (:mod:`vlamix.eval.server`, :mod:`vlamix.eval.envs`): never changes a result."""
 
-    eval_workers: int = setting(2, role="runtime", unit="processes", doc="env-worker processes (LIBERO environments)")
+    eval_workers: int = setting(2, role="runtime", unit="processes", doc="env-worker processes (LIBERO environments)", allowed=">= 1")
     envs_per_worker: int = setting(
         1, role="runtime", allowed="1 or an even number",
         doc="environments per worker; with 2 or more, double buffering and a policy batch of half the slots")
@@ -84,12 +84,12 @@ class RolloutConfig:
     eval_dtype: str = setting(
         "auto", role="runtime", allowed=", ".join(EVAL_DTYPES), doc="policy dtype: auto = bf16 on CUDA, fp32 on the CPU")
     eval_episode_timeout_s: float | None = setting(
-        1800.0, role="runtime", unit="s", doc="seconds of an episode's environment work before its worker is replaced (null = none)")
-    eval_max_attempts: int = setting(2, role="runtime", doc="runs of an episode after infrastructure faults before it is an error row")
+        1800.0, role="runtime", unit="s", doc="seconds of an episode's environment work before its worker is replaced (null = none)", allowed="> 0, null")
+    eval_max_attempts: int = setting(2, role="runtime", doc="runs of an episode after infrastructure faults before it is an error row", allowed=">= 1")
     eval_max_error_fraction: float = setting(
         0.1, role="runtime", allowed="[0, 1]", doc="a point whose share of error episodes exceeds this is flagged")
     eval_videos: str = setting("none", role="runtime", allowed=", ".join(EVAL_VIDEOS), doc="MP4s of the policy camera")
-    eval_videos_per_task: int = setting(2, role="runtime", unit="videos", doc="videos kept per task at most")
+    eval_videos_per_task: int = setting(2, role="runtime", unit="videos", doc="videos kept per task at most", allowed=">= 0")
 
     def policy_batch_size(self) -> int:
         """Images per policy call (:func:`vlamix.eval.server.policy_batch_size`): ``eval_workers`` in lock-step,

@@ -33,14 +33,14 @@ class MixingConfig:
     temperature: float = setting(2.0, role="train", allowed="> 0, .inf", doc="T of the temperature strategy: n^(1/T)")
     skill_map: Mapping[str, str] | None = setting(
         None, role="train", doc="overrides of the instruction -> skill mapping (verb or whole instruction -> skill)")
-    mixing_update_every: int = setting(10, role="train", unit="steps", doc="optimiser steps between weight updates (doremi, exp3)")
+    mixing_update_every: int = setting(10, role="train", unit="steps", doc="optimiser steps between weight updates (doremi, exp3)", allowed=">= 1")
     dro_eta: float = setting(1.0, role="train", allowed="> 0", doc="DoReMi's exponentiated-gradient step size")
     dro_smoothing: float = setting(
         0.05, role="train", allowed="[0, 1]", doc="DoReMi's mix of the initial weights kept in every update")
     dro_reference: str = setting(
         DRO_REFERENCE_INITIAL, role="train", allowed="initial, auto, or a run folder",
         doc="reference loss: the initial model's, a static run trained first (auto), or a saved run's")
-    dro_reference_batches: int = setting(4, role="train", unit="batches", doc="batches per reference-loss estimate")
+    dro_reference_batches: int = setting(4, role="train", unit="batches", doc="batches per reference-loss estimate", allowed=">= 1")
     exp3_smoothing: float = setting(0.9, role="train", allowed="[0, 1)", doc="moving-average factor of EXP3's reward estimates")
     curriculum: tuple[Mapping[str, Any], ...] | None = setting(
         None, role="train", doc="[{step: 0, weights: {...}}, ...]: group weights from each step on")

@@ -19,8 +19,8 @@ class ModelConfig:
     path: str = setting(
         "tiny", role="train", yaml="model", allowed="tiny, tiny-p28, or an OpenVLA checkpoint folder",
         doc="built-in random-init model of the OpenVLA architecture, or a checkpoint folder (e.g. openvla/openvla-7b)")
-    lora_rank: int = setting(32, role="train", doc="LoRA rank r on every linear layer but lm_head")
-    lora_alpha: int = setting(16, role="train", doc="LoRA scale numerator: the update is (alpha / r) B A")
+    lora_rank: int = setting(32, role="train", doc="LoRA rank r on every linear layer but lm_head", allowed=">= 1")
+    lora_alpha: int = setting(16, role="train", doc="LoRA scale numerator: the update is (alpha / r) B A", allowed=">= 1")
     lora_dropout: float = setting(0.0, role="train", allowed="[0, 1)", doc="LoRA dropout")
     finetune_mode: str = setting(
         "lora", role="train", key_omits_default=True, allowed=", ".join(FINETUNE_MODES),

@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from vlamix.core.console import captured_prints
 from vlamix.core.constants import LIBERO_SUITES
 
 #: Default offscreen GL backend; EGL (Mesa llvmpipe on CPU machines, the NVIDIA driver on GPUs).
@@ -50,7 +51,8 @@ def get_suite(suite: str):
     suites = benchmark.get_benchmark_dict()
     if suite not in suites:
         raise ValueError(f"unknown LIBERO task suite '{suite}'; allowed: {', '.join(LIBERO_SUITES)} (and LIBERO-PRO suites)")
-    return suites[suite]()
+    with captured_prints():  # LIBERO prints "[info] Applying task order index ..." per suite object
+        return suites[suite]()
 
 
 def task_info(suite: str, task_id: int) -> TaskInfo:

@@ -59,6 +59,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from vlamix.core.console import progress, quiet_worker, say
 from vlamix.core.constants import DATASET_TO_SUITE, NUM_STEPS_WAIT, RLDS_VERSION, SUITE_MAX_STEPS
 from vlamix.core.errors import ConfigError
 from vlamix.core.io import atomic_path
@@ -416,6 +417,7 @@ def record_demos(
 
 def _record_worker(kwargs: dict[str, Any], log_level: int) -> dict[str, Any]:
     """Body of a spawn recording worker: :func:`record_demos` -> ``RecordStats.to_dict()``."""
+    quiet_worker()  # robosuite / LIBERO / EGL output to the job's log file, not the console
     os.environ.setdefault("MUJOCO_GL", "egl")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if "tensorflow" in sys.modules:
@@ -449,7 +451,8 @@ def record_suites(
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     out: dict[str, RecordStats] = {}
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(suites)), mp_context=ctx) as pool:
+    bar = progress(len(suites), "recording demonstrations", "suite")
+    with bar, concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(suites)), mp_context=ctx) as pool:
         futures = {
             pool.submit(
                 _record_worker,
@@ -462,6 +465,8 @@ def record_suites(
         }
         for future in concurrent.futures.as_completed(futures):
             out[futures[future]] = RecordStats.from_dict(future.result())
+            bar.set_postfix(last=futures[future])
+            bar.update(1)
     return {suite: out[suite] for suite in suites}
 
 
@@ -490,7 +495,7 @@ def record_datasets(
 
     Datasets that exist (``<data_dir>/<name>/1.0.0/dataset_info.json``) are kept unless
     ``overwrite``. Each written dataset gets a ``recording.json`` in its version folder (settings,
-    :class:`RecordStats`, simulator versions). Prints each suite's expert success rate.
+    :class:`RecordStats`, simulator versions). Says each suite's expert success rate on the console (:func:`vlamix.core.console.say`).
 
     Raises:
         ValueError: unknown suite; RuntimeError: a suite yielded no successful episode.
@@ -516,12 +521,11 @@ def record_datasets(
         all_stats = record_suites(todo, task_ids, episodes_per_task, staging, seed=seed, workers=workers,
                                   max_attempts_factor=max_attempts_factor)
         for stats in all_stats.values():
-            print(stats.summary(), flush=True)
+            say("%s", stats.summary())
         if len(all_stats) > 1:
             attempts = sum(st.attempts for st in all_stats.values())
             successes = sum(st.successes for st in all_stats.values())
-            print(f"all suites: expert success rate {successes}/{attempts} = {100 * successes / max(attempts, 1):.1f}%",
-                  flush=True)
+            say("all suites: expert success rate %d/%d = %.1f%%", successes, attempts, 100 * successes / max(attempts, 1))
         for suite, stats in all_stats.items():
             if not stats.files:
                 raise RuntimeError(f"{suite}: the scripted expert recorded no successful episode ({stats.summary()})")

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
@@ -49,8 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
+from vlamix.core.console import progress
 from vlamix.core.constants import TRAIN_LOG_NAME
 from vlamix.core.errors import ConfigError
 from vlamix.core.io import atomic_dir, fault_point, filter_jsonl
@@ -622,9 +621,9 @@ class FineTuner:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool = True):
-    """tqdm bar over optimiser steps (loss, steps/s, ETA); shown only on a terminal and on rank 0."""
-    return tqdm(total=total, initial=min(initial, total), desc="training", unit="step", dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))
+    """Progress over optimiser steps (loss, steps/s; :func:`vlamix.core.console.progress`: a bar on a terminal,
+    a line per quarter elsewhere), on rank 0 only."""
+    return progress(total, "training", "steps", initial=min(initial, total), enabled=enabled)
 
 
 def finetune(

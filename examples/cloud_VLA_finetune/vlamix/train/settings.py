@@ -27,9 +27,9 @@ def resolve_precision(precision: str, model: str) -> str:
 class TrainConfig:
     """The optimisation budget and recipe (AdamW, constant learning rate, loss on the action tokens)."""
 
-    train_steps: int = setting(40, role="train", may_change_on_resume=True, unit="optimiser steps", doc="optimiser steps")
-    batch_size: int = setting(8, role="train", unit="frames", doc="frames per micro-batch (per data-parallel rank)")
-    grad_accumulation_steps: int = setting(1, role="train", unit="micro-batches", doc="micro-batches per optimiser step")
+    train_steps: int = setting(40, role="train", may_change_on_resume=True, unit="optimiser steps", doc="optimiser steps", allowed=">= 0")
+    batch_size: int = setting(8, role="train", unit="frames", doc="frames per micro-batch (per data-parallel rank)", allowed=">= 1")
+    grad_accumulation_steps: int = setting(1, role="train", unit="micro-batches", doc="micro-batches per optimiser step", allowed=">= 1")
     learning_rate: float = setting(5e-4, role="train", allowed="> 0", doc="AdamW learning rate (constant)")
     precision: str = setting(
         "auto", role="train", allowed=", ".join(PRECISIONS),

@@ -72,6 +72,7 @@ class VLADataSelect:
         self.config = self._pipeline.config
         self._label = f"{self.config.mixture_label()} (train key {train_key(self.config)})"
         logger.info("grid point %s: hyperparameters valid", self._label)
+        ianvs.announce("point  %s", self._label)
 
     def preprocess(self, *args, **kwargs):
         """Ianvs's single-task paradigm calls this before ``train``; datasets are prepared in ``train``.
@@ -116,4 +117,5 @@ class VLADataSelect:
         summary = prediction["summary"]
         logger.info("grid point %s: done, success rate %.3f over %d episode(s)", self._label,
                     summary["success_rate"], summary["n_episodes"])
+        ianvs.announce("  done: success rate %.3f over %d episode(s)", summary["success_rate"], summary["n_episodes"])
         return prediction
