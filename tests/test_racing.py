@@ -164,6 +164,38 @@ def test_competitors_are_fixed_at_the_first_look_that_has_one():
     assert rec["rounds"][0]["decision"] == "continue"
 
 
+def test_race_point_takes_the_decisions_of_the_simulated_racing_rule():
+    # the guarantee (false stops <= alpha) is shown by seeded simulation on race_sequential
+    # (tests/test_eval_sequential.py); here race_point, fed the same simulated episodes through planted rows and
+    # ledger competitors, stops the same points after the same rounds, race by race (2 tasks, trials in rounds of 2)
+    import numpy as np
+
+    from vlamix.eval.sequential import race_sequential, simulate_outcomes
+
+    rng = np.random.default_rng(29)
+    x = np.concatenate([simulate_outcomes(rng, 40, [0.5, 0.5, 0.5], 0.5, 40),
+                        simulate_outcomes(rng, 40, [0.8, 0.4, 0.5], 0.5, 40)])
+    # simulated episode e of a race = the pair race_point feeds e-th: round k // 2 of 4 episodes, in plan order
+    # (task 0's two trials, then task 1's)
+    specs = _plan(tasks=2, trials=20)
+    index = {(s.task_id, s.episode_index): 4 * (s.episode_index // 2) + 2 * s.task_id + s.episode_index % 2
+             for s in specs}
+    episodes, stopped, by = race_sequential(x, round_size=4, alpha=0.05)
+    assert 20 <= (stopped > 0).sum() < x.shape[0] * 2  # both stops and full runs are compared
+    for r in range(x.shape[0]):
+        finished = []
+        for i in range(3):
+            def run(part, i=i):
+                return [{"suite": s.suite, "task_id": s.task_id, "episode_index": s.episode_index, "error": None,
+                         "success": bool(x[r, i, index[s.task_id, s.episode_index]])} for s in part]
+
+            rows, _, rec = race_point(specs, run, round_trials=2, competitors=lambda: list(finished), alpha=0.05)
+            assert (rec["episodes_evaluated"], rec["stopped_at_round"] or 0) == (episodes[r, i], stopped[r, i])
+            assert rec["stopped_by"] == (str(by[r, i]) if by[r, i] >= 0 else None)
+            finished.append(Competitor(str(i), "", {(row["suite"], row["task_id"], row["episode_index"], "original"):
+                                                    row["success"] for row in rows}))
+
+
 def test_stored_episodes_are_free_so_a_fully_stored_point_is_not_cut():
     asked = []
 
