@@ -58,11 +58,12 @@ Usage::
     .venv/bin/python benchmarks/bench_racing.py                       # 10,000 races per setting
     .venv/bin/python benchmarks/bench_racing.py --races 2000 --no-step
 
-Measured (``--max-episodes 200 --check 50``, 213 s on a 2-core CPU): summary ``new_false_stop_equal_2_points``
-0.0509, ``new_false_stop_equal_4_points`` 0.0491 (independent outcomes: 0.0514, 0.0499), the old rule's
-0.0228 / 0.0344 (0.029 / 0.0559); ``step_correlated_200``: false stop ours 0.0505, STEP 0.0188, ratio of
-mean episodes to a decision 0.82 / 0.694 / 0.72 at gaps 0.1 / 0.2 / 0.4; ``step_independent_200``: 0.051
-and 0.052, ratios 0.998 / 0.978 / 0.887; race_point agreed on 100 of 100 races (README "Racing").
+Measured (defaults, one run, 1,321 s on a shared 2-core CPU): summary ``new_false_stop_equal_2_points`` 0.0527,
+``new_false_stop_equal_4_points`` 0.0527 (independent outcomes: 0.0533, 0.0527), the old rule's 0.0393 / 0.067
+(0.0524 / 0.0881); ``step_correlated_200`` / ``_500``: false stop ours 0.0505 / 0.0536, STEP 0.0188 / 0.0164,
+ratio of mean episodes to a decision at gaps 0.1 / 0.2 / 0.4 0.82 / 0.694 / 0.72 and 0.722 / 0.638 / 0.664;
+``step_independent_200`` / ``_500``: 0.051 / 0.0516 and 0.052 / 0.05, ratios 0.998 / 0.978 / 0.887 and
+0.993 / 0.908 / 0.846; race_point agreed on 800 of 800 races (README "Racing").
 """
 
 from __future__ import annotations
