@@ -85,6 +85,7 @@ CHANGES = {
     "eval_videos_per_task": (1, {}),
     "racing": (True, {"trials_per_task": 4, "racing_round_trials": 2}),
     "racing_round_trials": (3, {"trials_per_task": 4, "racing_round_trials": 2}),
+    "racing_alpha": (0.01, {"trials_per_task": 4, "racing_round_trials": 2}),
 }
 
 
@@ -93,7 +94,8 @@ EXPECTED_ROLES = {
     "episodes": {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_seed", "center_crop"},
     "eval": {"eval_instruction", "eval_instruction_suites", "offline_max_frames"},
     "runtime": {"eval_workers", "envs_per_worker", "eval_device", "eval_dtype", "eval_episode_timeout_s", "eval_max_attempts",
-                "eval_max_error_fraction", "eval_videos", "eval_videos_per_task", "racing", "racing_round_trials"},
+                "eval_max_error_fraction", "eval_videos", "eval_videos_per_task", "racing", "racing_round_trials",
+                "racing_alpha"},
 }
 
 

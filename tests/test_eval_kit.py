@@ -410,7 +410,8 @@ def test_report_has_every_section_and_readable_ratio_plot(tmp_path):
     sig = text.split("## Significance")[1].split("##")[0]
     row = next(line for line in sig.splitlines() if line.startswith("| spatial:object=1:2"))
     assert row.split("|")[10].strip() == "False"
-    assert "Significantly below it" in text and "spatial:object=1:2" in text.split("## What the data supports")[1]
+    assert "exact stratified matched-pairs (sign-flip) test by task" in sig  # the report names its paired test
+    assert "Significantly below it (stratified matched-pairs test by task" in text and "spatial:object=1:2" in text.split("## What the data supports")[1]
 
 
 # ---------------------------------------------------------------------------- expert reference row

@@ -164,35 +164,3 @@ def test_bad_search_values_fail_before_any_work(tmp_path, monkeypatch, search, f
         run_search("fake_job.yaml", print_leaderboard=False)
     assert err.value.field == field
     assert not calls(root) and not (root / "workspace").exists()
-
-
-# ------------------------------------------------------------------------------------- racing
-def _stream(pattern):
-    """Episode outcomes repeating ``pattern`` (a constructed, deterministic stream)."""
-    return lambda start, count: [pattern[(start + i) % len(pattern)] for i in range(count)]
-
-
-def test_racing_stops_a_clearly_worse_point_and_never_the_best():
-    from vlamix.pipeline.racing import race
-
-    streams = {
-        "best": _stream([1, 1, 1, 1, 1, 1, 1, 1, 1, 0]),     # 90%
-        "close": _stream([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]),    # 80%: not clearly worse at 50 episodes
-        "bad": _stream([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),      # 10%
-    }
-    calls_made = []
-
-    def run(point, start, count):
-        calls_made.append((point, start, count))
-        return streams[point](start, count)
-
-    result = race(run, list(streams), round_size=10, max_episodes=50)
-    assert result.stopped == ["bad"] and result.stopped_at_round["bad"] == 1
-    assert result.episodes == {"best": 50, "close": 50, "bad": 10}
-    assert result.episodes_saved == 40
-    # every point saw the same episode indices while it ran
-    assert [c for c in calls_made if c[0] == "bad"] == [("bad", 0, 10)]
-    # the best is never stopped, whatever the order of the streams and the round size
-    for size in (1, 5, 10, 25):
-        for order in (list(streams), list(reversed(streams))):
-            assert "best" not in race(lambda p, s, c: streams[p](s, c), order, round_size=size, max_episodes=50).stopped

@@ -31,7 +31,8 @@ __all__ = ["vla_tied_with_best"]
 
 @ClassFactory.register(ClassType.GENERAL, alias="tied_with_best")
 def vla_tied_with_best(y_true, y_pred):
-    """True when the point is not significantly worse than the best point (exact McNemar, Holm, alpha 0.05).
+    """True when the point is not significantly worse than the best point (stratified matched-pairs test by task,
+    Holm, alpha 0.05).
 
     ``y_true`` (the test index labels) is not used.
     """

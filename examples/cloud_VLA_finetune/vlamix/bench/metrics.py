@@ -373,8 +373,8 @@ def sim_versions(y_true: Any, y_pred: Any) -> Any:
 
 # ------------------------------------------------------------------ racing (issue 12)
 def episodes_saved(y_true: Any, y_pred: Any) -> Any:
-    """Planned rollout episodes that racing did not run (:mod:`vlamix.pipeline.racing`): the point's
-    Wilson upper bound fell below the best finished point's lower bound after a round. An int, 0 for
+    """Planned rollout episodes that racing did not run (:mod:`vlamix.pipeline.racing`): after a round the
+    paired sequential test found the point significantly worse than a finished point. An int, 0 for
     a point raced that ran its whole plan; NaN when racing was off for the point."""
     record = _prediction(y_pred).get("racing")
     if not isinstance(record, Mapping):

@@ -43,9 +43,9 @@ Pitfalls handled inside a trial (:func:`_trial`):
   evaluation) or a missing demo dataset wait for each other through a file lock instead of
   writing the same folder (:mod:`vlamix.pipeline`).
 * Racing (``racing: true``, :mod:`vlamix.pipeline.racing`): trials run in parallel, so a point races
-  against the points whose ``vlamix_prediction.json`` exists when each of its rounds ends (the
-  trials finished by then); the first trials to run have nobody to race against, and the outcome can
-  depend on the order in which trials finish.
+  against the points in the job ledger at the end of its first round that finds one (the trials
+  finished by then; the set is then fixed, as the error is split over it); the first trials to run
+  have nobody to race against, and the outcome can depend on the order in which trials finish.
 * On a cluster every node needs the same checkout, Python environment and workspace at the same
   path (a shared file system): trials write their point folders where the driver reads them.
 """

@@ -12,6 +12,11 @@ Modules:
                          merged LoRA), ``resolve_device``, ``resolve_unnorm_key``
     vlamix.eval.image    the reference evaluation image path without TensorFlow (JPEG round trip, Lanczos-3 resize)
     vlamix.eval.stats    ``wilson_interval``, ``summarize`` (success rate, 95% CI, per task / suite, worst task)
+    vlamix.eval.paired   paired tests of two points on shared episodes (exact McNemar, stratified by task,
+                         CMH), Holm, letter groups
+    vlamix.eval.sequential  ``PairedSequentialTest``, ``VersusFinished`` (racing: one point against the
+                         finished ones), ``race_sequential``, ``race_paired``: racing decisions whose error
+                         holds at every look (exact error spending on the discordant pairs)
 
 Importing this package imports neither torch, TensorFlow nor the simulator.
 """

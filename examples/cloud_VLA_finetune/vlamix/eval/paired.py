@@ -5,8 +5,15 @@ outcomes on one episode (suite, task, init state, instruction variant) form a ma
 right test is a paired one. The tests come from statsmodels; this module only builds the tables.
 
 - :func:`paired_test`: exact McNemar test (binomial test on the discordant pairs; McNemar,
-  Psychometrika 12, 1947) on the shared episodes, or Cochran-Mantel-Haenszel stratified by task
-  (``method="cmh"``, statsmodels ``StratifiedTable.test_null_odds``).
+  Psychometrika 12, 1947) on the shared episodes; the exact stratified matched-pairs test
+  (``method="mcnemar_strata"``, :func:`stratified_sign_test`: sign flips of the discordant pairs
+  within each task, tasks weighted equally; :data:`RANKING_METHOD`, the test of the report and of
+  ``tied_with_best``); or Cochran-Mantel-Haenszel stratified by task (``method="cmh"``, statsmodels
+  ``StratifiedTable.test_null_odds``), which treats the two points' episodes of a task as independent
+  samples although they share init states, so its error depends on how the two points' outcomes
+  correlate within a task: conservative (and less powerful) when both find the same init states
+  hard, above alpha when each point fails on init states the other solves
+  (``tests/test_eval_paired_strata.py`` measures both cases; the paired tests hold alpha in both).
 - :func:`holm`: Holm's step-down correction (Holm, Scand. J. Statist. 6, 1979) via statsmodels
   ``multipletests``.
 - :func:`compare_to_best`: every point against the best one (highest success rate), Holm-corrected;
@@ -32,12 +39,15 @@ import math
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import norm
+from scipy.signal import convolve
+from scipy.stats import binom, norm
 from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "ALPHA",
+    "METHOD_NAMES",
+    "RANKING_METHOD",
     "compact_letters",
     "compare_to_best",
     "episode_key",
@@ -46,7 +56,24 @@ __all__ = [
     "outcomes",
     "paired_test",
     "pairs_needed",
+    "stratified_sign_test",
 ]
+
+#: ``method`` values of :func:`paired_test`.
+METHODS = ("mcnemar", "mcnemar_strata", "cmh")
+
+#: What each method is called in the report.
+METHOD_NAMES = {
+    "mcnemar": "exact McNemar test on the shared episodes (McNemar 1947)",
+    "mcnemar_strata": "exact stratified matched-pairs (sign-flip) test by task (the exact conditional McNemar "
+                      "argument within each task, tasks weighted equally; McNemar 1947, Fisher 1935)",
+    "cmh": "Cochran-Mantel-Haenszel test by task (independent samples)",
+}
+
+#: The test of :func:`compare_to_best`, :func:`letter_groups` and :func:`pairwise_p_values` (report, ``tied_with_best``):
+#: a matched-pairs test stratified by task. With the same number of shared episodes in every task (the plan's
+#: default) its p-value is the exact McNemar one.
+RANKING_METHOD = "mcnemar_strata"
 
 #: Significance level of every test here (two-sided).
 ALPHA = 0.05
@@ -87,9 +114,12 @@ def paired_test(a: Any, b: Any, method: str = "mcnemar") -> dict[str, Any]:
     Args:
         a, b: episode rows (or :func:`outcomes` dicts) of the two points.
         method: "mcnemar" (exact McNemar on all shared episodes, statsmodels
-            ``contingency_tables.mcnemar(exact=True)``) or "cmh" (Cochran-Mantel-Haenszel test of
-            odds ratio 1 stratified by (suite, task), statsmodels ``StratifiedTable``; strata where
-            both points always succeed or always fail carry no information and are dropped).
+            ``contingency_tables.mcnemar(exact=True)``), "mcnemar_strata" (exact stratified
+            matched-pairs test by (suite, task), :func:`stratified_sign_test`; the same p-value as
+            "mcnemar" when every task has the same number of shared episodes) or "cmh"
+            (Cochran-Mantel-Haenszel test of odds ratio 1 stratified by (suite, task), statsmodels
+            ``StratifiedTable``, treating the two points' episodes as independent samples; strata
+            where both points always succeed or always fail carry no information and are dropped).
     Returns:
         dict(n_shared int, a_only int (a succeeded, b failed), b_only int, both int, neither int,
         sr_a, sr_b (success rates on the shared episodes), difference (sr_a - sr_b),
@@ -98,8 +128,8 @@ def paired_test(a: Any, b: Any, method: str = "mcnemar") -> dict[str, Any]:
     Raises:
         ValueError: unknown method.
     """
-    if method not in ("mcnemar", "cmh"):
-        raise ValueError(f"method: got {method!r}; allowed: mcnemar, cmh")
+    if method not in METHODS:
+        raise ValueError(f"method: got {method!r}; allowed: {', '.join(METHODS)}")
     oa, ob = _as_outcomes(a), _as_outcomes(b)
     shared = [k for k in oa if k in ob]
     n10 = sum(1 for k in shared if oa[k] and not ob[k])
@@ -115,9 +145,74 @@ def paired_test(a: Any, b: Any, method: str = "mcnemar") -> dict[str, Any]:
         out["p_value"] = 1.0
     elif method == "mcnemar":
         out["p_value"] = float(mcnemar([[n11, n10], [n01, n00]], exact=True).pvalue)
+    elif method == "mcnemar_strata":
+        strata = sorted({k[:2] for k in shared})
+        where = {stratum: i for i, stratum in enumerate(strata)}
+        counts = np.zeros((3, len(strata)), dtype=np.int64)  # a_only, b_only, shared episodes per stratum
+        for k in shared:
+            row = where[k[:2]]
+            counts[0, row] += oa[k] and not ob[k]
+            counts[1, row] += ob[k] and not oa[k]
+            counts[2, row] += 1
+        out["p_value"] = stratified_sign_test(*counts)
     else:
         out["p_value"] = _cmh_p(oa, ob, shared)
     return out
+
+
+def stratified_sign_test(a_only: Any, b_only: Any, n_shared: Any, *, max_lattice: int = 2_000_000,
+                         draws: int = 200_000, seed: int = 0) -> float:
+    """Exact two-sided stratified matched-pairs (sign-flip) test; strata are tasks.
+
+    Statistic: ``T = sum_t (a_t - b_t) / n_t``, the difference of the two points' mean task success
+    rates times the number of tasks (every task weighs the same, as ``mean_task_success_rate`` of
+    :func:`vlamix.eval.stats.summarize`). Null hypothesis: on every episode the two points have the same
+    success probability, so each discordant pair is won by a or by b with probability 1/2,
+    independently (the conditional argument of McNemar's exact test, Psychometrika 12, 1947, applied
+    within each stratum; the resulting distribution of T is that of the sign-flip randomisation test
+    of paired data, Fisher, The Design of Experiments, 1935, section 21). Then ``a_t ~ Binomial(a_t + b_t, 1/2)``
+    independently and the p-value is ``P0(|T| >= |T_observed|)``, computed exactly (up to floating-point rounding: scipy's direct or
+    FFT convolution) by convolving the strata on the integer lattice
+    ``T * lcm(n_t)`` (tasks with the same ``n_t`` pooled into one binomial). With equal ``n_t`` this is
+    the exact McNemar test on the pooled discordant pairs. When the lattice would exceed
+    ``max_lattice`` points (many different ``n_t``), the p-value is a seeded Monte Carlo sign-flip
+    p-value ``(1 + #{|T*| >= |T|}) / (1 + draws)`` (valid at every ``draws``: Phipson & Smyth, SAGMB 9, 2010).
+
+    Args:
+        a_only, b_only: int arrays [S]: per stratum, the shared episodes where only a / only b succeeded.
+        n_shared: int array [S]: shared episodes per stratum (>= a_only + b_only, >= 1).
+        max_lattice, draws, seed: the exact computation's size limit and the fallback's draws and seed.
+    Returns:
+        p-value, float in [0, 1]; 1.0 without a discordant pair.
+    Raises:
+        ValueError: arrays of different shapes, negative counts, or ``n_shared`` < 1 or < a_only + b_only.
+    """
+    a, b, n = (np.asarray(v, dtype=np.int64).ravel() for v in (a_only, b_only, n_shared))
+    if not a.shape == b.shape == n.shape:
+        raise ValueError(f"a_only, b_only and n_shared must have the same shape, got {a.shape}, {b.shape}, {n.shape}")
+    if np.any(a < 0) or np.any(b < 0) or np.any(n < 1) or np.any(a + b > n):
+        raise ValueError("need a_only >= 0, b_only >= 0, n_shared >= 1 and a_only + b_only <= n_shared per stratum "
+                         f"(a_only={a.tolist()}, b_only={b.tolist()}, n_shared={n.tolist()})")
+    m = a + b
+    if not m.any():
+        return 1.0
+    sizes = np.unique(n[m > 0])
+    lattice = math.lcm(*sizes.tolist())
+    pooled = [(lattice // int(size), int(m[n == size].sum())) for size in sizes]  # (step, discordant)
+    observed = abs(int(sum((a[n == size] - b[n == size]).sum() * step for size, (step, _) in zip(sizes, pooled))))
+    if 2 * sum(step * count for step, count in pooled) + 1 <= max_lattice:
+        dist = np.ones(1)
+        for step, count in pooled:  # 2 A - count, A ~ Bin(count, 1/2), on a lattice of spacing step
+            part = np.zeros(2 * step * count + 1)
+            part[:: 2 * step] = binom.pmf(np.arange(count + 1), count, 0.5)
+            dist = np.clip(convolve(dist, part), 0.0, None)  # direct or FFT, whichever is faster
+        values = np.abs(np.arange(len(dist)) - (len(dist) - 1) // 2)
+        return float(min(1.0, dist[values >= observed].sum()))
+    rng = np.random.default_rng(seed)
+    total = np.zeros(draws, dtype=np.int64)
+    for step, count in pooled:
+        total += (2 * rng.binomial(count, 0.5, size=draws) - count) * step
+    return float((1 + np.count_nonzero(np.abs(total) >= observed)) / (1 + draws))
 
 
 def _cmh_p(oa: Mapping, ob: Mapping, shared: Sequence) -> float:
@@ -152,7 +247,7 @@ def _success_rate(o: Mapping) -> float:
     return sum(o.values()) / len(o) if o else math.nan
 
 
-def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str = "mcnemar") -> dict[str, Any]:
+def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str = RANKING_METHOD) -> dict[str, Any]:
     """Every point against the best point on their shared episodes, Holm-corrected over the comparisons.
 
     Args:
@@ -189,7 +284,7 @@ def compare_to_best(points: Mapping[str, Any], alpha: float = ALPHA, method: str
     return result
 
 
-def pairwise_p_values(points: Mapping[str, Any], method: str = "mcnemar") -> dict[tuple[str, str], float]:
+def pairwise_p_values(points: Mapping[str, Any], method: str = RANKING_METHOD) -> dict[tuple[str, str], float]:
     """Holm-adjusted p-values of every pair of points ``{(label_i, label_j): p}`` (i before j)."""
     outs = {label: _as_outcomes(rows) for label, rows in points.items()}
     labels = list(outs)
@@ -198,10 +293,11 @@ def pairwise_p_values(points: Mapping[str, Any], method: str = "mcnemar") -> dic
     return dict(zip(pairs, holm(raw)))
 
 
-def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str = "mcnemar") -> dict[str, str]:
+def letter_groups(points: Mapping[str, Any], alpha: float = ALPHA, method: str = RANKING_METHOD) -> dict[str, str]:
     """Compact letter display of the points (:func:`compact_letters`): points sharing a letter are not significantly
-    different (pairwise tests of :func:`paired_test`, Holm-adjusted over all pairs); a pair without shared episodes
-    counts as not different. Points are ordered by success rate (descending).
+    different (pairwise tests of :func:`paired_test` with ``method``, default :data:`RANKING_METHOD`, Holm-adjusted
+    over all pairs); a pair without shared episodes counts as not different. Points are ordered by success rate
+    (descending).
 
     Returns:
         {label: letters}, e.g. ``{"2:1": "a", "1:1": "ab", "1:2": "b"}``.

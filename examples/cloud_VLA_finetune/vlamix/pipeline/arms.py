@@ -8,9 +8,9 @@ episodes. :func:`arm_table` aggregates the finished points of a job into one row
 :mod:`vlamix.eval.arms` (pooled and per-seed rates, the between-seed spread, an interval that accounts for it,
 P(best), comparisons and letters, the best trade-offs across conditions).
 
-Which comparison gives the letters and ``tied_with_best``: when every arm has one seed, the paired exact McNemar test
-on the shared episodes with Holm (:mod:`vlamix.eval.paired`; the test the report has always used, and the stronger
-one without seeds); as soon as one arm has two seeds or more, the arm-level comparison of
+Which comparison gives the letters and ``tied_with_best``: when every arm has one seed, the paired test of the report
+on the shared episodes with Holm (:data:`vlamix.eval.paired.RANKING_METHOD`: the exact stratified matched-pairs test
+by task; the stronger one without seeds); as soon as one arm has two seeds or more, the arm-level comparison of
 :func:`vlamix.eval.arms.compare_arms` on the aggregated evidence. Arms are compared with the arms of the same episode
 plan only.
 """
@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 from vlamix.core.errors import ConfigError
 from vlamix.eval.arms import ArmEstimate, compare_arms, estimate, pareto_front, prob_best, seed_counts
 from vlamix.eval.breakdown import breakdown
-from vlamix.eval.paired import compare_to_best, letter_groups
+from vlamix.eval.paired import RANKING_METHOD, compare_to_best, letter_groups
 from vlamix.pipeline.config import BenchConfig
 from vlamix.pipeline.racing import plan_key
 
@@ -87,7 +87,7 @@ def arm_table(predictions: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, A
         predictions ({seed: prediction}, the first per seed), p_best (float), group (letters, str),
         tied_with_best (bool or None), p_adjusted (vs the best arm of its plan; None for the best), difference
         (pooled rate minus the best's), within_seed_spread (bool or None), best_tradeoff (bool), conditions
-        ({(suite, instruction variant): success rate pooled over the seeds}), comparison ("mcnemar" or "seeds")).
+        ({(suite, instruction variant): success rate pooled over the seeds}), comparison (:data:`vlamix.eval.paired.RANKING_METHOD` or "seeds")).
     """
     arms: dict[str, dict[str, Any]] = {}
     for pred in predictions:
@@ -128,4 +128,4 @@ def _compare(plan: Any, rows: Mapping[str, dict[str, Any]]) -> None:
         e = entries[a]
         row.update(group=letters.get(a, ""), tied_with_best=e.get("tied_with_best"), p_adjusted=e.get("p_adjusted"),
                    difference=row["estimate"].pooled_success_rate - best_rate, best_tradeoff=front[a],
-                   within_seed_spread=e.get("within_seed_spread"), comparison="seeds" if seeds else "mcnemar")
+                   within_seed_spread=e.get("within_seed_spread"), comparison="seeds" if seeds else RANKING_METHOD)

@@ -50,12 +50,19 @@ class RacingConfig:
     """Racing for the evaluation budget (:mod:`vlamix.pipeline.racing`): in no key, so a raced point's episodes are
     a prefix of the plan, reused by any later evaluation of the same checkpoint."""
 
-    racing: bool = setting(False, role="runtime", doc="evaluate in rounds and stop a point that is clearly worse than the best")
+    racing: bool = setting(False, role="runtime",
+                           doc="evaluate in rounds and stop a point that is significantly worse than a finished point")
     racing_round_trials: int = setting(10, role="runtime", unit="episodes per task", doc="trials per planned task in one round")
+    racing_alpha: float = setting(0.05, role="runtime", allowed="a number in (0, 0.5)",
+                                  doc="bound on the probability that racing stops a point as good as the best finished "
+                                      "point (over all looks; each of m finished points gets alpha / m, one-sided)")
 
     def check(self, trials_per_task: int) -> None:
         check_bool("racing", self.racing)
         check_int("racing_round_trials", self.racing_round_trials, 1)
+        if (isinstance(self.racing_alpha, bool) or not isinstance(self.racing_alpha, (int, float))
+                or not 0.0 < self.racing_alpha < 0.5):
+            raise ConfigError("racing_alpha", f"must be a number in (0, 0.5) (e.g. 0.05), got {self.racing_alpha!r}")
         if self.racing and trials_per_task < 2:
             raise ConfigError("racing", f"true needs at least two rounds, so trials_per_task >= 2 (got {trials_per_task}); "
                               f"allowed here: false")

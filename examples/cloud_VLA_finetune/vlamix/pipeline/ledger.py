@@ -1,6 +1,6 @@
 """The job ledger: one file per finished point of a job, the one channel through which points see each other.
 
-Racing (:mod:`vlamix.pipeline.racing`) stops a point against the best finished point; the ``tied_with_best``
+Racing (:mod:`vlamix.pipeline.racing`) compares a point with the finished points; the ``tied_with_best``
 metric compares a point with the best so far; ``vlamix report`` reads every point. Each needs the other points'
 episode rows. The pipeline writes a finished point's prediction into ``<job dir>/vlamix_points/<point>.json``
 (atomically, last), and every reader is handed that folder explicitly: ``vlamix run`` knows its job folder, and

@@ -19,8 +19,8 @@ reused (``<runs_dir>/<train key>/``; an interrupted one resumes from its last ``
 places are keyed by what determines their content, not by the caller's output folder, so a
 restarted ``ianvs -f`` (new uuid point folders every run) reuses them too.
 
-With ``racing: true`` the rollouts run in rounds and stop early against the best finished point of
-the job (:mod:`vlamix.pipeline.racing`); the racing fields are in neither key, so the rows a raced point
+With ``racing: true`` the rollouts run in rounds and stop early once the point is significantly worse than a
+finished point of the job (paired sequential test, :mod:`vlamix.pipeline.racing`); the racing fields are in neither key, so the rows a raced point
 wrote are reused by any later evaluation of the same checkpoint and plan.
 """
 
@@ -50,7 +50,7 @@ from vlamix.pipeline.arms import arm_key
 from vlamix.pipeline.checks import check_environment
 from vlamix.pipeline.config import BenchConfig, eval_key, train_key
 from vlamix.pipeline.provenance import cost_record, data_fingerprint
-from vlamix.pipeline.racing import best_competitor, finished_competitors, plan_key, race_point
+from vlamix.pipeline.racing import finished_competitors, plan_key, race_point
 from vlamix.pipeline.reference import resolve_training_config, write_transfer_record
 from vlamix.sim.record import ensure_demo_datasets
 from vlamix.train.finetune import finetune
@@ -272,8 +272,8 @@ class VLADataSelect:
                            "against: the whole plan runs")
         plan = plan_key(cfg.to_dict())
         rows, evaluated, record = race_point(
-            specs, run, round_trials=cfg.racing.racing_round_trials,
-            best=lambda: best_competitor(finished_competitors(ledger, plan, exclude_train_key=own_train_key)),
+            specs, run, round_trials=cfg.racing.racing_round_trials, alpha=cfg.racing.racing_alpha,
+            competitors=lambda: finished_competitors(ledger, plan, exclude_train_key=own_train_key),
             stored=lambda rest: all_stored(out_jsonl, rest),
         )
         return rows, evaluated, record
@@ -302,8 +302,9 @@ class VLADataSelect:
              "racing": the :func:`vlamix.pipeline.racing.race_point` record, only with ``racing: true``}
 
         With ``racing: true`` the plan runs in rounds of ``racing_round_trials`` trials per task and
-        stops after a round whose Wilson upper bound is below the best finished point's lower bound
-        (:meth:`_race`); ``episodes`` and ``summary`` then cover the rounds that ran.
+        stops after a round in which the paired sequential test finds the point significantly worse than a
+        finished point on the episodes both ran (one-sided, ``racing_alpha`` split over the finished points;
+        :meth:`_race`); ``episodes`` and ``summary`` then cover the rounds that ran.
         Raises:
             RuntimeError: every episode ended with an error (the point is recorded as failed, not as 0%).
         """
@@ -335,7 +336,7 @@ class VLADataSelect:
 
         own_train_key = train_key(cfg) if self.run_dir is not None else None
         racing = None
-        if cfg.racing.racing:  # rounds of episodes, stopped against the job's best finished point (vlamix.pipeline.racing)
+        if cfg.racing.racing:  # rounds of episodes, stopped against the job's finished points (vlamix.pipeline.racing)
             rows, specs, racing = self._race(specs, run, out_jsonl, own_train_key, ledger)
         else:
             rows = run(specs)

@@ -1,35 +1,34 @@
-"""Racing for the evaluation budget: stop evaluating points that are clearly worse than the best.
+"""Racing for the evaluation budget: stop evaluating a point once it is significantly worse than a finished point.
 
-Points are evaluated in rounds of episodes. After a round a point's success rate gets its Wilson
-score interval (:func:`vlamix.eval.stats.wilson_interval`, ``z`` = 1.96 by default, fractions in
-[0, 1]); a point whose upper bound falls below the best point's lower bound stops (its episodes so
-far stay its result: same success rate estimator, smaller N, wider interval). The best point never
-stops: its upper bound is at least its own lower bound. This is Hoeffding racing (Maron & Moore
-1994, "Hoeffding races: accelerating model selection search for classification and function
-approximation", NIPS 6; Heidrich-Meisner & Igel 2009 for racing in policy search) with Wilson
-intervals, which hold at small N. Every decision compares two 95% intervals; the looks after every
-round are not corrected for multiplicity (as in the original races).
+``vlamix run``, ``ianvs -f`` and the Ray backend evaluate a point with the hyperparameter ``racing: true``
+(:class:`vlamix.pipeline.config.RacingConfig`: ``racing``, ``racing_round_trials``, ``racing_alpha``) in
+rounds. Points are evaluated one after another (or in parallel trials), so a point races against the
+*finished* points of the same job evaluated on the same episode plan (:func:`finished_competitors`,
+:func:`plan_key`): those in the job ledger (:mod:`vlamix.pipeline.ledger`) at its first look that has
+one (under Ray: whatever trials have finished by then). Round r runs trials ``r * k .. (r + 1) * k - 1``
+of every planned task (``k`` = ``racing_round_trials``, :func:`plan_rounds`), so a stopped point is
+balanced over tasks, and its episodes are a prefix of the full plan in the same rollout file: the eval
+key does not depend on racing, and a later evaluation without racing reuses them and runs only the rest.
 
-Two forms:
-
-- :func:`race`: the decision rule over episode streams of several points evaluated round by round
-  together (the leader = the highest lower bound among the points still running).
-- :func:`race_point`: what ``vlamix run``, ``ianvs -f`` and the Ray backend do with the
-  hyperparameter ``racing: true`` (:class:`vlamix.pipeline.config.RacingConfig` ``racing``,
-  ``racing_round_trials``). Their points are evaluated one after another (or in parallel trials), so
-  a point races against the *finished* points of the same job evaluated on the same episode plan
-  (:func:`finished_competitors`, :func:`plan_key`): those in the job ledger (:mod:`vlamix.pipeline.ledger`)
-  when the round ends (under Ray: whatever trials have finished by then).
-  Round r runs trials ``r * k .. (r + 1) * k - 1`` of every planned task (``k`` =
-  ``racing_round_trials``, :func:`plan_rounds`), so a stopped point is balanced over tasks, and its
-  episodes are a prefix of the full plan in the same rollout file: the eval key does not depend on
-  racing, and a later evaluation without racing reuses them and runs only the rest.
+The decision (:func:`race_point`): the point and each finished competitor ran the same episodes (same
+init states and seeds, the same episode keys), so their outcomes on an episode form a matched pair.
+After every round but the last, each competitor's paired sequential test
+(:class:`vlamix.eval.sequential.VersusFinished`: exact error spending, Lan & DeMets 1983 with
+``alpha * t^0.5``, on the McNemar sign walk of the discordant pairs, computed by the recursion of
+Armitage, McPherson & Rowe 1969) is fed the pairs of the episodes both ran; the point stops when one of
+them finds it significantly worse. Each of the ``m`` comparisons is one-sided at ``racing_alpha / m``
+(Bonferroni over the competitors, fixed at the first look), and the spending makes every level hold over
+all looks, so a point that is as good as the best finished point is stopped with probability at most
+``racing_alpha`` (default 0.05). No "best" competitor is selected by its observed rate: every
+competitor is compared, so that selection cannot inflate the error. ``benchmarks/bench_racing.py``
+measures the false-stop rate and the episodes saved by simulation, against the earlier Wilson-overlap
+rule and STEP (Snyder et al., RSS 2025).
 
 Usage (inside :meth:`vlamix.pipeline.point.VLADataSelect.predict`)::
 
-    rows, evaluated, record = race_point(specs, lambda part: evaluate(ckpt, part, out_jsonl=path),
-                                         round_trials=10, best=lambda: best_competitor(finished_competitors(url, key)))
-    record["episodes_saved"], record["stopped_at_round"]
+    rows, evaluated, record = race_point(specs, lambda part: evaluate(ckpt, part, out_jsonl=path), round_trials=10,
+                                         competitors=lambda: finished_competitors(url, key), alpha=0.05)
+    record["episodes_saved"], record["stopped_at_round"], record["stopped_by"]
 """
 
 from __future__ import annotations
@@ -37,12 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from vlamix.core.labels import point_label
 from vlamix.core.settings import settings_of, yaml_name
-from vlamix.eval.stats import Z_95, wilson_interval
+from vlamix.eval.paired import outcomes as episode_outcomes
+from vlamix.eval.sequential import DEFAULT_RHO, VersusFinished
 from vlamix.pipeline.config import EPISODE_FIELDS, RacingConfig
 from vlamix.pipeline.ledger import entries as ledger_entries
 
@@ -52,76 +52,13 @@ logger = logging.getLogger(__name__)
 #: the eval key, nor :func:`plan_key`.
 RACING_FIELDS = tuple(yaml_name(f) for f in settings_of(RacingConfig))
 
-
-@dataclass
-class RaceResult:
-    """Per point: episodes run, successes, the round it stopped in (None: ran to the end)."""
-
-    episodes: dict[str, int]
-    successes: dict[str, int]
-    stopped_at_round: dict[str, int | None]
-    max_episodes: int
-    rounds: list[dict[str, tuple[float, float]]] = field(default_factory=list)
-
-    @property
-    def stopped(self) -> list[str]:
-        return [p for p, r in self.stopped_at_round.items() if r is not None]
-
-    @property
-    def episodes_saved(self) -> int:
-        """Episodes not run compared with evaluating every point to ``max_episodes``."""
-        return sum(self.max_episodes - n for n in self.episodes.values())
+#: The decision rule's name and sources, as written into ``prediction["racing"]`` and the report.
+METHOD = (f"paired sequential McNemar test, exact error spending alpha * t^{DEFAULT_RHO:g} after every episode, "
+          "one-sided, Bonferroni over the finished points")
+SOURCES = ("Lan & DeMets, Biometrika 70 (1983); Kim & DeMets, Biometrika 74 (1987); "
+           "Armitage, McPherson & Rowe, JRSS A 132 (1969); McNemar, Psychometrika 12 (1947)")
 
 
-def race(
-    run_episodes: Callable[[str, int, int], list[bool]],
-    points: list[str],
-    *,
-    round_size: int,
-    max_episodes: int,
-    z: float = Z_95,
-) -> RaceResult:
-    """Evaluate ``points`` in rounds, stopping those whose Wilson upper bound < the leader's lower bound.
-
-    Args:
-        run_episodes: ``(point, start, count) -> list of successes`` for episodes ``start .. start+count-1``
-            of that point (the same episode indices, i.e. init states, for every point).
-        points: point names (str).
-        round_size, max_episodes: episodes per round and per point at most (int >= 1).
-        z: normal quantile of the Wilson intervals (default two-sided 95%).
-    Returns:
-        :class:`RaceResult` (episodes run, successes and stop round per point; bounds per round).
-    Raises:
-        ValueError: ``round_size`` or ``max_episodes`` < 1, or no points.
-    """
-    if round_size < 1 or max_episodes < 1 or not points:
-        raise ValueError(f"need round_size >= 1, max_episodes >= 1 and points, got {round_size}, {max_episodes}, {points}")
-    n = {p: 0 for p in points}
-    k = {p: 0 for p in points}
-    stopped: dict[str, int | None] = {p: None for p in points}
-    result = RaceResult(n, k, stopped, max_episodes)
-    rnd = 0
-    while True:
-        active = [p for p in points if stopped[p] is None and n[p] < max_episodes]
-        if not active:
-            return result
-        rnd += 1
-        for p in active:
-            count = min(round_size, max_episodes - n[p])
-            outcomes = run_episodes(p, n[p], count)
-            if len(outcomes) != count:
-                raise ValueError(f"run_episodes returned {len(outcomes)} outcomes for {count} episodes of {p!r}")
-            n[p] += count
-            k[p] += sum(bool(o) for o in outcomes)
-        bounds = {p: wilson_interval(k[p], n[p], z) for p in points if n[p] > 0}
-        result.rounds.append(bounds)
-        leader = max((p for p in points if stopped[p] is None), key=lambda p: bounds[p][0])
-        for p in points:
-            if stopped[p] is None and p != leader and bounds[p][1] < bounds[leader][0]:
-                stopped[p] = rnd
-
-
-# ------------------------------------------------------------------ one point against finished points
 def plan_key(config: Mapping[str, Any]) -> str:
     """12 hex digits identifying a point's episode plan, from its :meth:`BenchConfig.to_dict` (the
     ``config`` of a prediction): the eval-key fields (:data:`vlamix.pipeline.config.EPISODE_FIELDS`: suites,
@@ -164,26 +101,31 @@ def plan_rounds(specs: Sequence[Any], round_trials: int) -> list[list[Any]]:
 
 @dataclass(frozen=True)
 class Competitor:
-    """A finished point of the job: its label, prediction file and Wilson interval.
+    """A finished point of the job: its label, ledger entry and outcome per episode.
 
     Attributes:
         label: strategy / mixture label (:func:`vlamix.core.labels.point_label`).
         path: its ledger entry.
-        n_episodes, n_successes: episodes without an error, successful ones (int).
-        ci_low, ci_high: Wilson interval of its success rate at the race's ``z`` (fractions in [0, 1]).
+        outcomes: ``{episode key: success}`` (:func:`vlamix.eval.paired.outcomes`: key = (suite, task_id,
+            episode_index, instruction_variant); episodes with an error left out).
     """
 
     label: str
     path: str
-    n_episodes: int
-    n_successes: int
-    ci_low: float
-    ci_high: float
+    outcomes: Mapping[tuple, bool]
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def n_successes(self) -> int:
+        return sum(bool(v) for v in self.outcomes.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "path": self.path, "n_episodes": self.n_episodes, "n_successes": self.n_successes,
-                "success_rate": self.n_successes / self.n_episodes if self.n_episodes else None,
-                "ci_low": self.ci_low, "ci_high": self.ci_high}
+        n = self.n_episodes
+        return {"label": self.label, "path": self.path, "n_episodes": n, "n_successes": self.n_successes,
+                "success_rate": self.n_successes / n if n else None}
 
 
 def _counts(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
@@ -192,9 +134,7 @@ def _counts(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     return sum(bool(r.get("success")) for r in ok), len(ok)
 
 
-def finished_competitors(
-    ledger: str | None, plan: str, *, exclude_train_key: str | None = None, z: float = Z_95
-) -> list[Competitor]:
+def finished_competitors(ledger: str | None, plan: str, *, exclude_train_key: str | None = None) -> list[Competitor]:
     """The finished points of the same job whose episode plan is ``plan`` (:func:`plan_key`).
 
     A point is finished when its entry is in the job ledger (:mod:`vlamix.pipeline.ledger`, written last by
@@ -206,7 +146,7 @@ def finished_competitors(
     Args:
         ledger: the job ledger folder; None gives [] (no job known).
         plan: this point's :func:`plan_key`.
-        z: normal quantile of the intervals.
+        exclude_train_key: the racing point's own train key.
     Returns:
         competitors sorted by path.
     """
@@ -219,23 +159,27 @@ def finished_competitors(
                 continue
             if exclude_train_key is not None and pred.get("train_key") == exclude_train_key:
                 continue
-            k, n = _counts(pred.get("episodes") or [])
-        except (KeyError, TypeError, AttributeError) as err:
+            found = episode_outcomes(pred.get("episodes") or [])
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             logger.warning("racing: skipping unreadable finished point %s (%s)", path, err)
             continue
-        if n:
-            low, high = wilson_interval(k, n, z)
-            out.append(Competitor(point_label(pred), path, n, k, low, high))
+        if found:
+            out.append(Competitor(point_label(pred), path, found))
     return out
 
 
-def best_competitor(competitors: Sequence[Competitor]) -> Competitor | None:
-    """The competitor with the highest Wilson lower bound (the first by path on ties); None if empty."""
-    best = None
-    for c in competitors:
-        if best is None or c.ci_low > best.ci_low:
-            best = c
-    return best
+def _spec_key(spec: Any) -> tuple:
+    """The episode key of a planned episode, as :func:`vlamix.eval.paired.episode_key` gives it for its row."""
+    variant = getattr(spec, "instruction_variant", None) or "original"
+    return (str(spec.suite), int(spec.task_id), int(spec.episode_index), str(variant))
+
+
+def _comparison(test: Any, competitor: Competitor) -> dict[str, Any]:
+    """One competitor's test state for the record (the point is ``a`` of the test, the competitor ``b``)."""
+    decision = {"a_worse": "point worse", "b_worse": "competitor worse"}.get(test.decision)
+    return {**competitor.as_dict(), "n_pairs": test.n_pairs, "point_only": test.a_only, "competitor_only": test.b_only,
+            "statistic": test.b_only - test.a_only, "boundary": test.boundary, "alpha_spent": test.alpha_spent / 2.0,
+            "decision": decision, "decided_at_pair": test.decided_at or None}
 
 
 def race_point(
@@ -243,47 +187,60 @@ def race_point(
     run_round: Callable[[list[Any]], list[dict[str, Any]]],
     *,
     round_trials: int,
-    best: Callable[[], Competitor | None],
+    competitors: Callable[[], Sequence[Competitor]],
+    alpha: float = 0.05,
     stored: Callable[[list[Any]], bool] | None = None,
-    z: float = Z_95,
 ) -> tuple[list[dict[str, Any]], list[Any], dict[str, Any]]:
-    """Evaluate one point's plan in rounds; stop when its Wilson upper bound < the best finished point's lower bound.
+    """Evaluate one point's plan in rounds; stop it once it is significantly worse than a finished point.
 
-    After every round but the last: ``(low, high) = wilson_interval(successes, episodes, z)`` over the
-    point's episodes so far without an error, ``c = best()`` (asked anew each round, so a point that
-    finishes meanwhile, e.g. a parallel Ray trial, counts from then on); stop when ``c`` is not None
-    and ``high < c.ci_low``. A point whose lower bound is at least ``c.ci_low`` (the leader) is never
-    stopped, and with no competitor the whole plan runs. When ``stored(rest)`` says every remaining
-    episode already has a row (a previous evaluation ran them), the rest costs nothing: the point is
-    not stopped and its result is the whole plan.
+    After every round but the last: the first time ``competitors()`` returns some (asked anew each round
+    until then, so a point that finishes meanwhile, e.g. a parallel Ray trial, counts), the ``m`` of them
+    are fixed and each gets a one-sided paired sequential test at ``alpha / m``
+    (:class:`vlamix.eval.sequential.VersusFinished`, horizon = the planned episodes). Each round then feeds
+    every test the point's new episodes that the competitor also ran (same episode key, no error on either
+    side), in plan order; the point stops when a test finds it worse. So a point that is as good as every
+    competitor is stopped with probability <= ``alpha`` over all looks; a point that is better is stopped
+    less often; with no competitor the whole plan runs. When ``stored(rest)`` says every remaining episode
+    already has a row (a previous evaluation ran them), the rest costs nothing: the point is not stopped
+    and its result is the whole plan.
 
     Args:
         specs: the plan (:class:`vlamix.eval.plan.EpisodeSpec` list, from ``plan_episodes``).
         run_round: ``specs -> episode rows`` in the order of ``specs`` (``vlamix.eval.rollout.evaluate``
             with the point's ``out_jsonl``: rows already stored are reused).
         round_trials: trials per task per round (int >= 1, :func:`plan_rounds`).
-        best: returns the best finished competitor now (:func:`best_competitor` of
-            :func:`finished_competitors`), or None.
+        competitors: returns the finished competitors now (:func:`finished_competitors`).
+        alpha: bound on the probability of stopping a point as good as the best (float in (0, 0.5)).
         stored: ``specs -> bool``, True when all of them already have rows (None: never).
-        z: normal quantile of the intervals (default two-sided 95%).
     Returns:
         ``(rows, evaluated_specs, record)``: rows of the evaluated rounds in plan order, their specs,
-        and the record kept in the prediction as ``racing``: ``round_trials``, ``z``,
-        ``rounds_planned``, ``rounds_run``, ``stopped_at_round`` (1-based; None = not stopped),
-        ``episodes_planned``, ``episodes_evaluated``, ``episodes_saved`` (planned - evaluated; ints),
-        ``competitor`` (:meth:`Competitor.as_dict` of the best finished point at the last decision,
-        or None) and ``rounds`` (per round: ``round``, ``n_episodes``, ``n_successes``, ``ci_low``,
-        ``ci_high``, ``best_ci_low`` (None without a competitor), ``decision``: "continue", "stop",
-        "rest stored" or "end").
+        and the record kept in the prediction as ``racing``: ``method``, ``sources``, ``alpha``,
+        ``comparison_alpha`` (``alpha / m``; None without a competitor), ``round_trials``,
+        ``rounds_planned``, ``rounds_run``, ``looks`` (rounds after which the point was compared),
+        ``stopped_at_round`` (1-based; None = not stopped), ``stopped_by`` (label of the competitor whose
+        test stopped it, or None), ``episodes_planned``, ``episodes_evaluated``, ``episodes_saved``
+        (planned - evaluated; ints), ``competitor`` (the comparison that stopped the point, else None),
+        ``competitors`` (per competitor: :meth:`Competitor.as_dict` plus its test: ``n_pairs``,
+        ``point_only`` / ``competitor_only`` (discordant pairs won by each), ``statistic``
+        (competitor_only - point_only), ``boundary`` (the last boundary on ``|statistic|``),
+        ``alpha_spent`` (one-sided), ``decision`` ("point worse", "competitor worse" or None),
+        ``decided_at_pair``) and ``rounds`` (per round: ``round``, ``n_episodes``, ``n_successes``,
+        ``decision``: "continue", "stop", "rest stored" or "end").
     Raises:
-        ValueError: ``round_trials`` < 1, or ``run_round`` returned a wrong number of rows.
+        ValueError: ``round_trials`` < 1, ``alpha`` outside (0, 0.5), or ``run_round`` returned a wrong
+            number of rows.
     """
     rounds = plan_rounds(specs, round_trials)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be a number in (0, 0.5), got {alpha!r}")
     rows: list[dict[str, Any]] = []
     evaluated: list[Any] = []
+    own: list[tuple[tuple, bool]] = []  # (episode key, success) of the point's episodes without an error
     log: list[dict[str, Any]] = []
     stopped: int | None = None
-    competitor: Competitor | None = None
+    race: VersusFinished | None = None
+    fixed: list[Competitor] = []
+    fed = looks = 0
     racing = True
     for number, part in enumerate(rounds, start=1):
         got = list(run_round(list(part)))
@@ -291,39 +248,55 @@ def race_point(
             raise ValueError(f"run_round returned {len(got)} rows for {len(part)} episodes of round {number}")
         rows += got
         evaluated += part
+        own += [(_spec_key(s), bool(r.get("success"))) for s, r in zip(part, got) if not r.get("error")]
         k, n = _counts(rows)
-        low, high = wilson_interval(k, n, z)
-        entry: dict[str, Any] = {"round": number, "n_episodes": n, "n_successes": k, "ci_low": low, "ci_high": high,
-                                 "best_ci_low": None, "decision": "end"}
+        entry: dict[str, Any] = {"round": number, "n_episodes": n, "n_successes": k, "decision": "end"}
         log.append(entry)
         if number == len(rounds):
             break
         if not racing:
             entry["decision"] = "rest stored"
             continue
-        current = best()
-        if current is not None:
-            competitor = current
-            entry["best_ci_low"] = current.ci_low
-        if current is not None and high < current.ci_low:
-            rest = [s for later in rounds[number:] for s in later]
-            if stored is not None and stored(rest):
-                racing = False
-                entry["decision"] = "rest stored"
-                logger.info("racing: round %d: upper bound %.3f < %.3f of %s, but the remaining %d episodes are "
-                            "already stored; using them", number, high, current.ci_low, current.label, len(rest))
-                continue
-            entry["decision"] = "stop"
-            stopped = number
-            logger.info("racing: stopped after round %d of %d: upper bound %.3f (%d/%d) < lower bound %.3f of %s; "
-                        "%d planned episodes not run", number, len(rounds), high, k, n, current.ci_low, current.label,
-                        len(specs) - len(evaluated))
-            break
         entry["decision"] = "continue"
+        if race is None:
+            fixed = list(competitors())
+            if not fixed:
+                continue
+            race = VersusFinished(len(fixed), alpha, len(specs))
+        new, fed = own[fed:], len(own)
+        for j, comp in enumerate(fixed):
+            pairs = [(ok, comp.outcomes[key]) for key, ok in new if key in comp.outcomes]
+            if pairs:
+                race.update(j, [p[0] for p in pairs], [p[1] for p in pairs])
+        looks += 1
+        if not race.stopped:
+            continue
+        by = fixed[race.stopped_by]
+        rest = [s for later in rounds[number:] for s in later]
+        if stored is not None and stored(rest):
+            racing = False
+            entry["decision"] = "rest stored"
+            logger.info("racing: round %d: significantly worse than %s, but the remaining %d episodes are already "
+                        "stored; using them", number, by.label, len(rest))
+            continue
+        entry["decision"] = "stop"
+        stopped = number
+        test = race.tests[race.stopped_by]
+        logger.info("racing: stopped after round %d of %d: significantly worse than %s (%d vs %d discordant episodes "
+                    "of %d shared, boundary %d, one-sided alpha %.4g); %d planned episodes not run", number,
+                    len(rounds), by.label, test.a_only, test.b_only, test.n_pairs, test.boundary, race.comparison_alpha,
+                    len(specs) - len(evaluated))
+        break
+    comparisons = [_comparison(t, c) for t, c in zip(race.tests, fixed)] if race is not None else []
+    stopper = race.stopped_by if race is not None and stopped is not None else -1
     record = {
-        "round_trials": round_trials, "z": z, "rounds_planned": len(rounds), "rounds_run": len(log),
-        "stopped_at_round": stopped, "episodes_planned": len(specs), "episodes_evaluated": len(evaluated),
+        "method": METHOD, "sources": SOURCES, "alpha": alpha,
+        "comparison_alpha": race.comparison_alpha if race is not None else None,
+        "round_trials": round_trials, "rounds_planned": len(rounds), "rounds_run": len(log),
+        "looks": looks,
+        "stopped_at_round": stopped, "stopped_by": fixed[stopper].label if stopper >= 0 else None,
+        "episodes_planned": len(specs), "episodes_evaluated": len(evaluated),
         "episodes_saved": len(specs) - len(evaluated),
-        "competitor": competitor.as_dict() if competitor is not None else None, "rounds": log,
+        "competitor": comparisons[stopper] if stopper >= 0 else None, "competitors": comparisons, "rounds": log,
     }
     return rows, evaluated, record

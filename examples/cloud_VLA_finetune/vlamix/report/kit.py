@@ -8,17 +8,19 @@ Sections, each written only when the job has the data for it:
   plotted series are also written to ``sr_vs_ratio.json`` so they can be read back).
 - **Training seeds** (an arm with two seeds or more: the points that differ only in ``seed``): pooled and per-seed
   rates, between-seed SD, an interval over seeds, P(best), letters (:mod:`vlamix.report.arms`).
-- **Significance**: every point against the best (exact McNemar on the shared episodes, Holm),
-  compact letter groups (:mod:`vlamix.eval.paired`); with seeds, every arm against the best arm on the evidence
-  aggregated over seeds, and whether a difference is within the seed-to-seed spread (:mod:`vlamix.eval.arms`).
+- **Significance**: every point against the best (exact stratified matched-pairs test by task on the
+  shared episodes, :data:`vlamix.eval.paired.RANKING_METHOD`; Holm), compact letter groups
+  (:mod:`vlamix.eval.paired`); with seeds, every arm against the best arm on the evidence aggregated over seeds, and
+  whether a difference is within the seed-to-seed spread (:mod:`vlamix.eval.arms`).
 - **Best trade-offs**: arms no other arm beats on every suite x instruction condition (two conditions or more).
 - **Robustness** (base suite versus each perturbation suite, same tasks) and **instruction ablation**
   tables (:mod:`vlamix.eval.breakdown`), seen / unseen success rates.
 - **Offline metrics per dataset** on the fixed held-out set (:mod:`vlamix.eval.offline`).
 - **Training loss** of every point on one plot (``loss.png``, data in ``loss.json``).
 - **Failure videos**: links to the videos of failed episodes where the rows have one.
-- **Racing** (points with ``racing: true``, :mod:`vlamix.pipeline.racing`): which points were stopped,
-  after which round, against which finished point, episodes evaluated versus planned, episodes saved.
+- **Racing** (points with ``racing: true``, :mod:`vlamix.pipeline.racing`): the method and its sources, the
+  error rate (alpha per point, alpha / m per comparison), which points were stopped, after which round, by
+  which finished point (discordant episodes, boundary), episodes evaluated versus planned, episodes saved.
 - **Cost and provenance**: training and rollout wall time, episodes per hour, devices, dataset fingerprint and
   simulator versions per point.
 - **Package versions** of the evaluating machine.
@@ -40,7 +42,7 @@ from typing import Any, Mapping, Sequence
 from vlamix.core.io import find_train_log
 from vlamix.core.labels import point_label
 from vlamix.eval.breakdown import breakdown
-from vlamix.eval.paired import compare_to_best, letter_groups
+from vlamix.eval.paired import METHOD_NAMES, RANKING_METHOD, compare_to_best, letter_groups
 from vlamix.eval.stats import wilson_interval
 from vlamix.pipeline.arms import arm_of, arm_table
 from vlamix.report import arms as arm_report
@@ -220,15 +222,16 @@ def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, di
               if isinstance(res.get("episodes"), list) and not res.get("reference")}  # reference rows are not compared
     if len(points) < 2:
         return [], None, {}
-    cmp = compare_to_best(points)
-    letters = letter_groups(points)
+    cmp = compare_to_best(points, method=RANKING_METHOD)
+    letters = letter_groups(points, method=RANKING_METHOD)
     lines = ["## Significance (paired, same episodes)", "",
-             f"Every point against the best (**{cmp['best']}**) on the episodes both ran: exact McNemar test, "
-             "Holm-corrected over the comparisons, alpha 0.05. Points sharing a letter are not significantly different "
-             "(all pairs, Holm). *pairs needed*: paired episodes at which a difference of the observed size would be "
-             "detected with 80% power (Connor 1987). One training seed per point: the seed-to-seed spread is not "
-             "measured and not in these tests (one cell of the learnability study gave 18/20 and 13/20 with two "
-             "runs); list several `seed` values to measure it.", "",
+             f"Every point against the best (**{cmp['best']}**) on the episodes both ran (matched by suite, task, init "
+             f"state and instruction): {METHOD_NAMES[RANKING_METHOD]}, two-sided, Holm-corrected over the comparisons, "
+             "alpha 0.05; with the same number of shared episodes in every task its p-value is the exact McNemar one. "
+             "Points sharing a letter are not significantly different (all pairs, Holm). *pairs needed*: paired "
+             "episodes at which a difference of the observed size would be detected with 80% power (Connor 1987). "
+             "One training seed per point: the seed-to-seed spread is not measured and not in these tests (one cell of "
+             "the learnability study gave 18/20 and 13/20 with two runs); list several `seed` values to measure it.", "",
              "| point | letters | success rate | N | shared | only this | only best | p | p (Holm) | tied with best | pairs needed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, e in cmp["points"].items():
@@ -241,25 +244,50 @@ def _significance(results, labels) -> tuple[list[str], dict[str, Any] | None, di
 def racing_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
     """Markdown lines of the "Racing" section; [] when no point had racing on (no ``racing`` record).
 
-    One row per raced point: the round it stopped after (``-``: ran its plan), rounds run of planned,
-    episodes evaluated of planned, episodes saved, and the best finished point it was compared with
-    at its last decision (label and Wilson lower bound); then the total saved.
+    States the method and its sources and the error rate (``alpha`` per point; ``alpha / m`` per comparison
+    with m finished points), then one row per raced point: the round it stopped after (``-``: ran its
+    plan), episodes evaluated of planned, episodes saved, the finished points it was compared with and the
+    one-sided level of each comparison, and the comparison that stopped it (discordant episodes won by the
+    point / by the competitor, the statistic against its boundary); then the total saved.
     """
     raced = [(label, res["racing"]) for label, res in zip(labels, results) if isinstance(res.get("racing"), dict)]
     if not raced:
         return []
+    methods = sorted({str(rec.get("method") or "Wilson-interval overlap (an earlier version of racing)") for _, rec in raced})
+    sources = sorted({str(rec["sources"]) for _, rec in raced if rec.get("sources")})
+    alphas = sorted({rec["alpha"] for _, rec in raced if isinstance(rec.get("alpha"), (int, float))})
     lines = ["## Racing", "",
-             "Points evaluated in rounds of episodes; a point stops when its Wilson 95% upper bound falls below the lower "
-             "bound of the best point of the job that had finished on the same episodes (Maron & Moore 1994). A stopped "
-             "point's success rate is over the rounds it ran.", "",
-             "| point | stopped after round | rounds run / planned | episodes evaluated / planned | episodes saved | "
-             "compared with (lower bound) |",
-             "|---|---|---|---|---|---|"]
+             "Points evaluated in rounds of episodes; after every round but the last, a point is compared with every "
+             "point of the job that had finished on the same episodes, on the episodes both ran (matched pairs), and "
+             "stops when one comparison finds it significantly worse. A stopped point's success rate is over the "
+             "rounds it ran.", "",
+             f"Method: {'; '.join(methods)}" + (f" ({'; '.join(sources)})." if sources else ".")]
+    if alphas:
+        lines.append(f"Error rate: a point as good as the best finished point is stopped with probability at most "
+                     f"{', '.join(f'{a:g}' for a in alphas)} over all looks (racing_alpha); each of the m comparisons "
+                     "of a point is one-sided at racing_alpha / m (Bonferroni), the level of every comparison holding "
+                     "over all looks (exact error spending).")
+    lines += ["", "| point | stopped after round | episodes evaluated / planned | episodes saved | compared with "
+              "(one-sided alpha each) | stopped by (point-only vs competitor-only episodes, boundary) |",
+              "|---|---|---|---|---|---|"]
     for label, rec in raced:
-        comp = rec.get("competitor")
-        versus = f"{comp['label']} ({_fmt(comp.get('ci_low'))})" if isinstance(comp, dict) else "no finished point"
-        lines.append(f"| {label} | {_fmt(rec.get('stopped_at_round'))} | {rec.get('rounds_run')} / {rec.get('rounds_planned')} | "
-                     f"{rec.get('episodes_evaluated')} / {rec.get('episodes_planned')} | {rec.get('episodes_saved')} | {versus} |")
+        comps = rec.get("competitors")
+        if isinstance(comps, list) and comps:
+            level = rec.get("comparison_alpha")
+            versus = f"{len(comps)} point(s): " + ", ".join(str(c.get("label")) for c in comps)
+            versus += f" ({level:.3g})" if isinstance(level, (int, float)) else ""
+        else:
+            versus = "no finished point"
+        stop = rec.get("competitor") if rec.get("stopped_at_round") is not None else None
+        if isinstance(stop, dict) and "boundary" in stop:
+            by = (f"{stop.get('label')} ({stop.get('point_only')} vs {stop.get('competitor_only')} of "
+                  f"{stop.get('n_pairs')} shared, boundary {stop.get('boundary')})")
+        elif isinstance(stop, dict):
+            by = str(stop.get("label"))
+        else:
+            by = "-"
+        lines.append(f"| {label} | {_fmt(rec.get('stopped_at_round'))} | {rec.get('episodes_evaluated')} / "
+                     f"{rec.get('episodes_planned')} | {rec.get('episodes_saved')} | {versus} | {by} |")
     stopped = [label for label, rec in raced if rec.get("stopped_at_round") is not None]
     saved = sum(int(rec.get("episodes_saved") or 0) for _, rec in raced)
     planned = sum(int(rec.get("episodes_planned") or 0) for _, rec in raced)
@@ -347,7 +375,7 @@ def _supports(cmp: dict[str, Any] | None, results, labels) -> list[str]:
     tied = [k for k, e in pts.items() if k != best and e.get("tied_with_best") is True]
     text = [f"The highest success rate is {best}'s ({_fmt(pts[best]['success_rate'])} over {pts[best]['n_episodes']} episodes)."]
     if differ:
-        text.append("Significantly below it (exact McNemar, Holm, alpha 0.05): "
+        text.append("Significantly below it (stratified matched-pairs test by task, Holm, alpha 0.05): "
                     + ", ".join(f"{k} (p = {_p(pts[k]['p_adjusted'])})" for k in differ) + ".")
     if tied:
         text.append("Not distinguishable from it on these episodes: " + ", ".join(
