@@ -141,3 +141,72 @@ class BrightSlot:
 
 def make_bright_slot(settings, dark_tasks=()):
     return BrightSlot(dark_tasks)
+
+
+# ------------------------------------------------------------------------------ action chunks (OpenVLA-OFT)
+CHUNK = 4
+
+
+def proprio_of(task_id, trial, t):
+    """The fake raw 8-D state of step ``t``."""
+    return np.array([t, task_id, trial, 0, 0, 0, 0, 0], dtype=np.float32)
+
+
+def chunk_of(image, wrist, proprio):
+    """The chunk :class:`ChunkPolicy` computes: step j of it is ``expected_action(image)`` with dim 3 = j and dim 4
+    = the observation's step (from proprio), dim 5 = 1 if the wrist image is the one of that frame."""
+    out = np.repeat(expected_action(image)[None], CHUNK, axis=0)
+    out[:, 3] = np.arange(CHUNK)
+    out[:, 4] = proprio[0]
+    out[:, 5] = float(np.array_equal(wrist, 255 - image))
+    return out
+
+
+class ChunkPolicy:
+    """act_chunk: CHUNK actions per observation from the image, the wrist image and the proprio (``inputs``)."""
+
+    action_chunk = CHUNK
+    inputs = ("wrist_image", "proprio")
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, images, instructions, suite):
+        raise AssertionError("a chunk policy is queried through act_chunk")
+
+    def act_chunk(self, images, instructions, suite, wrist_images=None, proprio=None):
+        self.calls += 1
+        return np.stack([chunk_of(im, w, p) for im, w, p in zip(images, wrist_images, proprio)])
+
+
+class ChunkSlot(FakeSlot):
+    """A FakeSlot for chunks executed ``k`` actions per observation: step ``t`` must get action ``t % k`` of the
+    chunk of the observation at step ``t - t % k``, which must have been computed from that observation's image,
+    wrist image and proprio (so an episode succeeds only if the server runs exactly ``k`` actions per query)."""
+
+    def __init__(self, k):
+        super().__init__({}, None)
+        self.k = k
+
+    def _observe(self):
+        self.frame = image_of(self.spec.task_id, self.spec.episode_index, self.t)
+        self.extras = {"wrist_image": 255 - self.frame, "proprio": proprio_of(self.spec.task_id, self.spec.episode_index,
+                                                                             self.t)}
+        if self.t % self.k == 0:
+            self.query = chunk_of(self.frame, self.extras["wrist_image"], self.extras["proprio"])
+        return self.frame
+
+    def begin(self, spec):
+        self.spec, self.t, self.ok = spec, 0, True
+        return self._observe()
+
+    def step(self, action):
+        self.ok = self.ok and np.allclose(action, self.query[self.t % self.k]) and action[5] == 1.0
+        self.t += 1
+        frame = self._observe()
+        return frame, self.ok and self.t >= episode_length(self.spec.task_id, self.spec.episode_index)
+
+
+def make_chunk_slot(settings, k=1):
+    assert tuple(settings["inputs"]) == ChunkPolicy.inputs  # the server asks the env for what the policy reads
+    return ChunkSlot(k)

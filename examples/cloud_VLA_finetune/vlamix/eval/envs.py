@@ -11,7 +11,11 @@ An *env slot* holds one LIBERO environment and runs the reference protocol of on
    ``env.step``; returns the next policy image and the environment's ``done`` (success) flag.
 
 Policy images are the agent view rotated 180 degrees, then :func:`vlamix.eval.image.preprocess_image`
-(JPEG round trip + Lanczos resize to 224 px): uint8 [224, 224, 3].
+(JPEG round trip + Lanczos resize to 224 px): uint8 [224, 224, 3]. A policy that reads more (``inputs`` of
+the run's settings, :data:`vlamix.eval.policy.POLICY_INPUTS`; OpenVLA-OFT's LIBERO recipe) also gets
+``wrist_image`` (the wrist camera, rotated and preprocessed the same way: moojink/openvla-oft
+``experiments/robot/libero/run_libero_eval.py`` ``prepare_observation``) and ``proprio`` (the raw 8-D state
+of :func:`vlamix.sim.libero_env.robot_state`) in every begin/step result.
 
 A *worker* (:func:`worker_main`, started with ``multiprocessing`` ``spawn``) owns ``envs_per_worker``
 slots and answers one message per round from the parent: a list of commands (``begin``, ``step``,
@@ -41,7 +45,7 @@ from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.image import preprocess_image
 from vlamix.eval.video import EpisodeVideo
 from vlamix.sim import libero_env
-from vlamix.sim.libero_env import AGENTVIEW, camera_image, dummy_action
+from vlamix.sim.libero_env import AGENTVIEW, WRIST, camera_image, dummy_action, robot_state
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +95,14 @@ class LiberoSlot:
     """
 
     def __init__(self, resolution: int = RLDS_IMAGE_SIZE, seed: int = 7, num_steps_wait: int = NUM_STEPS_WAIT,
-                 image_size: int = 224):
+                 image_size: int = 224, inputs: tuple[str, ...] = ()):
         self.resolution, self.seed, self.num_steps_wait, self.image_size = resolution, seed, num_steps_wait, image_size
+        unknown = [name for name in inputs if name not in ("wrist_image", "proprio")]
+        if unknown:
+            raise ValueError(f"inputs: unknown {unknown}; allowed: wrist_image, proprio")
+        self.inputs = tuple(inputs)
+        #: the observation inputs of the last image besides it (names of ``inputs``)
+        self.extras: dict[str, np.ndarray] = {}
         self.env = None
         self.task: tuple[str, int] | None = None
         self.states = None
@@ -119,6 +129,10 @@ class LiberoSlot:
         t0 = time.perf_counter()
         self.frame = camera_image(obs, AGENTVIEW)
         image = preprocess_image(self.frame, size=self.image_size)
+        if "wrist_image" in self.inputs:
+            self.extras["wrist_image"] = preprocess_image(camera_image(obs, WRIST), size=self.image_size)
+        if "proprio" in self.inputs:
+            self.extras["proprio"] = robot_state(obs)
         self.preprocess_s += time.perf_counter() - t0
         return image
 
@@ -130,8 +144,8 @@ class LiberoSlot:
             self.close()
             info = libero_env.task_info(spec.suite, spec.task_id)
             self.states = libero_env.init_states(spec.suite, spec.task_id)
-            self.env = libero_env.make_env(info, resolution=self.resolution, cameras=(libero_env.AGENTVIEW,),
-                                           seed=self.seed)
+            cameras = (AGENTVIEW, WRIST) if "wrist_image" in self.inputs else (AGENTVIEW,)
+            self.env = libero_env.make_env(info, resolution=self.resolution, cameras=cameras, seed=self.seed)
             self.task = task
         seed_everything(self.seed)
         self.env.seed(self.seed)
@@ -163,7 +177,8 @@ class LiberoSlot:
 
 def make_libero_slot(settings: dict[str, Any]) -> LiberoSlot:
     """The default slot factory: a :class:`LiberoSlot` with the run's settings."""
-    return LiberoSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"])
+    return LiberoSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"],
+                      tuple(settings.get("inputs", ())))
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -196,7 +211,8 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
     now and ``[-1, 0]`` between commands, so the parent can time out a hung one. The answer is ``[result, ...]`` in command order; a result is a dict with ``slot``,
     ``op``, and for begin/step ``image`` (uint8 [S, S, 3] or None on error), ``done`` (bool),
     ``error`` (None or "Type: message" with the traceback logged), ``physics_s``, ``render_s``,
-    ``preprocess_s`` (seconds of the episode so far). An exception in a slot is reported in its
+    ``preprocess_s`` (seconds of the episode so far), and one entry per name in ``settings["inputs"]``
+    (the slot's ``extras``). An exception in a slot is reported in its
     result and the slot's env is closed (rebuilt on the next begin).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
@@ -270,6 +286,8 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
             out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))
         else:
             raise ValueError(f"unknown env-worker command {op!r}")
+        for name in settings.get("inputs", ()):
+            out[name] = env.extras[name]
         if videos[slot] is not None:
             videos[slot].add(getattr(env, "frame", None))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which retries or records an error

@@ -10,6 +10,14 @@
    episodes go to the policy as ONE batch, whatever their task suites (``policy.act(images uint8
    [B, 224, 224, 3], instructions, suite or suites)``), and the actions come back for the next round.
 
+**Action chunks** (``open_loop_steps`` > 1 or a policy with ``inputs``, e.g. OpenVLA-OFT): the call is
+``policy.act_chunk(images, instructions, suite(s), wrist_images=..., proprio=...) -> [B, chunk, 7]`` and
+an episode executes the first ``open_loop_steps`` actions of its chunk, one per round, before its next
+observation goes to the policy: exactly one policy query per ``open_loop_steps`` environment steps
+(moojink/openvla-oft ``experiments/robot/libero/run_libero_eval.py``: a deque refilled only when
+empty). The worker still renders every step (render-on-demand is not done yet); the image of a step
+whose episode still has queued actions is dropped.
+
 **Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
 odd slot index within the worker), and the rounds alternate between them: while the workers step
 group A's environments, this process runs the policy on group B's images that came back in the
@@ -70,6 +78,9 @@ class _Episode:
     timings: dict[str, float] = field(default_factory=dict)
     action: np.ndarray | None = None
     image: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # the observation inputs the policy reads besides the image
+    queue: deque = field(default_factory=deque)  # actions of the last chunk still to execute (open loop)
+    queries: int = 0  # policy calls that served this episode
     video_tmp: str | None = None
     digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
     max_batch: int = 0  # largest policy call this episode was served in
@@ -127,6 +138,8 @@ class BatchedRollout:
         on_row: called with each finished row (dict), in completion order.
         max_attempts: runs of an episode before its row records the error (>= 1).
         episode_timeout_s: wall-clock seconds an episode may take (None: no limit).
+        open_loop_steps: actions of each predicted chunk executed before the next query (1: ``act``, one
+            action per observation, unless the policy reads ``inputs``).
         videos: "none" | "failures" | "all"; videos_per_task: MP4s kept per task at most;
         video_dir: where they go (required unless videos is "none").
         mp_context: multiprocessing context (default ``spawn``).
@@ -154,12 +167,21 @@ class BatchedRollout:
         videos_per_task: int = 0,
         video_dir: str | None = None,
         mp_context: Any = None,
+        open_loop_steps: int = 1,
     ):
+        if isinstance(open_loop_steps, bool) or not isinstance(open_loop_steps, int) or open_loop_steps < 1:
+            raise ValueError(f"open_loop_steps must be an integer >= 1, got {open_loop_steps!r}")
+        chunk = int(getattr(policy, "action_chunk", 1))
+        if open_loop_steps > chunk:
+            raise ValueError(f"open_loop_steps {open_loop_steps} > the policy's action_chunk {chunk}")
         if videos not in VIDEO_MODES:
             raise ValueError(f"videos must be one of {', '.join(VIDEO_MODES)}, got {videos!r}")
         if videos != "none" and not video_dir:
             raise ValueError("videos need a video_dir")
         self.policy = policy
+        self.open_loop_steps = open_loop_steps
+        self.inputs = tuple(getattr(policy, "inputs", ()))
+        self.chunked = open_loop_steps > 1 or bool(self.inputs)
         self.n_workers, self.envs_per_worker = int(workers), int(envs_per_worker)
         self.policy_batch = policy_batch_size(self.n_workers, self.envs_per_worker)
         self.n_slots = self.n_workers * self.envs_per_worker
@@ -238,7 +260,7 @@ class BatchedRollout:
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
                "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
-               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_batch": self.policy_batch,
+               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_queries": ep.queries, "policy_batch": self.policy_batch,
                "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
@@ -448,8 +470,18 @@ class BatchedRollout:
                 if ep.steps >= ep.max_steps:
                     self._finish(slot, False, None)
                     continue
+            if ep.queue:  # open loop: the next action of the chunk, no policy query
+                self._execute(ep, ep.queue.popleft())
+                continue
             ep.image = res["image"]
+            ep.extras = {name: res.get(name) for name in self.inputs}
             ep.action = None
+
+    @staticmethod
+    def _execute(ep: _Episode, action: np.ndarray) -> None:
+        """Make ``action`` the episode's next environment step (and part of its action digest)."""
+        ep.action = action
+        ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
 
     def _act(self, slots: Sequence[int]) -> int:
         """ONE policy call on the episodes of ``slots`` waiting for an action, whatever their suites (the policy
@@ -475,11 +507,13 @@ class BatchedRollout:
             ep = self._slots[slot]
             ep.policy_s += dt
             ep.max_batch = max(ep.max_batch, len(waiting))
+            ep.queries += 1
             if isinstance(action, str):
                 self._finish(slot, False, action)
             else:
-                ep.action, ep.image = action, None
-                ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
+                ep.image, ep.extras = None, {}
+                ep.queue.extend(action[1:self.open_loop_steps] if self.chunked else ())
+                self._execute(ep, action[0] if self.chunked else action)
         return len(waiting)
 
     def _call(self, slots: list[int]) -> np.ndarray:
@@ -489,12 +523,20 @@ class BatchedRollout:
         suites = [ep.spec.suite for ep in eps]
         suite = suites[0] if len(set(suites)) == 1 else suites  # one name, or one per row
         variants = [getattr(ep.spec, "instruction_variant", "original") for ep in eps]
-        if any(v != "original" for v in variants):
-            out = self.policy.act(images, instructions, suite, variants=variants)
+        kwargs: dict[str, Any] = {"variants": variants} if any(v != "original" for v in variants) else {}
+        if self.chunked:
+            names = {"wrist_image": "wrist_images", "proprio": "proprio"}
+            for name in self.inputs:
+                kwargs[names.get(name, name)] = np.stack([ep.extras[name] for ep in eps])
+            out = np.asarray(self.policy.act_chunk(images, instructions, suite, **kwargs), dtype=np.float64)
+            expected = f"[{len(slots)}, >= {self.open_loop_steps}, {ACTION_DIM}]"
+            ok = out.ndim == 3 and out.shape[0] == len(slots) and out.shape[1] >= self.open_loop_steps and \
+                out.shape[2] == ACTION_DIM
         else:
-            out = self.policy.act(images, instructions, suite)
-        out = np.asarray(out, dtype=np.float64)
-        if out.shape != (len(slots), ACTION_DIM) or not np.all(np.isfinite(out)):
+            out = np.asarray(self.policy.act(images, instructions, suite, **kwargs), dtype=np.float64)
+            expected = f"[{len(slots)}, {ACTION_DIM}]"
+            ok = out.shape == (len(slots), ACTION_DIM)
+        if not ok or not np.all(np.isfinite(out)):
             raise ValueError(f"policy returned {list(out.shape)} (finite: {bool(np.all(np.isfinite(out)))}), "
-                             f"expected finite float [{len(slots)}, {ACTION_DIM}]")
+                             f"expected finite float {expected}")
         return out

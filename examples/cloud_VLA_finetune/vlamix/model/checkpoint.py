@@ -259,6 +259,24 @@ def checkpoint_image_aug(path_or_name: str) -> bool:
     return bool(_read_meta(folder).get("training", {}).get("image_aug", False))
 
 
+def checkpoint_action_chunk(path_or_name: str) -> int:
+    """Actions one policy query of the checkpoint predicts: ``action_chunk`` of an L1-regression config (ours),
+    8 for an official OpenVLA-OFT folder (:func:`vlamix.model.action_files.official_recipe`), else 1 (token head;
+    built-in presets; a path without a readable ``config.json``, which the loader then reports).
+    """
+    if path_or_name in BUILTIN_MODELS:
+        return 1
+    folder = str(path_or_name)
+    try:
+        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, ValueError):
+        return 1
+    if raw.get("action_head", "tokens") == "l1_regression":
+        return int(raw.get("action_chunk", 1))
+    return int(official_recipe(folder)["action_chunk"]) if is_official_oft_folder(folder) else 1
+
+
 # ============================================================================ helpers
 def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
