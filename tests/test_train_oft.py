@@ -219,3 +219,31 @@ def test_weighted_frame_loss_weights_each_frame_by_its_group():
     assert per_frame.grad.tolist() == pytest.approx([0.5, 0.0, 0.0, 0.5])
     with pytest.raises(ValueError, match="outside"):
         weighted_frame_loss(per_frame, [0, 1, 2, 0], [1.0, 1.0])
+
+
+def test_offline_metrics_of_an_oft_checkpoint_are_the_unnormalised_l1_over_whole_chunks(trained):
+    from vlamix.eval.offline import offline_metrics
+    from vlamix.model.checkpoint import load_vla
+
+    _, ckpt, _, _, _ = trained
+    source = ChunkLoader(order=[[2, 3], [4, 6]])
+    batches = [source.next_batch() for _ in range(2)]  # frames 2, 3 (one per dataset), then 4, 6 (SPATIAL)
+    got = offline_metrics(ckpt, precision="fp32", loader=batches, dataset_names=[SPATIAL, OBJECT],
+                          dataset_statistics=STATS, device="cpu")
+    model, processor = load_vla(ckpt)
+    q01, q99 = np.array(_ACTION["q01"]), np.array(_ACTION["q99"])
+    mask = np.array(_ACTION["mask"])
+
+    def unnorm(a):  # OFT's _unnormalize_actions, the gripper passed through
+        return np.where(mask, 0.5 * (a + 1) * (q99 - q01 + 1e-8) + q01, a)
+
+    errors = {SPATIAL: [], OBJECT: []}
+    for batch in batches:
+        with torch.no_grad():
+            pred = model(**_chunk_inputs(processor, batch)).actions.numpy().astype(np.float64)
+        for row, d in enumerate(batch["dataset_index"]):
+            errors[[SPATIAL, OBJECT][d]].append(np.abs(unnorm(pred[row]) - unnorm(batch["action"][row])))
+    assert got["n_frames"] == 4 and np.isnan(got["action_token_accuracy"])
+    assert got["action_l1"] == pytest.approx(np.mean(errors[SPATIAL] + errors[OBJECT]), rel=1e-5)
+    assert got["per_dataset"][SPATIAL]["n_frames"] == 3
+    assert got["per_dataset"][OBJECT]["action_l1"] == pytest.approx(np.mean(errors[OBJECT]), rel=1e-5)
