@@ -182,7 +182,8 @@ class ChunkPolicy:
 class ChunkSlot(FakeSlot):
     """A FakeSlot for chunks executed ``k`` actions per observation: step ``t`` must get action ``t % k`` of the
     chunk of the observation at step ``t - t % k``, which must have been computed from that observation's image,
-    wrist image and proprio (so an episode succeeds only if the server runs exactly ``k`` actions per query)."""
+    wrist image and proprio, and only the observations a query reads may be asked for (``observe``), so an episode
+    succeeds only if the server runs exactly ``k`` actions per query and renders only what the policy reads."""
 
     def __init__(self, k):
         super().__init__({}, None)
@@ -197,13 +198,16 @@ class ChunkSlot(FakeSlot):
         return self.frame
 
     def begin(self, spec):
-        self.spec, self.t, self.ok = spec, 0, True
+        self.spec, self.t, self.ok, self.observed = spec, 0, True, 0
         return self._observe()
 
-    def step(self, action):
+    def step(self, action, observe=True):
         self.ok = self.ok and np.allclose(action, self.query[self.t % self.k]) and action[5] == 1.0
+        # only the observation the next query reads is asked for (render on demand)
+        self.ok = self.ok and observe == ((self.t + 1) % self.k == 0)
         self.t += 1
-        frame = self._observe()
+        self.observed += int(observe)
+        frame = self._observe() if observe else None
         return frame, self.ok and self.t >= episode_length(self.spec.task_id, self.spec.episode_index)
 
 

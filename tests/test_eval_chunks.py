@@ -42,8 +42,10 @@ def test_a_wrong_execution_count_fails_the_fake_episodes():
     rows = evaluate(ChunkPolicy, specs, RolloutConfig(eval_workers=1), max_steps=8,
                     slot_factory=functools.partial(make_chunk_slot, k=3), open_loop_steps=2, progress=False)
     lengths = [episode_length(s.task_id, s.episode_index) for s in specs]
-    assert lengths == [2, 5, 3]  # only the 2-step episode ends before the mismatch at step 2
-    assert [r["success"] for r in rows] == [True, False, False]
+    assert lengths == [2, 5, 3]
+    # the 3-step episodes get action 0 of a new chunk at step 2; the 2-step one is asked to render step 2
+    assert [r["success"] for r in rows] == [False, False, False]
+    assert [(r["steps"], r["policy_queries"]) for r in rows] == [(8, 4)] * 3  # the step limit, 2 actions a query
 
 
 def test_open_loop_steps_beyond_the_chunk_or_not_positive_is_refused():
@@ -52,3 +54,37 @@ def test_open_loop_steps_beyond_the_chunk_or_not_positive_is_refused():
                        row_base=lambda s: {}, on_row=lambda r: None, open_loop_steps=CHUNK + 1)
     with pytest.raises(ValueError, match="open_loop_steps must be None or an integer >= 1, got 0"):
         evaluate(ChunkPolicy, _specs(), RolloutConfig(eval_workers=1), open_loop_steps=0, progress=False)
+
+
+@pytest.mark.libero
+def test_libero_open_loop_steps_render_nothing_and_leave_the_episode_unchanged():
+    """An env stepped with observe=False on the open-loop steps of 4-action chunks reaches the same states (images,
+    wrist images, proprio, done flags) as one rendered every step, and renders only the observations read."""
+    import numpy as np
+
+    from vlamix.eval.envs import LiberoSlot
+
+    spec = EpisodeSpec("libero_spatial", 0, 0, 0, "pick up the black bowl")
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (12, 7))
+    runs = {}
+    for lazy in (False, True):
+        slot = LiberoSlot(inputs=("wrist_image", "proprio"))
+        try:
+            seen = [(slot.begin(spec), dict(slot.extras))]
+            after_wait = slot.renders
+            for t, action in enumerate(actions):
+                observe = not lazy or (t + 1) % 4 == 0
+                image, done = slot.step(action, observe=observe)
+                assert (image is None) == (not observe) and not done
+                if (t + 1) % 4 == 0:
+                    seen.append((image, dict(slot.extras)))
+            runs[lazy] = (seen, slot.renders - after_wait)
+        finally:
+            slot.close()
+    (eager, eager_renders), (lazy, lazy_renders) = runs[False], runs[True]
+    assert (eager_renders, lazy_renders) == (2 * 12, 2 * 3)  # two cameras; 3 of the 12 observations are read
+    for (image_a, extras_a), (image_b, extras_b) in zip(eager, lazy):
+        np.testing.assert_array_equal(image_a, image_b)
+        np.testing.assert_array_equal(extras_a["wrist_image"], extras_b["wrist_image"])
+        np.testing.assert_array_equal(extras_a["proprio"], extras_b["proprio"])
+    assert not np.array_equal(eager[0][1]["proprio"], eager[-1][1]["proprio"])  # the arm moved

@@ -9,6 +9,10 @@ An *env slot* holds one LIBERO environment and runs the reference protocol of on
    objects settle (a success during them does not count); returns the first policy image;
 2. ``step(action)``: model-space action -> environment action (:func:`model_to_env_action`) ->
    ``env.step``; returns the next policy image and the environment's ``done`` (success) flag.
+   ``step(action, observe=False)`` (open-loop steps of an action chunk, whose observation nobody reads):
+   the cameras are not rendered (the simulator's ``render`` returns black frames for that step, so
+   robosuite's observation sampling runs as usual; physics and the success check do not read images) and
+   the image is None.
 
 Policy images are the agent view rotated 180 degrees, then :func:`vlamix.eval.image.preprocess_image`
 (JPEG round trip + Lanczos resize to 224 px): uint8 [224, 224, 3]. A policy that reads more (``inputs`` of
@@ -90,7 +94,8 @@ class LiberoSlot:
         image_size: policy image side (224).
 
     Attributes (seconds, reset by :meth:`begin`): ``physics_s`` (``env.step`` minus rendering),
-    ``render_s`` (MuJoCo offscreen rendering of the camera), ``preprocess_s`` (JPEG + resize).
+    ``render_s`` (MuJoCo offscreen rendering of the camera), ``preprocess_s`` (JPEG + resize); ``renders``: camera
+    images rendered (one per camera per observed step, wait steps included).
     ``frame`` is the last camera frame (uint8 [resolution, resolution, 3], rotated 180 degrees).
     """
 
@@ -108,9 +113,17 @@ class LiberoSlot:
         self.states = None
         self.frame: np.ndarray | None = None
         self.physics_s = self.render_s = self.preprocess_s = 0.0
+        self.renders = 0
+        self._blind = False
 
     def _timed_render(self, render: Callable) -> Callable:
         def wrapper(*args, **kwargs):
+            if self._blind:  # an observation nobody reads: a black frame of the requested size, not rendered
+                width = kwargs.get("width", args[0] if args else None)
+                height = kwargs.get("height", args[1] if len(args) > 1 else None)
+                rgb = np.zeros((height, width, 3), dtype=np.uint8)
+                return (rgb, np.zeros((height, width), dtype=np.float32)) if kwargs.get("depth") else rgb
+            self.renders += 1
             t0 = time.perf_counter()
             try:
                 return render(*args, **kwargs)
@@ -139,6 +152,7 @@ class LiberoSlot:
     def begin(self, spec: Any) -> np.ndarray:
         """Start episode ``spec`` (reset, init state, wait steps). Returns the first policy image uint8 [S, S, 3]."""
         self.physics_s = self.render_s = self.preprocess_s = 0.0
+        self.renders = 0
         task = (spec.suite, spec.task_id)
         if self.task != task:
             self.close()
@@ -159,10 +173,19 @@ class LiberoSlot:
             obs, _ = self._env_step(dummy_action())
         return self._image(obs)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Apply a model-space action float [7]; returns (next policy image uint8 [S, S, 3], done)."""
-        obs, done = self._env_step(model_to_env_action(action).tolist())
-        return self._image(obs), done
+    def step(self, action: np.ndarray, observe: bool = True) -> tuple[np.ndarray | None, bool]:
+        """Apply a model-space action float [7]; returns (next policy image uint8 [S, S, 3], done). With
+        ``observe=False`` nothing is rendered and the image is None (``frame`` and ``extras`` keep the last ones)."""
+        env_action = model_to_env_action(action).tolist()
+        if observe:
+            obs, done = self._env_step(env_action)
+            return self._image(obs), done
+        self._blind = True
+        try:
+            _, done = self._env_step(env_action)
+        finally:
+            self._blind = False
+        return None, done
 
     def close(self) -> None:
         """Close the environment (a failing close is logged, never raised)."""
@@ -206,7 +229,8 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
 
     A round is ``[(slot, op, arg), ...]`` with ``op`` one of
     ``"begin"`` (arg = ``(spec, video_tmp_path | None)``), ``"step"`` (arg = model-space action
-    float64 [7]) and ``"end"`` (arg = final video path or None: keep the episode video there, or
+    float64 [7], or ``(action, observe)``: ``observe`` False = an open-loop step whose observation is not read,
+    rendered only for a video) and ``"end"`` (arg = final video path or None: keep the episode video there, or
     delete it). ``busy`` (shared doubles) holds ``[slot, monotonic start]`` of the command running
     now and ``[-1, 0]`` between commands, so the parent can time out a hung one. The answer is ``[result, ...]`` in command order; a result is a dict with ``slot``,
     ``op``, and for begin/step ``image`` (uint8 [S, S, 3] or None on error), ``done`` (bool),
@@ -283,7 +307,13 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
             if video_path is not None:
                 videos[slot] = EpisodeVideo(video_path)
         elif op == "step":
-            out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))
+            action, observe = arg if isinstance(arg, tuple) else (arg, True)
+            action = np.asarray(action, dtype=np.float64)
+            if observe or videos[slot] is not None:
+                out["image"], out["done"] = env.step(action)
+            else:
+                out["image"], out["done"] = env.step(action, observe=False)
+                return _with_timings(out, env)
         else:
             raise ValueError(f"unknown env-worker command {op!r}")
         for name in settings.get("inputs", ()):
@@ -297,7 +327,11 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
         if slots[slot] is not None:
             slots[slot].close()
             slots[slot] = None
-    env = slots[slot]
+    return _with_timings(out, slots[slot])
+
+
+def _with_timings(out: dict[str, Any], env: Any) -> dict[str, Any]:
     for name in ("physics_s", "render_s", "preprocess_s"):
         out[name] = float(getattr(env, name, 0.0)) if env is not None else 0.0
+    out["renders"] = int(getattr(env, "renders", 0)) if env is not None else 0
     return out

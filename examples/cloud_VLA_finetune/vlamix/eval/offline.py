@@ -122,12 +122,9 @@ def offline_metrics(
         actions = np.asarray(batch["action"], dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ValueError(f"batch actions must be [B, {ACTION_DIM}], got {list(actions.shape)}")
-        if max_frames is not None:
-            keep = max(0, min(len(actions), max_frames - frames))
-            if keep == 0:
-                break
-            batch = {k: v[:keep] for k, v in batch.items()}
-            actions = actions[:keep]
+        batch, actions = _first_frames(batch, actions, frames, max_frames)
+        if not len(actions):
+            break
         inputs = processor.training_batch(batch["image"], batch["instruction"], actions)
         inputs = {k: v.to(dev) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -176,6 +173,15 @@ def offline_metrics(
     return result
 
 
+def _first_frames(batch: Mapping[str, Any], actions: np.ndarray, frames: int,
+                  max_frames: int | None) -> tuple[Mapping[str, Any], np.ndarray]:
+    """The batch cut to the frames left under ``max_frames`` (``frames`` already read; None: no limit)."""
+    if max_frames is None:
+        return batch, actions
+    keep = max(0, min(len(actions), max_frames - frames))
+    return {k: v[:keep] for k, v in batch.items()}, actions[:keep]
+
+
 def _chunk_metrics(model, processor, loader, names, stats, max_frames, dev, dtype, checkpoint_dir, data):
     """:func:`offline_metrics` of an L1-regression (OpenVLA-OFT) model: un-normalised L1 over whole chunks."""
     frames, abs_err_sum, entries = 0, 0.0, 0
@@ -185,12 +191,9 @@ def _chunk_metrics(model, processor, loader, names, stats, max_frames, dev, dtyp
         if actions.ndim != 3 or actions.shape[2] != ACTION_DIM:
             raise ValueError(f"batch actions must be [B, chunk, {ACTION_DIM}] for an L1-regression model, got "
                              f"{list(actions.shape)}")
-        if max_frames is not None:
-            keep = max(0, min(len(actions), max_frames - frames))
-            if keep == 0:
-                break
-            batch = {k: v[:keep] for k, v in batch.items()}
-            actions = actions[:keep]
+        batch, actions = _first_frames(batch, actions, frames, max_frames)
+        if not len(actions):
+            break
         inputs = processor.chunk_training_batch(batch["image"], batch["instruction"], actions,
                                                 wrist_images=batch.get("wrist_image"), proprio=batch.get("proprio"))
         inputs = {k: v.to(dev) for k, v in inputs.items()}

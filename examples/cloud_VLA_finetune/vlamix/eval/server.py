@@ -15,8 +15,8 @@
 an episode executes the first ``open_loop_steps`` actions of its chunk, one per round, before its next
 observation goes to the policy: exactly one policy query per ``open_loop_steps`` environment steps
 (moojink/openvla-oft ``experiments/robot/libero/run_libero_eval.py``: a deque refilled only when
-empty). The worker still renders every step (render-on-demand is not done yet); the image of a step
-whose episode still has queued actions is dropped.
+empty). The step commands of those open-loop actions carry ``observe=False`` (unless the episode
+records a video), so the workers render only the observations the policy reads.
 
 **Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
 odd slot index within the worker), and the rounds alternate between them: while the workers step
@@ -264,7 +264,7 @@ class BatchedRollout:
                "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
-               "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
+               "preprocess_s": round(t.get("preprocess_s", 0.0), 4), "renders": int(t.get("renders", 0))}
         self._n_done += 1
         self.on_row(row)
 
@@ -326,7 +326,9 @@ class BatchedRollout:
                         spec, attempt = pending.popleft()
                         cmds[index].append((slot % self.envs_per_worker, *self._begin(slot, spec, attempt)))
                     elif ep is not None and ep.action is not None:
-                        cmds[index].append((slot % self.envs_per_worker, "step", ep.action))
+                        # an open-loop step's observation is not read: the worker need not render it
+                        arg = (ep.action, False) if ep.queue else ep.action
+                        cmds[index].append((slot % self.envs_per_worker, "step", arg))
                 n_pending = len(pending)
                 retries: list[tuple[Any, int]] = []
                 waiting = self._send(cmds, retries)
@@ -457,7 +459,7 @@ class BatchedRollout:
             ep = self._slots[slot]
             if ep is None:
                 continue
-            ep.timings = {k: res.get(k, 0.0) for k in ("physics_s", "render_s", "preprocess_s")}
+            ep.timings = {k: res.get(k, 0.0) for k in ("physics_s", "render_s", "preprocess_s", "renders")}
             ep.env_s += res.get("cmd_s", 0.0)
             if res["error"] is not None:
                 self._retry(slot, f"EnvError: {res['error']}", True, retries)
