@@ -191,8 +191,8 @@ class ChunkSlot(FakeSlot):
 
     def _observe(self):
         self.frame = image_of(self.spec.task_id, self.spec.episode_index, self.t)
-        self.extras = {"wrist_image": 255 - self.frame, "proprio": proprio_of(self.spec.task_id, self.spec.episode_index,
-                                                                             self.t)}
+        state = proprio_of(self.spec.task_id, self.spec.episode_index, self.t)
+        self.extras = {"wrist_image": 255 - self.frame, "proprio": state}
         if self.t % self.k == 0:
             self.query = chunk_of(self.frame, self.extras["wrist_image"], self.extras["proprio"])
         return self.frame
@@ -214,3 +214,24 @@ class ChunkSlot(FakeSlot):
 def make_chunk_slot(settings, k=1):
     assert tuple(settings["inputs"]) == ChunkPolicy.inputs  # the server asks the env for what the policy reads
     return ChunkSlot(k)
+
+
+def chunked_libero_run(spec, actions, k, lazy):
+    """One LIBERO episode (wrist image and proprio on) stepped with ``actions``, reading the observation after every
+    ``k``-th step; ``lazy``: the other steps with ``observe=False``. Returns ([(image, extras) read], renders after
+    the wait steps)."""
+    from vlamix.eval.envs import LiberoSlot
+
+    slot = LiberoSlot(inputs=("wrist_image", "proprio"))
+    try:
+        seen = [(slot.begin(spec), dict(slot.extras))]
+        after_wait = slot.renders
+        for t, action in enumerate(actions):
+            observe = not lazy or (t + 1) % k == 0
+            image, done = slot.step(action, observe=observe)
+            assert (image is None) == (not observe) and not done
+            if (t + 1) % k == 0:
+                seen.append((image, dict(slot.extras)))
+        return seen, slot.renders - after_wait
+    finally:
+        slot.close()

@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 ROW_FIELDS = (
     "suite", "task_id", "instruction", "episode_index", "init_state_index", "episode_key", "success", "steps",
     "action_digest", "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
-    "policy_batch", "env_slots", "open_loop_steps", "policy_queries", "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "renders", "versions",
+    "policy_batch", "env_slots", "open_loop_steps", "policy_queries", "attempts", "error", "video", "wall_s",
+    "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "renders", "versions",
 )
 #: Row fields that must equal the requested settings for a stored row to be reused ("device" is
 #: compared by device type: a row from cuda:0 is reused on cuda:1, not on the CPU).

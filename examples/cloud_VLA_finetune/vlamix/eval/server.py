@@ -260,7 +260,8 @@ class BatchedRollout:
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
                "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
-               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_queries": ep.queries, "policy_batch": self.policy_batch,
+               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_queries": ep.queries,
+               "policy_batch": self.policy_batch,
                "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
