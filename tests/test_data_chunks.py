@@ -8,8 +8,7 @@ from configs import checked
 from vlamix.data.mixture import MixtureLoader
 from vlamix.data.normalization import libero_transform_actions, normalize_actions, normalize_proprio
 from vlamix.data.reader import open_rlds
-from vlamix.data.rlds_writer import write_rlds
-from synthetic_rlds import synthetic_episode
+from synthetic_rlds import synthetic_episode, write_datasets
 
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"
 LENGTHS = {SPATIAL: [3, 8, 12, 9, 5], OBJECT: [10, 9]}
@@ -27,10 +26,7 @@ def _episodes(name, lengths):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("libero_rlds")
-    for name, lengths in LENGTHS.items():
-        write_rlds(_episodes(name, lengths), root, name)
-    return str(root)
+    return write_datasets(tmp_path_factory.mktemp("libero_rlds"), LENGTHS, _episodes)
 
 
 def _loader(data_dir, mixture, **kw):
