@@ -17,6 +17,12 @@ count (``cpu_agree``), and (a) vs (c) on the executed actions (``cpu_agree_actio
 float32 actions); the share of (a)'s episode time spent in the policy, rendering, physics and
 image preprocessing.
 
+Chunk part (``--chunks``; issue 29): the token-head tiny model vs the OpenVLA-OFT tiny model (the same backbone
+seed, ``OFT_LIBERO_RECIPE``: L1 head, 8-action chunks, wrist image, proprio) through :func:`evaluate` on the same
+episodes, the OFT one at ``open_loop_steps`` 1 (a query and a rendered observation every step) and 8 (OFT's
+LIBERO evaluation: one query and one rendered observation per 8 env steps): env-steps/s, camera images rendered
+per env step, policy queries per env step, and the speed-up ratios, all from one run on one machine.
+
 GPU part (``--model openvla-7b-random --device cuda``): the OpenVLA-7B architecture with random
 weights in bf16 (``benchmarks/bench_openvla7b_gpu.py``'s builder: official shapes, nothing
 downloaded) behind ``VLAPolicy``, driven by the same rollout runtime (:func:`evaluate` with env
@@ -34,6 +40,7 @@ Usage::
     nice python benchmarks/bench_rollout.py --episodes 4 --max-steps 30            # CPU, ~5-15 min
     python benchmarks/bench_rollout.py --model openvla-7b-random --device cuda     # GPU, < 8 min on one H100/H200
     python benchmarks/bench_rollout.py --model tiny-synthetic --device cpu --env-ms 0   # smoke test of the GPU part
+    nice python benchmarks/bench_rollout.py --chunks --episodes 2 --tasks 1 --max-steps 40 --workers 1   # chunks
 """
 
 from __future__ import annotations
@@ -151,6 +158,46 @@ def run_cpu(args) -> dict:
     out["load_avg_end"] = os.getloadavg()[0]
     for run in out["runs"].values():
         run.pop("digests")
+    return out
+
+
+def run_chunks(args) -> dict:
+    """Token tiny vs OFT tiny (open_loop_steps 1 and 8) on the same LIBERO episodes (see the module docstring)."""
+    from vlamix.eval.rollout import evaluate, plan_episodes
+    from vlamix.eval.settings import RolloutConfig
+    from vlamix.model.checkpoint import build_tiny, save_vla
+    from vlamix.model.configuration import OFT_LIBERO_RECIPE
+
+    work = tempfile.mkdtemp(prefix="bench_rollout_chunks_")
+    stats = {k: {**v, "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8}} for k, v in NORM_STATS.items()}
+    token = save_vla(*build_tiny(seed=args.model_seed, norm_stats=stats), os.path.join(work, "token"))
+    oft = save_vla(*build_tiny(seed=args.model_seed, norm_stats=stats, recipe=OFT_LIBERO_RECIPE),
+                   os.path.join(work, "oft"))
+    specs = plan_episodes(args.suite, args.tasks, args.episodes // args.tasks)
+    rollout = RolloutConfig(eval_workers=args.workers[0], envs_per_worker=1, eval_device="cpu", eval_dtype="fp32")
+    out: dict = {"device": "cpu", "dtype": "fp32", "suite": args.suite, "episodes": len(specs),
+                 "max_steps": args.max_steps, "workers": args.workers[0], "cpu_count": os.cpu_count(),
+                 "load_avg_start": os.getloadavg()[0], "runs": {}}
+    for name, folder, k in (("token", token, 1), ("oft_open_loop_1", oft, 1), ("oft_open_loop_8", oft, 8)):
+        logger.info("%s: %d episodes of %d steps", name, len(specs), args.max_steps)
+        t0 = time.perf_counter()
+        run_stats: dict = {}
+        rows = evaluate(folder, specs, rollout, max_steps=args.max_steps, open_loop_steps=k, progress=False,
+                        stats=run_stats)
+        run = _summary(name, rows, time.perf_counter() - t0)
+        steps = run["env_steps"]
+        run.pop("digests")
+        run.update(renders_per_step=round(sum(r["renders"] for r in rows) / steps, 3),
+                   queries_per_step=round(sum(r["policy_queries"] for r in rows) / steps, 3),
+                   policy_share=round(run_stats["policy_s"] / run_stats["wall_s"], 3),
+                   render_s=round(sum(r["render_s"] for r in rows), 2), policy_s=round(run_stats["policy_s"], 2))
+        out["runs"][name] = run
+    runs = out["runs"]
+    out["speedup_oft8_vs_token"] = round(
+        runs["oft_open_loop_8"]["env_steps_per_s"] / runs["token"]["env_steps_per_s"], 3)
+    out["speedup_oft8_vs_oft1"] = round(
+        runs["oft_open_loop_8"]["env_steps_per_s"] / runs["oft_open_loop_1"]["env_steps_per_s"], 3)
+    out["load_avg_end"] = os.getloadavg()[0]
     return out
 
 
@@ -277,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="envs per worker of (c): 1 = lock-step rounds, >= 2 = double buffering (give at least "
                              "workers x envs episodes so that every slot has work)")
     parser.add_argument("--model-seed", type=int, default=7, help="tiny model seed (7: actions depend on the LIBERO image and instruction)")
+    parser.add_argument("--chunks", action="store_true",
+                        help="only the chunk part: token tiny vs OFT tiny (open_loop_steps 1 and 8), first --workers")
     parser.add_argument("--gpu-steps", type=int, default=40, help="policy steps per synthetic episode (GPU part)")
     parser.add_argument("--gpu-episodes-per-env", type=int, default=2, help="synthetic episodes per env (GPU part)")
     parser.add_argument("--env-ms", type=float, default=20.0, help="CPU milliseconds per synthetic env step (GPU part)")
@@ -292,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "tiny":
         if args.episodes % args.tasks:
             parser.error("--episodes must be a multiple of --tasks")
-        result = run_cpu(args)
+        result = run_chunks(args) if args.chunks else run_cpu(args)
     else:
         result = run_gpu(args)
     json_out.write(json.dumps(result) + "\n")

@@ -211,3 +211,97 @@ def batch1_expert_rows(specs, max_steps, seed=7):
         return rows
     finally:
         slot.close()
+
+
+# ------------------------------------------------------------------------------ action chunks (OpenVLA-OFT)
+CHUNK = 4
+
+
+def proprio_of(task_id, trial, t):
+    """The fake raw 8-D state of step ``t``."""
+    return np.array([t, task_id, trial, 0, 0, 0, 0, 0], dtype=np.float32)
+
+
+def chunk_of(image, wrist, proprio):
+    """The chunk :class:`ChunkPolicy` computes: step j of it is ``expected_action(image)`` with dim 3 = j and dim 4
+    = the observation's step (from proprio), dim 5 = 1 if the wrist image is the one of that frame."""
+    out = np.repeat(expected_action(image)[None], CHUNK, axis=0)
+    out[:, 3] = np.arange(CHUNK)
+    out[:, 4] = proprio[0]
+    out[:, 5] = float(np.array_equal(wrist, 255 - image))
+    return out
+
+
+class ChunkPolicy:
+    """act_chunk: CHUNK actions per observation from the image, the wrist image and the proprio (``inputs``)."""
+
+    action_chunk = CHUNK
+    inputs = ("wrist_image", "proprio")
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, images, instructions, suite):
+        raise AssertionError("a chunk policy is queried through act_chunk")
+
+    def act_chunk(self, images, instructions, suite, wrist_images=None, proprio=None):
+        self.calls += 1
+        return np.stack([chunk_of(im, w, p) for im, w, p in zip(images, wrist_images, proprio)])
+
+
+class ChunkSlot(FakeSlot):
+    """A FakeSlot for chunks executed ``k`` actions per observation: step ``t`` must get action ``t % k`` of the
+    chunk of the observation at step ``t - t % k``, which must have been computed from that observation's image,
+    wrist image and proprio, and only the observations a query reads may be asked for (``observe``), so an episode
+    succeeds only if the server runs exactly ``k`` actions per query and renders only what the policy reads."""
+
+    def __init__(self, k):
+        super().__init__({}, None)
+        self.k = k
+
+    def _observe(self):
+        self.frame = image_of(self.spec.task_id, self.spec.episode_index, self.t)
+        state = proprio_of(self.spec.task_id, self.spec.episode_index, self.t)
+        self.extras = {"wrist_image": 255 - self.frame, "proprio": state}
+        if self.t % self.k == 0:
+            self.query = chunk_of(self.frame, self.extras["wrist_image"], self.extras["proprio"])
+        return self.frame
+
+    def begin(self, spec):
+        self.spec, self.t, self.ok, self.observed = spec, 0, True, 0
+        return self._observe()
+
+    def step(self, action, observe=True):
+        self.ok = self.ok and np.allclose(action, self.query[self.t % self.k]) and action[5] == 1.0
+        # only the observation the next query reads is asked for (render on demand)
+        self.ok = self.ok and observe == ((self.t + 1) % self.k == 0)
+        self.t += 1
+        self.observed += int(observe)
+        frame = self._observe() if observe else None
+        return frame, self.ok and self.t >= episode_length(self.spec.task_id, self.spec.episode_index)
+
+
+def make_chunk_slot(settings, k=1):
+    assert tuple(settings["inputs"]) == ChunkPolicy.inputs  # the server asks the env for what the policy reads
+    return ChunkSlot(k)
+
+
+def chunked_libero_run(spec, actions, k, lazy):
+    """One LIBERO episode (wrist image and proprio on) stepped with ``actions``, reading the observation after every
+    ``k``-th step; ``lazy``: the other steps with ``observe=False``. Returns ([(image, extras) read], renders after
+    the wait steps)."""
+    from vlamix.eval.envs import LiberoSlot
+
+    slot = LiberoSlot(inputs=("wrist_image", "proprio"))
+    try:
+        seen = [(slot.begin(spec), dict(slot.extras))]
+        after_wait = slot.renders
+        for t, action in enumerate(actions):
+            observe = not lazy or (t + 1) % k == 0
+            image, done = slot.step(action, observe=observe)
+            assert (image is None) == (not observe) and not done
+            if (t + 1) % k == 0:
+                seen.append((image, dict(slot.extras)))
+        return seen, slot.renders - after_wait
+    finally:
+        slot.close()

@@ -25,3 +25,13 @@ def synthetic_episode(rng, steps, instruction, file_path, *, blocks=4, action_sc
         "language_instruction": instruction,
         "file_path": file_path,
     }
+
+
+def write_datasets(root, lengths, episodes):
+    """Write one RLDS dataset per name of ``lengths`` ({name: [steps per episode]}) into ``root``, its episodes
+    from ``episodes(name, steps_list)``. Returns ``str(root)``."""
+    from vlamix.data.rlds_writer import write_rlds  # TensorFlow only when a test writes data
+
+    for name, steps in lengths.items():
+        write_rlds(episodes(name, steps), root, name)
+    return str(root)

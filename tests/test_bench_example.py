@@ -22,6 +22,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EXAMPLE = os.path.join("examples", "cloud_VLA_finetune", "singletask_learning_bench")
 JOB = os.path.join(EXAMPLE, "benchmarkingjob.yaml")
 JOB_7B = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b.yaml")
+JOB_7B_OFT = os.path.join(EXAMPLE, "benchmarkingjob_openvla7b_oft.yaml")
 COMPARE = os.path.join(EXAMPLE, "benchmarkingjob_compare.yaml")
 COMPARE_7B = os.path.join(EXAMPLE, "benchmarkingjob_compare_openvla7b.yaml")
 SPATIAL, OBJECT, GOAL = "libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops"
@@ -188,11 +189,18 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path, monkeypa
     os.makedirs(tmp_path / "model")
     for name in ("config.json", "tokenizer_config.json"):  # a checkpoint folder needs its config and tokenizer
         (tmp_path / "model" / name).write_text("{}")
-    moved = [
+    configs = validate_grid(_moved(points, str(tmp_path / "data"), str(tmp_path / "model")))
+    assert [c.mixture_weights() for c in configs][0] == {SPATIAL: 1.0}
+    assert {c.get("train_steps") for c in configs} == {10000} and {(c.get("batch_size"), c.get("grad_accumulation_steps")) for c in configs} == {(8, 2)}
+
+
+def _moved(points, data_dir, model_dir):
+    """The grid points with ``data_dir`` and ``model`` pointed at folders of this test."""
+    return [
         p.__class__(
             algorithm=p.algorithm,
             modules=tuple(
-                m.__class__(m.type, m.name, m.url, {**m.hyperparameters, "data_dir": str(tmp_path / "data"), "model": str(tmp_path / "model")})
+                m.__class__(m.type, m.name, m.url, {**m.hyperparameters, "data_dir": data_dir, "model": model_dir})
                 for m in p.modules
             ),
             number=p.number,
@@ -200,9 +208,42 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path, monkeypa
         )
         for p in points
     ]
-    configs = validate_grid(moved)
-    assert [c.mixture_weights() for c in configs][0] == {SPATIAL: 1.0}
-    assert {c.get("train_steps") for c in configs} == {10000} and {(c.get("batch_size"), c.get("grad_accumulation_steps")) for c in configs} == {(8, 2)}
+
+
+def test_openvla7b_oft_grid_is_the_seed_ratios_with_the_oft_libero_recipe(tmp_path, monkeypatch):
+    from vlamix.model.configuration import VLAConfig
+    from vlamix.model.memory import GIB
+    from vlamix.pipeline.checks import check_memory
+
+    monkeypatch.setattr("vlamix.pipeline.checks.available_bytes", lambda device: 1024**5)
+    points = expand_grid(load_job(JOB_7B_OFT))
+    hps = [dict(p.basemodel.hyperparameters) for p in points]
+    seven = [dict(p.basemodel.hyperparameters) for p in expand_grid(load_job(JOB_7B))]
+    assert [h["mixture"] for h in hps] == [h["mixture"] for h in seven]  # the OpenVLA-7B job's grid
+    for h in hps:
+        recipe = (h["action_head"], h["action_chunk"], h["use_wrist_image"], h["use_proprio"])
+        assert recipe == ("l1_regression", 8, True, True)
+        assert (h["lora_rank"], h["lora_alpha"], h["lora_dropout"], h["learning_rate"]) == (32, 16, 0.0, 0.0005)
+        assert h["batch_size"] * h["grad_accumulation_steps"] == 64  # OFT: 8 per GPU on 8 GPUs
+        assert h["image_aug"] is True and h["center_crop"] is None and h["open_loop_steps"] is None
+        assert h["model"] == "./models/openvla-7b" and h["demos"] == "none" and h["precision"] == "bf16"
+    for name in (SPATIAL, OBJECT):
+        os.makedirs(tmp_path / "data" / name / "1.0.0")
+    os.makedirs(tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text(VLAConfig.openvla_7b().to_json_string(use_diff=False))
+    (tmp_path / "model" / "tokenizer_config.json").write_text("{}")
+    configs = validate_grid(_moved(points, str(tmp_path / "data"), str(tmp_path / "model")))
+    assert len(configs) == 7 and {c.resolved_open_loop_steps() for c in configs} == {8}
+    assert all(c.resolved_center_crop() for c in configs)  # both images centre-cropped at evaluation (image_aug)
+    assert len({train_key(c) for c in configs}) == 7
+    seven_keys = {train_key(c) for c in validate_grid(_moved(expand_grid(load_job(JOB_7B)), str(tmp_path / "data"),
+                                                                  str(tmp_path / "model")))}
+    assert not seven_keys & {train_key(c) for c in configs}
+    # memory: the head and projector train in full (bf16 weights + gradient + two AdamW moments)
+    training = check_memory(configs[0], available={"cuda": 1024**5, "cpu": 1024**5})[0]
+    head = training.parts["action head + gradients + AdamW"]
+    assert head == 3 * (151_117_831 + 16_818_176) * 2
+    assert training.total > head + 14 * GIB  # 7.7 B bf16 weights and more
 
 
 def test_basemodel_adapter_registers_and_checks_the_indexes():

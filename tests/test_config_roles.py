@@ -55,6 +55,10 @@ CHANGES = {
     "lora_alpha": (32, {}),
     "lora_dropout": (0.1, {}),
     "finetune_mode": ("full", {}),
+    "action_head": ("l1_regression", {}),
+    "action_chunk": (8, {"action_head": "l1_regression"}),
+    "use_wrist_image": (True, {"action_head": "l1_regression"}),
+    "use_proprio": (True, {"action_head": "l1_regression"}),
     "train_steps": (50, {}),
     "batch_size": (4, {}),
     "grad_accumulation_steps": (2, {}),
@@ -70,6 +74,7 @@ CHANGES = {
     "num_steps_wait": (5, {}),
     "eval_seed": (8, {}),
     "center_crop": (True, {}),  # null (auto) resolves to false for the tiny model trained without image_aug
+    "open_loop_steps": (4, {"action_head": "l1_regression", "action_chunk": 8}),  # null = the whole chunk of 8
     # eval and runtime: in no key
     "eval_instruction": (["original", "empty"], {}),
     "eval_instruction_suites": (["libero_spatial"], {}),
@@ -91,7 +96,8 @@ CHANGES = {
 
 #: what each field should do: the specification the roles are checked against (a mis-tagged field fails here)
 EXPECTED_ROLES = {
-    "episodes": {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_seed", "center_crop"},
+    "episodes": {"eval_suites", "eval_tasks", "trials_per_task", "eval_max_steps", "num_steps_wait", "eval_seed",
+                 "center_crop", "open_loop_steps"},
     "eval": {"eval_instruction", "eval_instruction_suites", "offline_max_frames"},
     "runtime": {"eval_workers", "envs_per_worker", "eval_device", "eval_dtype", "eval_episode_timeout_s", "eval_max_attempts",
                 "eval_max_error_fraction", "eval_videos", "eval_videos_per_task", "racing", "racing_round_trials",

@@ -11,8 +11,7 @@ from vlamix.core.errors import ConfigError
 from vlamix.data.mixture import MixtureLoader, MixtureSampler, heldout_count, mixture_weights
 from vlamix.data.normalization import libero_transform_actions, load_or_compute_stats, normalize_actions
 from vlamix.data.reader import open_rlds
-from vlamix.data.rlds_writer import write_rlds
-from synthetic_rlds import synthetic_episode
+from synthetic_rlds import synthetic_episode, write_datasets
 
 SPATIAL, OBJECT, GOAL = "libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops"
 # episodes per dataset and their lengths (stored order is tfds' hashed order, not this one)
@@ -30,10 +29,7 @@ def _episodes(name, lengths):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("libero_rlds")
-    for name, lengths in LENGTHS.items():
-        write_rlds(_episodes(name, lengths), root, name)
-    return str(root)
+    return write_datasets(tmp_path_factory.mktemp("libero_rlds"), LENGTHS, _episodes)
 
 
 def _cfg(data_dir, mixture, **kw):

@@ -41,11 +41,26 @@ Held-out split: the last ``heldout_fraction`` of each dataset's episodes in stor
 one when the fraction is > 0 and the dataset has >= 2 episodes) never enter training; with
 ``split="heldout"`` they are iterated once, unshuffled, dataset after dataset.
 
+Action chunks (``action_chunk=C``, OpenVLA-OFT): as moojink/openvla-oft's ``chunk_act_obs``
+(``prismatic/vla/datasets/rlds/traj_transforms.py``, called with ``window_size=1``,
+``future_action_window_size=C - 1``), the frame of step t carries the normalised actions of steps t .. t + C - 1,
+and only the steps from which a whole chunk fits in the episode are frames: the last C - 1 steps of every
+episode are never an anchor (OFT never pads past the end; upstream OpenVLA's version repeated the last step).
+Chunks are cut from the stored episode before the action filters pick anchors, so a chunk holds the actions
+that followed its step in the demonstration even when some of those steps are filtered out as anchors. Episodes
+shorter than C give no frame. With ``wrist_image`` the frame also has the wrist camera (decoded, resized and
+augmented like the primary image, with its own augmentation seed: OFT augments each image independently), with
+``proprio`` the 8-D ``observation/state`` BOUNDS_Q99-normalised with the dataset's proprio statistics on every dim,
+constant dims (min == max) set to 0 (OFT ``normalize_action_and_proprio``).
+
 Batches (numpy)::
 
     image          uint8   [B, S, S, 3]   agent-view RGB (rotated 180 deg as stored), S = image_size (224)
     instruction    list[str] (B)          lower-cased language instruction
-    action         float32 [B, 7]         model space (gripper 1 open / 0 close), BOUNDS_Q99-normalised
+    action         float32 [B, 7]         model space (gripper 1 open / 0 close), BOUNDS_Q99-normalised;
+                                          [B, C, 7] with ``action_chunk=C`` (step-major)
+    wrist_image    uint8   [B, S, S, 3]   wrist camera (``wrist_image=True`` only)
+    proprio        float32 [B, 8]         normalised state (``proprio=True`` only)
     dataset_index  int64   [B]            index into ``loader.dataset_names``
     episode_index  int64   [B]            episode position in its dataset's stored order
     step_index     int64   [B]            step within the episode (stored index, before filtering)
@@ -73,7 +88,7 @@ from vlamix.core.suites import suite_info
 from vlamix.data._tf import import_tf
 from vlamix.data.augment import augment_image
 from vlamix.data.filters import ActionFilter, empty_counts, excluded_counts, selected_datasets
-from vlamix.data.normalization import NORM_EPS, DatasetStats, action_bounds, dataset_stats
+from vlamix.data.normalization import NORM_EPS, DatasetStats, action_bounds, dataset_stats, proprio_bounds
 from vlamix.data.reader import open_rlds
 from vlamix.data.settings import DataConfig
 from vlamix.mixing.settings import MixingConfig
@@ -302,6 +317,9 @@ class MixtureLoader:
         rank: data-parallel rank; each rank reads a different, still deterministic, stream.
         image_size: side of the output images in pixels (default 224).
         cache_dir: fallback folder for norm statistics when a data folder is read-only.
+        action_chunk: None = one action per frame ([B, 7]); C >= 1 = OpenVLA-OFT chunks ([B, C, 7], see the
+            module docstring: the last C - 1 steps of every episode are no frames).
+        wrist_image, proprio: add ``wrist_image`` / ``proprio`` to the batches.
     Raises:
         ConfigError: field ``mixture`` (unknown dataset name, bad weights), ``data_dir`` (dataset
             folder missing, unreadable or empty), ``split``, ``dataset_whitelist`` /
@@ -334,6 +352,9 @@ class MixtureLoader:
         rank: int = 0,
         image_size: int = DEFAULT_IMAGE_SIZE,
         cache_dir: str | None = None,
+        action_chunk: int | None = None,
+        wrist_image: bool = False,
+        proprio: bool = False,
     ):
         if split not in SPLITS:
             raise ConfigError("split", f"got {split!r}; allowed: {', '.join(SPLITS)}")
@@ -344,6 +365,12 @@ class MixtureLoader:
         self.seed = int(seed)
         self.rank = int(rank)
         self.image_size = int(image_size)
+        if action_chunk is not None and (isinstance(action_chunk, bool) or not isinstance(action_chunk, int)
+                                         or action_chunk < 1):
+            raise ConfigError("action_chunk", f"must be null or an integer >= 1, got {action_chunk!r}")
+        self.action_chunk = action_chunk
+        self.wrist_image = bool(wrist_image)
+        self.proprio = bool(proprio)
         self.shuffle_buffer_size = int(data.shuffle_buffer_size)
         #: OpenVLA's training image augmentation on the train split (:mod:`vlamix.data.augment`).
         self.image_aug = bool(data.image_aug) and split == "train"
@@ -364,6 +391,8 @@ class MixtureLoader:
         for split_, table in opened:
             keep, frames, counts = _filter_training_steps(self.action_filter, split_, table)
             keep, frames = _exclude_heldout_tasks(data, split_, table, keep, frames)  # evaluation kit
+            if (action_chunk or 1) > 1:
+                keep, frames = _chunk_anchors(split_, table, keep, action_chunk)
             self.filter_counts[split_.name] = counts
             if keep is not None:
                 self._keep[split_.index] = keep
@@ -513,7 +542,7 @@ class MixtureLoader:
             ds = ds.concatenate(part)
         ds = ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
         for batch in ds.as_numpy_iterator():
-            yield {
+            out = {
                 "image": batch["image"],
                 "instruction": [s.decode("utf-8").lower() for s in batch["instruction"]],
                 "action": batch["action"],
@@ -521,6 +550,8 @@ class MixtureLoader:
                 "episode_index": batch["episode_index"],
                 "step_index": batch["step_index"],
             }
+            out.update({k: batch[k] for k in _OPTIONAL_KEYS if k in batch})
+            yield out
 
     # -------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -574,7 +605,8 @@ class MixtureLoader:
             member[list(source.episodes)] = True
             member_t = tf.constant(member)
             episodes = episodes.filter(_plain_tf(tf, lambda ep: tf.gather(member_t, ep["episode_index"])))
-        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], info.index, self._keep.get(info.index))
+        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], info.index,
+                                          self._keep.get(info.index), **self._frame_options())
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
         frames = frames.shuffle(self.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
         if self.image_aug:  # the frame's ordinal in this stream seeds its augmentation (a resumed run skips to it)
@@ -588,13 +620,16 @@ class MixtureLoader:
         tf, _ = _tf()
         info = self.datasets[index]
         episodes = open_rlds(info.path).trajectories(info.train_episodes, info.num_episodes, with_episode_index=True)
-        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], index, None)
+        to_frames = _trajectory_transform(tf, self.dataset_statistics[info.name], index, None, **self._frame_options())
         frames = episodes.map(to_frames, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
         return self._decoded(tf, frames)
 
+    def _frame_options(self) -> dict[str, Any]:
+        return {"chunk": self.action_chunk, "wrist_image": self.wrist_image, "proprio": self.proprio}
+
     def _decoded(self, tf, frames, aug_seed: int | None = None):
-        frames = frames.map(_frame_transform(tf, self.image_size, aug_seed), num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=True)
+        frames = frames.map(_frame_transform(tf, self.image_size, aug_seed, self.wrist_image),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         return frames.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -618,6 +653,26 @@ def _filter_training_steps(
     keep, counts = action_filter.masks(table.actions[: int(offsets[-1])], lengths)
     frames = [int(keep[offsets[e] : offsets[e + 1]].sum()) for e in range(split.train_episodes)]
     return (None if keep.all() else (keep, offsets.astype(np.int64))), frames, counts
+
+
+def _chunk_anchors(
+    split: DatasetSplit, table: DatasetStats, keep: tuple[np.ndarray, np.ndarray] | None, chunk: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[int]]:
+    """Remove the last ``chunk - 1`` steps of every training episode from the anchors (OFT's ``chunk_act_obs``:
+    a frame needs a whole chunk inside its episode), on top of the filters' keep mask.
+
+    Returns:
+        (``(keep bool [train steps], offsets int64 [train episodes + 1])``, anchors per training episode).
+    """
+    lengths = table.episode_lengths[: split.train_episodes].astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    mask = keep[0].copy() if keep is not None else np.ones(int(offsets[-1]), dtype=bool)
+    for e, length in enumerate(lengths):
+        mask[offsets[e] + max(int(length) - chunk + 1, 0) : offsets[e + 1]] = False
+    frames = [int(mask[offsets[e] : offsets[e + 1]].sum()) for e in range(len(lengths))]
+    logger.info("%s: %d chunk anchors of %d training steps (chunk %d: the last %d steps of each episode are none)",
+                split.name, sum(frames), int(offsets[-1]), chunk, chunk - 1)
+    return (mask, offsets), frames
 
 
 def heldout_task_instructions(data: DataConfig, name: str) -> set[str]:
@@ -684,16 +739,34 @@ def _tf():
     return import_tf()
 
 
-def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep: tuple[np.ndarray, np.ndarray] | None):
+#: Batch keys present only with ``wrist_image`` / ``proprio``.
+_OPTIONAL_KEYS = ("wrist_image", "proprio")
+
+
+def _trajectory_transform(
+    tf,
+    stats: Mapping[str, Any],
+    dataset_index: int,
+    keep: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    chunk: int | None = None,
+    wrist_image: bool = False,
+    proprio: bool = False,
+):
     """Episode -> per-step tensors: LIBERO gripper transform, BOUNDS_Q99 normalisation, step filter.
 
     Mirrors :func:`vlamix.data.normalization.libero_transform_actions` and
     :func:`~vlamix.data.normalization.normalize_actions` in float32 TensorFlow ops. With ``keep =
     (mask bool [steps], offsets int64 [episodes + 1])`` (:mod:`vlamix.data.filters`), the steps of
     episode ``e`` are ``mask[offsets[e]:offsets[e + 1]]``-selected (``step_index`` stays the stored one).
+    With ``chunk`` C the action of step t is the [C, 7] chunk of steps t .. t + C - 1, and only steps
+    t <= T - C are kept (OFT ``chunk_act_obs``); ``wrist_image`` adds the encoded wrist image, ``proprio``
+    the normalised state (:func:`vlamix.data.normalization.normalize_proprio`, ``zero_constant=True``).
     """
     q01, q99, mask, constant = (tf.constant(x) for x in action_bounds(stats, np.float32))
     keep_t = None if keep is None else (tf.constant(keep[0]), tf.constant(keep[1]))
+    if proprio:
+        p_q01, p_q99, p_mask, p_constant = (tf.constant(x) for x in proprio_bounds(stats, np.float32))
 
     def fn(episode):
         steps = episode["steps"]
@@ -704,6 +777,9 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep
         action = tf.where(mask, normed, action)
         action = tf.where(constant, tf.zeros_like(action), action)
         length = tf.shape(action)[0]
+        if chunk is not None:  # [T, C, 7]: steps t .. t + C - 1 (indices past the end only on dropped anchors)
+            future = tf.range(length)[:, None] + tf.range(chunk)[None, :]
+            action = tf.gather(action, tf.minimum(future, length - 1))
         out = {
             "image": steps["observation"]["image"],
             "instruction": steps["language_instruction"],
@@ -712,31 +788,57 @@ def _trajectory_transform(tf, stats: Mapping[str, Any], dataset_index: int, keep
             "episode_index": tf.fill([length], tf.cast(episode["episode_index"], tf.int64)),
             "step_index": tf.range(length, dtype=tf.int64),
         }
-        if keep_t is None:
+        if wrist_image:
+            out["wrist_image"] = steps["observation"]["wrist_image"]
+        if proprio:
+            state = tf.cast(steps["observation"]["state"], tf.float32)
+            normed = tf.clip_by_value(2.0 * (state - p_q01) / (p_q99 - p_q01 + NORM_EPS) - 1.0, -1.0, 1.0)
+            state = tf.where(p_mask, normed, state)
+            out["proprio"] = tf.where(p_constant, tf.zeros_like(state), state)
+        step_mask = None
+        if keep_t is not None:
+            index = tf.cast(episode["episode_index"], tf.int64)
+            step_mask = keep_t[0][keep_t[1][index] : keep_t[1][index + 1]]
+            check = tf.debugging.assert_equal(tf.size(step_mask), length, message="keep mask length")
+            with tf.control_dependencies([check]):
+                step_mask = tf.identity(step_mask)
+        if chunk is not None and chunk > 1:  # no anchor without a whole chunk (also on held-out episodes)
+            anchors = tf.range(length) <= length - chunk
+            step_mask = anchors if step_mask is None else step_mask & anchors
+        if step_mask is None:
             return out
-        index = tf.cast(episode["episode_index"], tf.int64)
-        step_mask = keep_t[0][keep_t[1][index] : keep_t[1][index + 1]]
-        with tf.control_dependencies([tf.debugging.assert_equal(tf.size(step_mask), length, message="keep mask length")]):
-            return {k: tf.boolean_mask(v, step_mask) for k, v in out.items()}
+        return {k: tf.boolean_mask(v, step_mask) for k, v in out.items()}
 
     return _plain_tf(tf, fn)
 
 
-def _frame_transform(tf, size: int, aug_seed: int | None = None):
+def _frame_transform(tf, size: int, aug_seed: int | None = None, wrist_image: bool = False):
     """Decode the JPEG and resize with Lanczos-3 + antialias, round, clip, uint8 (dlimp resize_image); with
     ``aug_seed``, then OpenVLA's image augmentation seeded by ``(aug_seed, frame["_ordinal"])``
-    (:func:`vlamix.data.augment.augment_image`; the ordinal is dropped from the frame)."""
-    def fn(frame):
-        image = tf.io.decode_image(frame["image"], channels=3, expand_animations=False, dtype=tf.uint8)
+    (:func:`vlamix.data.augment.augment_image`; the ordinal is dropped from the frame). With ``wrist_image`` the
+    wrist camera goes through the same steps, its augmentation seeded by ``(aug_seed ^ 1, ordinal)`` (each image
+    independently, as OFT's ``apply_frame_transforms``)."""
+    def decode(encoded, seed):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
         image = tf.image.resize(image, (size, size), method="lanczos3", antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image.set_shape((size, size, 3))
-        frame = dict(frame)
-        if aug_seed is not None:
-            seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.cast(frame.pop("_ordinal"), tf.int64)])
+        if seed is not None:
             image = augment_image(tf, image, seed)
             image.set_shape((size, size, 3))
-        return {**frame, "image": image}
+        return image
+
+    def fn(frame):
+        frame = dict(frame)
+        seed = wrist_seed = None
+        if aug_seed is not None:
+            ordinal = tf.cast(frame.pop("_ordinal"), tf.int64)
+            seed = tf.stack([tf.constant(aug_seed, tf.int64), ordinal])
+            wrist_seed = tf.stack([tf.constant(aug_seed ^ 1, tf.int64), ordinal])
+        frame["image"] = decode(frame["image"], seed)
+        if wrist_image:
+            frame["wrist_image"] = decode(frame["wrist_image"], wrist_seed)
+        return frame
 
     return _plain_tf(tf, fn)
 
@@ -748,7 +850,7 @@ def _plain_tf(tf, fn):
 
 
 def _collate(frames: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    out = {
         "image": np.stack([f["image"] for f in frames]),
         "instruction": [f["instruction"].decode("utf-8").lower() for f in frames],
         "action": np.stack([f["action"] for f in frames]).astype(np.float32, copy=False),
@@ -756,3 +858,8 @@ def _collate(frames: list[dict[str, Any]]) -> dict[str, Any]:
         "episode_index": np.asarray([f["episode_index"] for f in frames], dtype=np.int64),
         "step_index": np.asarray([f["step_index"] for f in frames], dtype=np.int64),
     }
+    if "wrist_image" in frames[0]:
+        out["wrist_image"] = np.stack([f["wrist_image"] for f in frames])
+    if "proprio" in frames[0]:
+        out["proprio"] = np.stack([f["proprio"] for f in frames]).astype(np.float32, copy=False)
+    return out

@@ -22,7 +22,10 @@ Conventions:
     constant; a constant UNmasked dim (e.g. a gripper that never moves in the data) was trained on 0
     and passes the predicted value through, as in OpenVLA.
     Proprio = ``observation/state`` float32 [8] (OpenVLA-OFT's ``["EEF_state", "gripper_state"]``;
-    OpenVLA itself trains without proprio and stores zeros there). Proprio is never normalised here.
+    OpenVLA itself trains without proprio and stores zeros there). OpenVLA-OFT normalises it with the same
+    BOUNDS_Q99 formula on all 8 dims (no mask): in training then with every ``min == max`` dim set to 0
+    (``normalize_action_and_proprio``), at evaluation without that step (``experiments/robot/openvla_utils.py``
+    ``normalize_proprio``): :func:`normalize_proprio` with ``zero_constant`` True / False.
 
 The stats JSON is OpenVLA's ``dataset_statistics.json`` layout::
 
@@ -361,12 +364,13 @@ def normalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarr
     return np.where(constant, dtype(0), out).astype(dtype, copy=False)
 
 
-def unnormalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Inverse of :func:`normalize_actions` on [-1, 1]: ``0.5 (a + 1) (q99 - q01) + q01`` on masked dims.
+def unnormalize_actions(actions: np.ndarray, stats: Mapping[str, Any], eps: float = 0.0) -> np.ndarray:
+    """Inverse of :func:`normalize_actions` on [-1, 1]: ``0.5 (a + 1) (q99 - q01 + eps) + q01`` on masked dims.
 
     Args:
         actions: float [..., 7] normalised actions (e.g. decoded action-token bin centres).
         stats: as for :func:`normalize_actions`.
+        eps: 0 for OpenVLA's ``predict_action``; :data:`NORM_EPS` for OpenVLA-OFT's ``_unnormalize_actions``.
     Returns:
         float32 (float64 for float64 input) [..., 7] model-space actions (gripper 1 open / 0 close).
     """
@@ -375,7 +379,56 @@ def unnormalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.nda
     a = a.astype(dtype, copy=False)
     _check_action_dim(a)
     q01, q99, mask, _ = action_bounds(stats, dtype)
-    return np.where(mask, 0.5 * (a + 1) * (q99 - q01) + q01, a).astype(dtype, copy=False)
+    return np.where(mask, 0.5 * (a + 1) * (q99 - q01 + dtype(eps)) + q01, a).astype(dtype, copy=False)
+
+
+def proprio_bounds(stats: Mapping[str, Any], dtype=np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The BOUNDS_Q99 parameters of a dataset's proprio statistics (``stats["proprio"]``).
+
+    Returns:
+        ``(q01, q99, mask, constant)`` [P]: bounds of ``dtype``; ``mask`` bool (all true unless the stats carry one,
+        as OpenVLA-OFT: proprio stats have no mask); ``constant`` bool = dims with ``min == max``.
+    Raises:
+        ValueError: no proprio statistics, or q01/q99 of different lengths.
+    """
+    proprio = stats.get("proprio") if isinstance(stats, Mapping) else None
+    if not proprio or "q01" not in proprio or "q99" not in proprio:
+        raise ValueError(f"the statistics have no proprio q01/q99 (keys: {sorted(stats)})")
+    q01 = np.asarray(proprio["q01"], dtype=dtype)
+    q99 = np.asarray(proprio["q99"], dtype=dtype)
+    mask = np.asarray(proprio.get("mask", [True] * q01.shape[0]), dtype=bool)
+    if not q01.shape == q99.shape == mask.shape or q01.ndim != 1:
+        raise ValueError(f"proprio statistics: q01 {q01.shape}, q99 {q99.shape} and mask {mask.shape} "
+                         "must be equal 1-D")
+    constant = np.zeros(q01.shape, dtype=bool)
+    if "min" in proprio and "max" in proprio:
+        constant = np.asarray(proprio["min"], dtype=np.float64) == np.asarray(proprio["max"], dtype=np.float64)
+    return q01, q99, mask, constant
+
+
+def normalize_proprio(state: np.ndarray, stats: Mapping[str, Any], *, zero_constant: bool) -> np.ndarray:
+    """BOUNDS_Q99-normalise proprio: ``clip(2 (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)`` on every (masked) dim.
+
+    Args:
+        state: float [..., P] raw proprio (``observation/state``: EEF pos, axis-angle, gripper qpos; P = 8).
+        stats: per-dataset statistics with ``"proprio"`` (see the module docstring).
+        zero_constant: set dims with ``min == max`` to 0 afterwards: True in training (OpenVLA-OFT
+            ``normalize_action_and_proprio``), False at evaluation (OFT ``normalize_proprio`` has no such step).
+    Returns:
+        float32 (float64 for float64 input) [..., P].
+    Raises:
+        ValueError: the last dim differs from the statistics', or no proprio statistics.
+    """
+    x = np.asarray(state)
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    x = x.astype(dtype, copy=False)
+    q01, q99, mask, constant = proprio_bounds(stats, dtype)
+    if x.ndim == 0 or x.shape[-1] != q01.shape[0]:
+        raise ValueError(f"proprio must have last dimension {q01.shape[0]}, got shape {list(x.shape)}")
+    out = np.where(mask, np.clip(2 * (x - q01) / (q99 - q01 + dtype(NORM_EPS)) - 1, -1, 1), x)
+    if zero_constant:
+        out = np.where(constant, dtype(0), out)
+    return out.astype(dtype, copy=False)
 
 
 def _check_action_dim(a: np.ndarray) -> None:

@@ -9,9 +9,17 @@ An *env slot* holds one LIBERO environment and runs the reference protocol of on
    objects settle (a success during them does not count); returns the first policy image;
 2. ``step(action)``: model-space action -> environment action (:func:`model_to_env_action`) ->
    ``env.step``; returns the next policy image and the environment's ``done`` (success) flag.
+   ``step(action, observe=False)`` (open-loop steps of an action chunk, whose observation nobody reads):
+   the cameras are not rendered (the simulator's ``render`` returns black frames for that step, so
+   robosuite's observation sampling runs as usual; physics and the success check do not read images) and
+   the image is None.
 
 Policy images are the agent view rotated 180 degrees, then :func:`vlamix.eval.image.preprocess_image`
-(JPEG round trip + Lanczos resize to 224 px): uint8 [224, 224, 3].
+(JPEG round trip + Lanczos resize to 224 px): uint8 [224, 224, 3]. A policy that reads more (``inputs`` of
+the run's settings, :data:`vlamix.eval.policy.POLICY_INPUTS`; OpenVLA-OFT's LIBERO recipe) also gets
+``wrist_image`` (the wrist camera, rotated and preprocessed the same way: moojink/openvla-oft
+``experiments/robot/libero/run_libero_eval.py`` ``prepare_observation``) and ``proprio`` (the raw 8-D state
+of :func:`vlamix.sim.libero_env.robot_state`) in every begin/step result.
 
 A *worker* (:func:`worker_main`, started with ``multiprocessing`` ``spawn``) owns ``envs_per_worker``
 slots and answers one message per round from the parent: a list of commands (``begin``, ``step``,
@@ -42,7 +50,7 @@ from vlamix.core.constants import ACTION_DIM, NUM_STEPS_WAIT, RLDS_IMAGE_SIZE
 from vlamix.eval.image import preprocess_image
 from vlamix.eval.video import EpisodeVideo
 from vlamix.sim import libero_env
-from vlamix.sim.libero_env import AGENTVIEW, camera_image, dummy_action
+from vlamix.sim.libero_env import AGENTVIEW, WRIST, camera_image, dummy_action, robot_state
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +121,8 @@ class LiberoSlot:
         image_size: policy image side (224).
 
     Attributes (seconds, reset by :meth:`begin`): ``physics_s`` (``env.step`` minus rendering),
-    ``render_s`` (MuJoCo offscreen rendering of the camera), ``preprocess_s`` (JPEG + resize).
+    ``render_s`` (MuJoCo offscreen rendering of the camera), ``preprocess_s`` (JPEG + resize); ``renders``: camera
+    images rendered (one per camera per observed step, wait steps included).
     ``frame`` is the last camera frame (uint8 [resolution, resolution, 3], rotated 180 degrees).
     ``state`` is the privileged observation of the last ``begin`` / ``step`` that the worker sends
     with the image (plain numbers, picklable): None here, where the policy sees images only; a subclass
@@ -121,17 +130,31 @@ class LiberoSlot:
     """
 
     def __init__(self, resolution: int = RLDS_IMAGE_SIZE, seed: int = 7, num_steps_wait: int = NUM_STEPS_WAIT,
-                 image_size: int = 224):
+                 image_size: int = 224, inputs: tuple[str, ...] = ()):
         self.resolution, self.seed, self.num_steps_wait, self.image_size = resolution, seed, num_steps_wait, image_size
+        unknown = [name for name in inputs if name not in ("wrist_image", "proprio")]
+        if unknown:
+            raise ValueError(f"inputs: unknown {unknown}; allowed: wrist_image, proprio")
+        self.inputs = tuple(inputs)
+        #: the observation inputs of the last image besides it (names of ``inputs``)
+        self.extras: dict[str, np.ndarray] = {}
         self.env = None
         self.task: tuple[str, int] | None = None
         self.states = None
         self.frame: np.ndarray | None = None
         self.state: Any = None
         self.physics_s = self.render_s = self.preprocess_s = 0.0
+        self.renders = 0
+        self._blind = False
 
     def _timed_render(self, render: Callable) -> Callable:
         def wrapper(*args, **kwargs):
+            if self._blind:  # an observation nobody reads: a black frame of the requested size, not rendered
+                width = kwargs.get("width", args[0] if args else None)
+                height = kwargs.get("height", args[1] if len(args) > 1 else None)
+                rgb = np.zeros((height, width, 3), dtype=np.uint8)
+                return (rgb, np.zeros((height, width), dtype=np.float32)) if kwargs.get("depth") else rgb
+            self.renders += 1
             t0 = time.perf_counter()
             try:
                 return render(*args, **kwargs)
@@ -152,6 +175,10 @@ class LiberoSlot:
         t0 = time.perf_counter()
         self.frame = camera_image(obs, AGENTVIEW)
         image = preprocess_image(self.frame, size=self.image_size)
+        if "wrist_image" in self.inputs:
+            self.extras["wrist_image"] = preprocess_image(camera_image(obs, WRIST), size=self.image_size)
+        if "proprio" in self.inputs:
+            self.extras["proprio"] = robot_state(obs)
         self.preprocess_s += time.perf_counter() - t0
         return image
 
@@ -159,13 +186,14 @@ class LiberoSlot:
         """Start episode ``spec`` (reset, init state, wait steps). Returns the first policy image uint8 [S, S, 3]."""
         self.physics_s = self.render_s = self.preprocess_s = 0.0
         self.state = None
+        self.renders = 0
         task = (spec.suite, spec.task_id)
         if self.task != task:
             self.close()
             info = libero_env.task_info(spec.suite, spec.task_id)
             self.states = libero_env.init_states(spec.suite, spec.task_id)
-            self.env = libero_env.make_env(info, resolution=self.resolution, cameras=(libero_env.AGENTVIEW,),
-                                           seed=self.seed)
+            cameras = (AGENTVIEW, WRIST) if "wrist_image" in self.inputs else (AGENTVIEW,)
+            self.env = libero_env.make_env(info, resolution=self.resolution, cameras=cameras, seed=self.seed)
             self.task = task
         seed_everything(self.seed)
         self.env.seed(self.seed)
@@ -179,10 +207,19 @@ class LiberoSlot:
             obs, _ = self._env_step(dummy_action())
         return self._observe(obs)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Apply a model-space action float [7]; returns (next policy image uint8 [S, S, 3], done)."""
-        obs, done = self._env_step(model_to_env_action(action).tolist())
-        return self._observe(obs), done
+    def step(self, action: np.ndarray, observe: bool = True) -> tuple[np.ndarray | None, bool]:
+        """Apply a model-space action float [7]; returns (next policy image uint8 [S, S, 3], done). With
+        ``observe=False`` nothing is rendered and the image is None (``frame`` and ``extras`` keep the last ones)."""
+        env_action = model_to_env_action(action).tolist()
+        if observe:
+            obs, done = self._env_step(env_action)
+            return self._observe(obs), done
+        self._blind = True
+        try:
+            _, done = self._env_step(env_action)
+        finally:
+            self._blind = False
+        return None, done
 
     def close(self) -> None:
         """Close the environment (a failing close is logged, never raised)."""
@@ -197,7 +234,8 @@ class LiberoSlot:
 
 def make_libero_slot(settings: dict[str, Any]) -> LiberoSlot:
     """The default slot factory: a :class:`LiberoSlot` with the run's settings."""
-    return LiberoSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"])
+    return LiberoSlot(settings["resolution"], settings["seed"], settings["num_steps_wait"], settings["image_size"],
+                      tuple(settings.get("inputs", ())))
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -225,13 +263,15 @@ def worker_main(wid: int, conn: Any, n_slots: int, settings: dict[str, Any], par
 
     A round is ``[(slot, op, arg), ...]`` with ``op`` one of
     ``"begin"`` (arg = ``(spec, video_tmp_path | None)``), ``"step"`` (arg = model-space action
-    float64 [7]) and ``"end"`` (arg = final video path or None: keep the episode video there, or
+    float64 [7], or ``(action, observe)``: ``observe`` False = an open-loop step whose observation is not read,
+    rendered only for a video) and ``"end"`` (arg = final video path or None: keep the episode video there, or
     delete it). ``busy`` (shared doubles) holds ``[slot, monotonic start]`` of the command running
     now and ``[-1, 0]`` between commands, so the parent can time out a hung one. The answer is ``[result, ...]`` in command order; a result is a dict with ``slot``,
     ``op``, and for begin/step ``image`` (uint8 [S, S, 3] or None on error), ``state`` (the slot's
     privileged observation, ``slot.state``: None for image-only slots or on error), ``done`` (bool),
     ``error`` (None or "Type: message" with the traceback logged), ``physics_s``, ``render_s``,
-    ``preprocess_s`` (seconds of the episode so far). An exception in a slot is reported in its
+    ``preprocess_s`` (seconds of the episode so far), and one entry per name in ``settings["inputs"]``
+    (the slot's ``extras``). An exception in a slot is reported in its
     result and the slot's env is closed (rebuilt on the next begin).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
@@ -303,10 +343,18 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
             if video_path is not None:
                 videos[slot] = EpisodeVideo(video_path)
         elif op == "step":
-            out["image"], out["done"] = env.step(np.asarray(arg, dtype=np.float64))
+            action, observe = arg if isinstance(arg, tuple) else (arg, True)
+            action = np.asarray(action, dtype=np.float64)
+            if observe or videos[slot] is not None:
+                out["image"], out["done"] = env.step(action)
+            else:
+                out["image"], out["done"] = env.step(action, observe=False)
+                return _with_timings(out, env)
         else:
             raise ValueError(f"unknown env-worker command {op!r}")
         out["state"] = getattr(env, "state", None)
+        for name in settings.get("inputs", ()):
+            out[name] = env.extras[name]
         if videos[slot] is not None:
             videos[slot].add(getattr(env, "frame", None))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which retries or records an error
@@ -316,7 +364,11 @@ def _run_command(slots, videos, factory, settings, slot: int, op: str, arg: Any)
         if slots[slot] is not None:
             slots[slot].close()
             slots[slot] = None
-    env = slots[slot]
+    return _with_timings(out, slots[slot])
+
+
+def _with_timings(out: dict[str, Any], env: Any) -> dict[str, Any]:
     for name in ("physics_s", "render_s", "preprocess_s"):
         out[name] = float(getattr(env, name, 0.0)) if env is not None else 0.0
+    out["renders"] = int(getattr(env, "renders", 0)) if env is not None else 0
     return out

@@ -11,6 +11,11 @@ metrics) and predicts each of the 7 action tokens by argmax.
   where a_pred = un-normalise(bin centre of the predicted token) and a_true = un-normalise(the
   frame's normalised ground-truth action), both with the statistics of the frame's own dataset.
 
+OpenVLA-OFT checkpoints (``action_head: l1_regression``): the held-out frames are action chunks (the loader built
+with the checkpoint's ``action_chunk``, wrist image and proprio, as in training), the model predicts each chunk in
+one pass, ``action_l1`` is the mean over frames, chunk steps and the 7 dimensions of the un-normalised absolute
+error, and ``action_token_accuracy`` is NaN (no tokens).
+
 Fixed held-out set (:func:`vlamix.pipeline.point.fixed_heldout_config`): every point of a job is scored on the same
 frames, the held-out episodes of every dataset of the job's train index whose suite the job
 evaluates, whatever the point's own mixture (a 1:0 and a 0:1 point both see spatial and object
@@ -37,7 +42,7 @@ import torch
 
 from vlamix.core.constants import ACTION_DIM
 from vlamix.data.mixture import MixtureLoader
-from vlamix.data.normalization import unnormalize_actions
+from vlamix.data.normalization import NORM_EPS, unnormalize_actions
 from vlamix.data.settings import DataConfig
 from vlamix.mixing.settings import MixingConfig
 from vlamix.model.checkpoint import load_vla
@@ -89,9 +94,10 @@ def offline_metrics(
     if loader is None:
         if data is None or mixing is None:
             raise ValueError("offline_metrics needs a loader, or the data and mixing sections to build one")
-        loader = MixtureLoader(data, mixing, "heldout", batch_size=batch_size, seed=0)
-    names = list(dataset_names if dataset_names is not None else getattr(loader, "dataset_names", []) or [])
-    stats = dataset_statistics if dataset_statistics is not None else getattr(loader, "dataset_statistics", None)
+    # names and statistics do not depend on the loader's frame options (chunks, wrist image, proprio)
+    source = loader if loader is not None else MixtureLoader(data, mixing, "heldout", batch_size=batch_size, seed=0)
+    names = list(dataset_names if dataset_names is not None else getattr(source, "dataset_names", []) or [])
+    stats = dataset_statistics if dataset_statistics is not None else getattr(source, "dataset_statistics", None)
     if not names or not stats:
         raise ValueError("offline_metrics needs the loader's dataset_names and dataset_statistics (or pass them)")
     missing = [n for n in names if n not in stats]
@@ -100,6 +106,14 @@ def offline_metrics(
 
     model, processor = load_vla(checkpoint_dir, device=dev, dtype=dtype)
     model.eval()
+    config = getattr(model, "get_base_model", lambda: model)().config
+    if config.parallel_decoding:
+        if loader is None:
+            loader = MixtureLoader(data, mixing, "heldout", batch_size=batch_size, seed=0,
+                                   action_chunk=config.action_chunk, wrist_image=config.num_images_in_input > 1,
+                                   proprio=config.use_proprio)
+        return _chunk_metrics(model, processor, loader, names, stats, max_frames, dev, dtype, checkpoint_dir, data)
+    loader = source
     tokenizer = processor.action_tokenizer
     correct = tokens = frames = 0
     abs_err_sum = 0.0
@@ -108,12 +122,9 @@ def offline_metrics(
         actions = np.asarray(batch["action"], dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ValueError(f"batch actions must be [B, {ACTION_DIM}], got {list(actions.shape)}")
-        if max_frames is not None:
-            keep = max(0, min(len(actions), max_frames - frames))
-            if keep == 0:
-                break
-            batch = {k: v[:keep] for k, v in batch.items()}
-            actions = actions[:keep]
+        batch, actions = _first_frames(batch, actions, frames, max_frames)
+        if not len(actions):
+            break
         inputs = processor.training_batch(batch["image"], batch["instruction"], actions)
         inputs = {k: v.to(dev) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -158,5 +169,57 @@ def offline_metrics(
         "per_dataset": per_dataset,
         **ran_on,
     }
+    logger.info("offline metrics of %s: %s", checkpoint_dir, result)
+    return result
+
+
+def _first_frames(batch: Mapping[str, Any], actions: np.ndarray, frames: int,
+                  max_frames: int | None) -> tuple[Mapping[str, Any], np.ndarray]:
+    """The batch cut to the frames left under ``max_frames`` (``frames`` already read; None: no limit)."""
+    if max_frames is None:
+        return batch, actions
+    keep = max(0, min(len(actions), max_frames - frames))
+    return {k: v[:keep] for k, v in batch.items()}, actions[:keep]
+
+
+def _chunk_metrics(model, processor, loader, names, stats, max_frames, dev, dtype, checkpoint_dir, data):
+    """:func:`offline_metrics` of an L1-regression (OpenVLA-OFT) model: un-normalised L1 over whole chunks."""
+    frames, abs_err_sum, entries = 0, 0.0, 0
+    per = {n: {"abs_err": 0.0, "entries": 0, "frames": 0} for n in names}
+    for batch in loader:
+        actions = np.asarray(batch["action"], dtype=np.float32)
+        if actions.ndim != 3 or actions.shape[2] != ACTION_DIM:
+            raise ValueError(f"batch actions must be [B, chunk, {ACTION_DIM}] for an L1-regression model, got "
+                             f"{list(actions.shape)}")
+        batch, actions = _first_frames(batch, actions, frames, max_frames)
+        if not len(actions):
+            break
+        inputs = processor.chunk_training_batch(batch["image"], batch["instruction"], actions,
+                                                wrist_images=batch.get("wrist_image"), proprio=batch.get("proprio"))
+        inputs = {k: v.to(dev) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        pred_norm = model(**inputs).actions.float().cpu().numpy().astype(np.float64)  # [B, chunk, 7]
+        index = np.asarray(batch["dataset_index"], dtype=np.int64)
+        for d in np.unique(index):
+            rows = index == d
+            s = stats[names[int(d)]]
+            pred = unnormalize_actions(pred_norm[rows], s, eps=NORM_EPS)  # OFT's _unnormalize_actions
+            err = np.abs(pred - unnormalize_actions(actions[rows].astype(np.float64), s, eps=NORM_EPS))
+            acc = per[names[int(d)]]
+            acc["abs_err"] += float(err.sum())
+            acc["entries"] += int(err.size)
+            acc["frames"] += int(rows.sum())
+            abs_err_sum += float(err.sum())
+            entries += int(err.size)
+        frames += len(actions)
+    nan = float("nan")
+    per_dataset = {n: {"action_token_accuracy": nan, "action_l1": a["abs_err"] / a["entries"] if a["entries"] else nan,
+                       "n_frames": a["frames"]} for n, a in per.items()}
+    result = {"action_token_accuracy": nan, "action_l1": abs_err_sum / entries if entries else nan,
+              "n_frames": frames, "datasets": names, "per_dataset": per_dataset,
+              "device": str(dev), "dtype": str(dtype).replace("torch.", "")}
+    if frames == 0:
+        logger.warning("no held-out frames (heldout_fraction = %s); offline metrics are NaN",
+                       None if data is None else data.heldout_fraction)
     logger.info("offline metrics of %s: %s", checkpoint_dir, result)
     return result

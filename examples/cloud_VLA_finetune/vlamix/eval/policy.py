@@ -12,6 +12,20 @@ Anything with this ``act`` method can be rolled out; tests use small stand-ins. 
 ``uses_state = True`` also gets ``states=[...]``, the env slots' privileged observations (the scripted
 expert, :class:`vlamix.eval.expert_policy.ExpertPolicy`; :func:`vlamix.eval.server.call_policy`).
 
+Action chunks (OpenVLA-OFT checkpoints, ``action_head: l1_regression``; :meth:`VLAPolicy.act_chunk`)::
+
+    act_chunk(images, instructions, suite, wrist_images=None, proprio=None)
+        -> float64 [B, chunk, 7], each action as ``act`` returns it (model space, gripper in [0, 1], 1 = open)
+
+``policy.inputs`` names what a policy reads besides the primary image and the instruction (``"wrist_image"``:
+uint8 [B, 224, 224, 3] wrist camera processed like the primary image; ``"proprio"``: float [B, 8] raw state = EEF
+position (3) + axis-angle (3) + gripper joint positions (2), normalised here with the checkpoint's proprio statistics
+as OFT's evaluation does: q01/q99 with clipping, no min == max zeroing), so that a server asks the environments only
+for those. ``policy.action_chunk`` is the chunk length (1 for token heads, whose ``act_chunk`` is ``act`` with a chunk
+axis). The gripper post-processing is the same for both heads and stays in the rollout (:func:`vlamix.eval.envs.
+model_to_env_action`: OFT's ``normalize_gripper_action(binarize=True)`` then ``invert_gripper_action``, in that
+order, as OpenVLA's); OFT executes all 8 actions of a chunk before the next observation (``open_loop_steps``).
+
 Reference: openvla/openvla ``experiments/robot/openvla_utils.py`` (``get_vla_action``: optional
 centre crop, prompt, ``predict_action(..., unnorm_key)``) and
 ``experiments/robot/libero/run_libero_eval.py`` (the ``_no_noops`` un-normalisation key fallback).
@@ -32,7 +46,7 @@ import numpy as np
 
 from vlamix.core.constants import ACTION_DIM
 from vlamix.core.suites import base_suite
-from vlamix.data.normalization import unnormalize_actions
+from vlamix.data.normalization import NORM_EPS, normalize_proprio, unnormalize_actions
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +56,10 @@ class Policy(Protocol):
     """What a rollout needs from a policy (see the module docstring for shapes and units)."""
 
     def act(self, images: np.ndarray, instructions: Sequence[str], suite: str | Sequence[str]) -> np.ndarray: ...
+
+
+#: Observation inputs a policy may read besides the primary image and the instruction (``VLAPolicy.inputs``).
+POLICY_INPUTS = ("wrist_image", "proprio")
 
 
 class UnnormKeyError(KeyError):
@@ -216,6 +234,15 @@ class VLAPolicy:
         self._keys: dict[str, str] = {}
         if hasattr(model, "eval"):
             model.eval()
+        config = getattr(model, "config", None)
+        self.parallel = bool(getattr(config, "parallel_decoding", False))
+        #: chunk length of one policy query (1 for token heads)
+        self.action_chunk = int(config.action_chunk) if self.parallel else 1
+        #: observation inputs this policy reads besides the primary image and the instruction (:data:`POLICY_INPUTS`)
+        self.inputs: tuple[str, ...] = tuple(
+            name for name, used in (("wrist_image", self.parallel and config.num_images_in_input > 1),
+                                    ("proprio", self.parallel and bool(config.use_proprio))) if used
+        )
 
     def unnorm_key_for(self, suite: str) -> str:
         """The norm-stats key used for ``suite``: that of its base suite (cached). Raises :class:`UnnormKeyError`."""
@@ -231,8 +258,10 @@ class VLAPolicy:
             return None
 
     def act(self, images: np.ndarray, instructions: Sequence[str], suite: str | Sequence[str],
-            variants: Sequence[str] | None = None) -> np.ndarray:
-        """Predict one action per image, in one forward pass for the whole batch.
+            variants: Sequence[str] | None = None, *, wrist_images: np.ndarray | None = None,
+            proprio: np.ndarray | None = None) -> np.ndarray:
+        """Predict one action per image, in one forward pass for the whole batch (for a chunk policy: the first
+        action of :meth:`act_chunk`; ``wrist_images`` / ``proprio`` as there).
 
         Args:
             images: uint8 [B, H, W, 3] RGB (rollouts pass the 224x224 output of
@@ -249,17 +278,12 @@ class VLAPolicy:
             :func:`resolve_unnorm_key`; NonFiniteLogitsError: a NaN/Inf logit in some row
             (:meth:`vlamix.model.modeling.OpenVLAForActionPrediction.predict_action_ids`).
         """
+        if self.parallel:
+            chunks = self.act_chunk(images, instructions, suite, variants, wrist_images=wrist_images, proprio=proprio)
+            return chunks[:, 0]
         import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
 
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
-        if isinstance(instructions, str) or len(instructions) != images.shape[0]:
-            raise ValueError(f"need one instruction per image ({images.shape[0]}), got {instructions!r}")
-        suites = [suite] * images.shape[0] if isinstance(suite, str) else list(suite)
-        if len(suites) != images.shape[0]:
-            raise ValueError(f"need one suite, or one per image ({images.shape[0]}), got {suite!r}")
-        keys = [self.unnorm_key_for(s) for s in suites]
+        images, keys = self._checked(images, instructions, suite)
         if self.center_crop:
             images = self.processor.center_crop(images)
         if variants is not None and any(v != "original" for v in variants):
@@ -286,3 +310,80 @@ class VLAPolicy:
         if actions.shape != (images.shape[0], ACTION_DIM):
             raise RuntimeError(f"predict_action returned shape {list(actions.shape)}, expected [{images.shape[0]}, {ACTION_DIM}]")
         return actions
+
+    def act_chunk(self, images: np.ndarray, instructions: Sequence[str], suite: str | Sequence[str],
+                  variants: Sequence[str] | None = None, *, wrist_images: np.ndarray | None = None,
+                  proprio: np.ndarray | None = None) -> np.ndarray:
+        """Predict a chunk of actions per observation, in one forward pass for the whole batch (OpenVLA-OFT's
+        parallel decoding; ``VLAPolicy`` of a token head returns ``act(...)[:, None]``).
+
+        Args:
+            images: uint8 [B, H, W, 3] primary RGB (as for :meth:`act`). instructions, suite, variants: as :meth:`act`.
+            wrist_images: uint8 [B, H, W, 3] wrist RGB, processed like ``images`` (centre crop included); required
+                when ``"wrist_image"`` is in :attr:`inputs`, else ignored.
+            proprio: float [B, 8] raw state (EEF position, axis-angle, gripper qpos); required when ``"proprio"`` is
+                in :attr:`inputs` (normalised with each row's ``proprio`` statistics, OFT's eval rule), else ignored.
+        Returns:
+            float64 [B, action_chunk, 7] un-normalised actions in model space (gripper in [0, 1], 1 = open), step-major.
+        Raises:
+            ValueError: wrong shapes or counts, a needed input missing; UnnormKeyError: see :func:`resolve_unnorm_key`.
+        """
+        if not self.parallel:
+            return self.act(images, instructions, suite, variants)[:, None]
+        import torch  # torch: `import vlamix.eval` must not load it (env workers import this package)
+
+        images, keys = self._checked(images, instructions, suite)
+        B = images.shape[0]
+        wrist = None
+        if "wrist_image" in self.inputs:
+            if wrist_images is None:
+                raise ValueError("this policy reads the wrist camera (inputs include 'wrist_image'); pass wrist_images")
+            wrist = np.asarray(wrist_images)
+            if wrist.shape != images.shape or wrist.dtype != np.uint8:
+                raise ValueError(f"wrist_images must be uint8 {list(images.shape)} like images, got {wrist.dtype} "
+                                 f"{list(wrist.shape)}")
+        state = None
+        if "proprio" in self.inputs:
+            if proprio is None:
+                raise ValueError("this policy reads the robot state (inputs include 'proprio'); pass proprio")
+            raw = np.asarray(proprio, dtype=np.float64)
+            if raw.ndim != 2 or raw.shape[0] != B:
+                raise ValueError(f"proprio must be [B={B}, P], got shape {list(raw.shape)}")
+            state = np.empty(raw.shape, dtype=np.float32)
+            for key in dict.fromkeys(keys):
+                rows = [i for i, k in enumerate(keys) if k == key]
+                state[rows] = normalize_proprio(raw[rows], self.model.norm_stats[key], zero_constant=False)
+        if self.center_crop:
+            images = self.processor.center_crop(images)
+            wrist = self.processor.center_crop(wrist) if wrist is not None else None
+        use_variants = variants is not None and any(v != "original" for v in variants)
+        if use_variants and len(variants) != B:
+            raise ValueError(f"need one instruction variant per image ({B}), got {list(variants)!r}")
+        inputs = self.processor.action_chunk_inputs(
+            images, list(instructions), num_slots=self.model.action_head.num_slots, wrist_images=wrist,
+            variants=list(variants) if use_variants else None)
+        dtype = self._model_dtype()
+        moved = {k: v.to(self.device) for k, v in inputs.items()}
+        moved["pixel_values"] = moved["pixel_values"].to(dtype)
+        if state is not None:
+            moved["proprio"] = torch.from_numpy(state).to(self.device)
+        with torch.inference_mode():
+            normalized = self.model.forward_actions(**moved).actions.float().cpu().numpy().astype(np.float64)
+        actions = np.empty(normalized.shape, dtype=np.float64)
+        for key in dict.fromkeys(keys):
+            rows = [i for i, k in enumerate(keys) if k == key]
+            actions[rows] = unnormalize_actions(normalized[rows], self.model.get_action_stats(key), eps=NORM_EPS)
+        return actions
+
+    def _checked(self, images: Any, instructions: Sequence[str],
+                 suite: str | Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Images as uint8 [B, H, W, 3] and each row's norm-stats key, after the shape and count checks."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
+        if isinstance(instructions, str) or len(instructions) != images.shape[0]:
+            raise ValueError(f"need one instruction per image ({images.shape[0]}), got {instructions!r}")
+        suites = [suite] * images.shape[0] if isinstance(suite, str) else list(suite)
+        if len(suites) != images.shape[0]:
+            raise ValueError(f"need one suite, or one per image ({images.shape[0]}), got {suite!r}")
+        return images, [self.unnorm_key_for(s) for s in suites]

@@ -64,11 +64,12 @@ logger = logging.getLogger(__name__)
 ROW_FIELDS = (
     "suite", "task_id", "instruction", "episode_index", "init_state_index", "episode_key", "success", "steps",
     "action_digest", "seed", "max_steps", "num_steps_wait", "policy_options", "device", "dtype", "unnorm_key", "batch_size",
-    "policy_batch", "env_slots", "attempts", "error", "video", "wall_s", "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "versions",
+    "policy_batch", "env_slots", "open_loop_steps", "policy_queries", "attempts", "error", "video", "wall_s",
+    "policy_s", "sim_s", "physics_s", "render_s", "preprocess_s", "renders", "versions",
 )
 #: Row fields that must equal the requested settings for a stored row to be reused ("device" is
 #: compared by device type: a row from cuda:0 is reused on cuda:1, not on the CPU).
-SETTING_FIELDS = ("max_steps", "num_steps_wait", "seed", "policy_options", "device", "dtype")
+SETTING_FIELDS = ("max_steps", "num_steps_wait", "seed", "policy_options", "device", "dtype", "open_loop_steps")
 
 
 def _device_type(device: Any) -> Any:
@@ -220,6 +221,7 @@ def evaluate(
     slot_factory: Callable[[dict[str, Any]], Any] | None = None,
     stats: dict[str, Any] | None = None,
     policy_cache: dict[Any, Any] | None = None,
+    open_loop_steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Roll out ``episodes``: env-worker processes, one batched policy here; one row per episode.
 
@@ -248,6 +250,10 @@ def evaluate(
             follows the checkpoint (:func:`vlamix.model.checkpoint.checkpoint_image_aug`: crop a checkpoint trained
             with image augmentation, e.g. official OpenVLA LIBERO folders); rows record the resolved value.
         resolution: camera side in pixels (reference: 256).
+        open_loop_steps: actions of each predicted chunk executed before the next observation goes to the
+            policy (:class:`vlamix.eval.server.BatchedRollout`); None: the checkpoint's whole chunk
+            (:func:`vlamix.model.checkpoint.checkpoint_action_chunk`: 8 for OpenVLA-OFT, 1 for token heads), 1 for a
+            policy factory. Rows record it (rows stored before it existed count as 1).
         torch_threads: torch CPU threads of the policy (default: torch's).
         rerun_errors: run again the episodes whose stored row has an ``error``.
         progress: False: no progress display; else a bar on a terminal, a line per quarter elsewhere.
@@ -268,10 +274,12 @@ def evaluate(
         ``dtype`` ("bf16", ...; None for factories), ``unnorm_key`` (the norm-stats key used, or
         None), ``batch_size`` (the largest policy call this episode was served in, as it ran),
         ``policy_batch`` (the most images a call can get: :func:`vlamix.eval.server.policy_batch_size`,
-        all env slots in lock-step, half of them when double buffered), ``env_slots`` (``workers * envs_per_worker``), ``attempts``, ``error`` (None or
+        all env slots in lock-step, half of them when double buffered), ``env_slots`` (``workers * envs_per_worker``),
+        ``open_loop_steps``, ``policy_queries`` (policy calls that served the episode), ``attempts``, ``error`` (None or
         "Type: message"), ``video`` (path relative to the JSONL folder, or None), ``wall_s``,
         ``policy_s`` (seconds of the batched policy calls the episode was in), ``sim_s`` (=
-        ``physics_s`` + ``render_s``), ``preprocess_s``, ``versions`` (simulator versions).
+        ``physics_s`` + ``render_s``), ``preprocess_s``, ``renders`` (camera images rendered: LIBERO slots),
+        ``versions`` (simulator versions).
     Raises:
         ValueError: invalid arguments (naming them), duplicate episodes, CUDA requested but absent;
         TypeError: a bad ``policy``; FileNotFoundError: a checkpoint path that is not a folder;
@@ -290,6 +298,9 @@ def evaluate(
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be None or an integer >= 1, got {max_steps!r}")
+    if open_loop_steps is not None and (isinstance(open_loop_steps, bool) or not isinstance(open_loop_steps, int)
+                                        or open_loop_steps < 1):
+        raise ValueError(f"open_loop_steps must be None or an integer >= 1, got {open_loop_steps!r}")
     if videos != "none" and video_dir is None:
         if out_jsonl is None:
             raise ValueError("videos need video_dir (or out_jsonl, whose folder gets videos/)")
@@ -303,23 +314,30 @@ def evaluate(
     if is_path:
         dev = resolve_device(device)
         dt = dtype_name(dtype, dev)
-        if center_crop is None:
-            # loads torch: `import vlamix.eval` must not (env workers import this package)
-            from vlamix.model.checkpoint import checkpoint_image_aug
+        # loads torch: `import vlamix.eval` must not (env workers import this package)
+        from vlamix.model.checkpoint import checkpoint_action_chunk, checkpoint_image_aug
 
+        if center_crop is None:
             center_crop = checkpoint_image_aug(os.fspath(policy))
+        chunk = checkpoint_action_chunk(os.fspath(policy))
+        if open_loop_steps is not None and open_loop_steps > chunk:
+            raise ValueError(f"open_loop_steps: {open_loop_steps} > the checkpoint's action_chunk {chunk}; "
+                             f"allowed: null or 1..{chunk}")
+        open_loop_steps = open_loop_steps or chunk
         policy_kwargs = {"device": dev, "dtype": dt, "unnorm_key": unnorm_key, "center_crop": center_crop}
     elif center_crop or unnorm_key is not None or device != "auto" or dtype != "auto":
         raise ValueError("center_crop, unnorm_key, device and dtype apply to checkpoint paths only, not to a policy factory")
     else:
         dev = dt = None
         policy_kwargs = {}
+        open_loop_steps = open_loop_steps or 1
     factory = _policy_factory(policy, policy_kwargs)
     policy_options = {"center_crop": center_crop, "unnorm_key": unnorm_key} if is_path else None
 
     def wanted_settings(suite: str) -> dict[str, Any]:
         return {"max_steps": max_steps or suite_max_steps(suite), "num_steps_wait": num_steps_wait, "seed": seed,
-                "policy_options": policy_options, "device": _device_type(dev), "dtype": dt}
+                "policy_options": policy_options, "device": _device_type(dev), "dtype": dt,
+                "open_loop_steps": open_loop_steps}
 
     done: dict[tuple, dict[str, Any]] = {}
     if out_jsonl is not None:
@@ -331,6 +349,7 @@ def evaluate(
             if key not in wanted or (rerun_errors and row.get("error")):
                 continue
             have = {f: (_device_type(row.get(f)) if f == "device" else row.get(f)) for f in SETTING_FIELDS}
+            have["open_loop_steps"] = have["open_loop_steps"] or 1  # rows stored before the field existed
             if have == wanted_settings(key[0]):
                 done[key] = row  # the last matching row wins
             else:
@@ -372,7 +391,8 @@ def evaluate(
         def row_base(spec: Any) -> dict[str, Any]:
             return {"episode_key": list(spec.key), "seed": seed, "num_steps_wait": num_steps_wait,
                     "policy_options": policy_options, "device": getattr(pol, "device", dev) if is_path else None,
-                    "dtype": dt, "unnorm_key": unnorm_of(spec.suite) if unnorm_of else None}
+                    "dtype": dt, "unnorm_key": unnorm_of(spec.suite) if unnorm_of else None,
+                    "open_loop_steps": open_loop_steps}
 
         fh = open(out_jsonl, "a") if out_jsonl is not None else None
         bar = _progress(len(specs), len(done), progress)
@@ -405,12 +425,13 @@ def evaluate(
         settings = {"slot_factory": slot_factory or getattr(pol, "slot_factory", None) or make_libero_slot,
                     "resolution": resolution, "seed": seed, "num_steps_wait": num_steps_wait,
                     "image_size": MODEL_IMAGE_SIZE,
-                    "render_threads": max(1, (os.cpu_count() or 1) // workers)}
+                    "render_threads": max(1, (os.cpu_count() or 1) // workers),
+                    "inputs": tuple(getattr(pol, "inputs", ()))}
         runner = BatchedRollout(
             pol, workers=workers, envs_per_worker=envs_per_worker, settings=settings,
             max_steps_of=lambda suite: max_steps or suite_max_steps(suite), row_base=row_base, on_row=on_row,
             max_attempts=rollout.eval_max_attempts, episode_timeout_s=rollout.eval_episode_timeout_s, videos=videos,
-            videos_per_task=videos_per_task, video_dir=video_dir,
+            videos_per_task=videos_per_task, video_dir=video_dir, open_loop_steps=open_loop_steps,
         )
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None

@@ -13,6 +13,14 @@
    numbers; the scripted expert's slot sends the action its expert computed from the simulator,
    :mod:`vlamix.eval.expert_policy`); it goes to policies that declare ``uses_state``.
 
+**Action chunks** (``open_loop_steps`` > 1 or a policy with ``inputs``, e.g. OpenVLA-OFT): the call is
+``policy.act_chunk(images, instructions, suite(s), wrist_images=..., proprio=...) -> [B, chunk, 7]`` and
+an episode executes the first ``open_loop_steps`` actions of its chunk, one per round, before its next
+observation goes to the policy: exactly one policy query per ``open_loop_steps`` environment steps
+(moojink/openvla-oft ``experiments/robot/libero/run_libero_eval.py``: a deque refilled only when
+empty). The step commands of those open-loop actions carry ``observe=False`` (unless the episode
+records a video), so the workers render only the observations the policy reads.
+
 **Double buffering** (``envs_per_worker >= 2``): a worker's slots form two fixed groups (even and
 odd slot index within the worker), and the rounds alternate between them: while the workers step
 group A's environments, this process runs the policy on group B's images that came back in the
@@ -48,7 +56,7 @@ import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +82,9 @@ class _Episode:
     action: np.ndarray | None = None
     image: np.ndarray | None = None
     state: Any = None  # the slot's privileged observation with the image (None for image-only slots)
+    extras: dict[str, Any] = field(default_factory=dict)  # the observation inputs the policy reads besides the image
+    queue: deque = field(default_factory=deque)  # actions of the last chunk still to execute (open loop)
+    queries: int = 0  # policy calls that served this episode
     video_tmp: str | None = None
     digest: Any = field(default_factory=hashlib.sha1)  # of the float32 actions executed
     max_batch: int = 0  # largest policy call this episode was served in
@@ -106,8 +117,8 @@ def policy_batch_size(workers: int, envs_per_worker: int) -> int:
     return workers * envs_per_worker // (2 if envs_per_worker >= 2 else 1)
 
 
-def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any],
-                states: Sequence[Any] | None = None) -> np.ndarray:
+def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any], states: Sequence[Any] | None = None, *,
+                extras: Mapping[str, Sequence[np.ndarray]] | None = None, chunk_steps: int | None = None) -> np.ndarray:
     """One policy call for the episodes ``specs``: the interface every rollout path (:class:`BatchedRollout`,
     the batch-1 loop :func:`vlamix.eval.rollout.run_episode`) uses.
 
@@ -115,11 +126,15 @@ def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any],
     suite, else one name per row; ``variants=[...]`` is added when some episode's ``instruction_variant`` is
     not "original", and ``states=[...]`` (the slots' privileged observations, :attr:`vlamix.eval.envs.LiberoSlot.state`)
     when the policy declares ``uses_state = True`` (the scripted expert, :mod:`vlamix.eval.expert_policy`).
+    With ``chunk_steps`` (an action-chunk policy, OpenVLA-OFT): ``policy.act_chunk(...)`` instead, with the
+    observation inputs of ``extras`` (``wrist_image`` -> ``wrist_images=``, ``proprio`` -> ``proprio=``, stacked).
 
     Args:
         images: uint8 [B, S, S, 3] policy images. specs: B episode specs. states: B slot states (or None).
+        extras: {input name: B arrays} (wrist images uint8 [S, S, 3], proprio float32 [8]); chunk policies only.
+        chunk_steps: actions of each chunk that will run (the chunk must hold at least that many); None: ``act``.
     Returns:
-        float64 [B, 7] model-space actions.
+        float64 [B, 7] model-space actions, or float64 [B, chunk, 7] with ``chunk_steps``.
     Raises:
         ValueError: the policy returned another shape or a non-finite value; whatever ``act`` raises.
     """
@@ -132,10 +147,20 @@ def call_policy(policy: Any, images: np.ndarray, specs: Sequence[Any],
         kwargs["variants"] = variants
     if getattr(policy, "uses_state", False) is True:
         kwargs["states"] = list(states) if states is not None else [None] * len(specs)
-    out = np.asarray(policy.act(images, instructions, suite, **kwargs), dtype=np.float64)
-    if out.shape != (len(specs), ACTION_DIM) or not np.all(np.isfinite(out)):
+    if chunk_steps is not None:
+        names = {"wrist_image": "wrist_images", "proprio": "proprio"}
+        for name, values in (extras or {}).items():
+            kwargs[names.get(name, name)] = np.stack(values)
+        out = np.asarray(policy.act_chunk(images, instructions, suite, **kwargs), dtype=np.float64)
+        expected = f"[{len(specs)}, >= {chunk_steps}, {ACTION_DIM}]"
+        ok = out.ndim == 3 and out.shape[0] == len(specs) and out.shape[1] >= chunk_steps and out.shape[2] == ACTION_DIM
+    else:
+        out = np.asarray(policy.act(images, instructions, suite, **kwargs), dtype=np.float64)
+        expected = f"[{len(specs)}, {ACTION_DIM}]"
+        ok = out.shape == (len(specs), ACTION_DIM)
+    if not ok or not np.all(np.isfinite(out)):
         raise ValueError(f"policy returned {list(out.shape)} (finite: {bool(np.all(np.isfinite(out)))}), "
-                         f"expected finite float [{len(specs)}, {ACTION_DIM}]")
+                         f"expected finite float {expected}")
     return out
 
 
@@ -165,6 +190,8 @@ class BatchedRollout:
         on_row: called with each finished row (dict), in completion order.
         max_attempts: runs of an episode before its row records the error (>= 1).
         episode_timeout_s: wall-clock seconds an episode may take (None: no limit).
+        open_loop_steps: actions of each predicted chunk executed before the next query (1: ``act``, one
+            action per observation, unless the policy reads ``inputs``).
         videos: "none" | "failures" | "all"; videos_per_task: MP4s kept per task at most;
         video_dir: where they go (required unless videos is "none").
         mp_context: multiprocessing context (default ``spawn``).
@@ -192,12 +219,21 @@ class BatchedRollout:
         videos_per_task: int = 0,
         video_dir: str | None = None,
         mp_context: Any = None,
+        open_loop_steps: int = 1,
     ):
+        if isinstance(open_loop_steps, bool) or not isinstance(open_loop_steps, int) or open_loop_steps < 1:
+            raise ValueError(f"open_loop_steps must be an integer >= 1, got {open_loop_steps!r}")
+        chunk = int(getattr(policy, "action_chunk", 1))
+        if open_loop_steps > chunk:
+            raise ValueError(f"open_loop_steps {open_loop_steps} > the policy's action_chunk {chunk}")
         if videos not in VIDEO_MODES:
             raise ValueError(f"videos must be one of {', '.join(VIDEO_MODES)}, got {videos!r}")
         if videos != "none" and not video_dir:
             raise ValueError("videos need a video_dir")
         self.policy = policy
+        self.open_loop_steps = open_loop_steps
+        self.inputs = tuple(getattr(policy, "inputs", ()))
+        self.chunked = open_loop_steps > 1 or bool(self.inputs)
         self.n_workers, self.envs_per_worker = int(workers), int(envs_per_worker)
         self.policy_batch = policy_batch_size(self.n_workers, self.envs_per_worker)
         self.n_slots = self.n_workers * self.envs_per_worker
@@ -276,11 +312,12 @@ class BatchedRollout:
         t = ep.timings
         row = {**asdict(ep.spec), **self.row_base(ep.spec), "success": bool(success), "steps": ep.steps,
                "max_steps": ep.max_steps, "action_digest": ep.digest.hexdigest()[:16], "error": error,
-               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_batch": self.policy_batch,
+               "attempts": ep.attempt + 1, "batch_size": ep.max_batch, "policy_queries": ep.queries,
+               "policy_batch": self.policy_batch,
                "env_slots": self.n_slots, "video": video, "wall_s": round(time.monotonic() - ep.started, 4), "policy_s": round(ep.policy_s, 4),
                "sim_s": round(t.get("physics_s", 0.0) + t.get("render_s", 0.0), 4),
                "physics_s": round(t.get("physics_s", 0.0), 4), "render_s": round(t.get("render_s", 0.0), 4),
-               "preprocess_s": round(t.get("preprocess_s", 0.0), 4)}
+               "preprocess_s": round(t.get("preprocess_s", 0.0), 4), "renders": int(t.get("renders", 0))}
         self._n_done += 1
         self.on_row(row)
 
@@ -342,7 +379,9 @@ class BatchedRollout:
                         spec, attempt = pending.popleft()
                         cmds[index].append((slot % self.envs_per_worker, *self._begin(slot, spec, attempt)))
                     elif ep is not None and ep.action is not None:
-                        cmds[index].append((slot % self.envs_per_worker, "step", ep.action))
+                        # an open-loop step's observation is not read: the worker need not render it
+                        arg = (ep.action, False) if ep.queue else ep.action
+                        cmds[index].append((slot % self.envs_per_worker, "step", arg))
                 n_pending = len(pending)
                 retries: list[tuple[Any, int]] = []
                 waiting = self._send(cmds, retries)
@@ -473,7 +512,7 @@ class BatchedRollout:
             ep = self._slots[slot]
             if ep is None:
                 continue
-            ep.timings = {k: res.get(k, 0.0) for k in ("physics_s", "render_s", "preprocess_s")}
+            ep.timings = {k: res.get(k, 0.0) for k in ("physics_s", "render_s", "preprocess_s", "renders")}
             ep.env_s += res.get("cmd_s", 0.0)
             if res["error"] is not None:
                 self._retry(slot, f"EnvError: {res['error']}", True, retries)
@@ -486,8 +525,18 @@ class BatchedRollout:
                 if ep.steps >= ep.max_steps:
                     self._finish(slot, False, None)
                     continue
+            if ep.queue:  # open loop: the next action of the chunk, no policy query
+                self._execute(ep, ep.queue.popleft())
+                continue
             ep.image, ep.state = res["image"], res.get("state")
+            ep.extras = {name: res.get(name) for name in self.inputs}
             ep.action = None
+
+    @staticmethod
+    def _execute(ep: _Episode, action: np.ndarray) -> None:
+        """Make ``action`` the episode's next environment step (and part of its action digest)."""
+        ep.action = action
+        ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
 
     def _act(self, slots: Sequence[int]) -> int:
         """ONE policy call on the episodes of ``slots`` waiting for an action, whatever their suites (the policy
@@ -513,14 +562,18 @@ class BatchedRollout:
             ep = self._slots[slot]
             ep.policy_s += dt
             ep.max_batch = max(ep.max_batch, len(waiting))
+            ep.queries += 1
             if isinstance(action, str):
                 self._finish(slot, False, action)
             else:
-                ep.action, ep.image, ep.state = action, None, None
-                ep.digest.update(np.asarray(action, dtype=np.float32).tobytes())
+                ep.image, ep.state, ep.extras = None, None, {}
+                ep.queue.extend(action[1:self.open_loop_steps] if self.chunked else ())
+                self._execute(ep, action[0] if self.chunked else action)
         return len(waiting)
 
     def _call(self, slots: list[int]) -> np.ndarray:
         eps = [self._slots[s] for s in slots]
+        extras = {name: [ep.extras[name] for ep in eps] for name in self.inputs} if self.chunked else None
         return call_policy(self.policy, np.stack([ep.image for ep in eps]), [ep.spec for ep in eps],
-                           [ep.state for ep in eps])
+                           [ep.state for ep in eps], extras=extras,
+                           chunk_steps=self.open_loop_steps if self.chunked else None)

@@ -38,6 +38,10 @@ class EvalConfig:
         None, role="eval", doc="suites on which the variants other than original run (null = every evaluation suite)")
     offline_max_frames: int | None = setting(
         None, role="eval", unit="frames", doc="held-out frames the offline metrics use at most (null = all)", allowed=">= 1, null")
+    open_loop_steps: int | None = setting(
+        None, role="episodes", key_omits_default=True, unit="actions", allowed="null or 1..action_chunk",
+        doc="actions of a predicted chunk executed before the next observation (null = the whole chunk, as "
+            "OpenVLA-OFT's LIBERO eval: 8)")
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field (suite names by their form; whether they
@@ -70,6 +74,8 @@ class EvalConfig:
             check_int("offline_max_frames", self.offline_max_frames, 1)
         if self.center_crop is not None:
             check_bool("center_crop", self.center_crop)
+        if self.open_loop_steps is not None:
+            check_int("open_loop_steps", self.open_loop_steps, 1)
 
 
 @dataclass(frozen=True)

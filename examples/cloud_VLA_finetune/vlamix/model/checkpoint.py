@@ -11,7 +11,14 @@
   (whose norm stats replace the config's, as openvla ``experiments/robot/openvla_utils.py`` ``get_vla`` does);
 - a folder written by :func:`save_vla` (same layout, plus optionally a LoRA adapter in ``lora_adapter/`` and,
   instead of weights, a reference to the base model in ``vlamix_checkpoint.json``);
-- the reference fixture folder (``tiny/config.json`` + ``tiny/model.safetensors``, no tokenizer).
+- the reference fixture folder (``tiny/config.json`` + ``tiny/model.safetensors``, no tokenizer);
+- an official OpenVLA-OFT folder (e.g. moojink/openvla-7b-oft-finetuned-libero-spatial): the merged backbone as
+  above plus ``action_head--*_checkpoint.pt`` / ``proprio_projector--*_checkpoint.pt``
+  (:mod:`vlamix.model.action_files`: read with ``weights_only=True``, ``module.`` prefixes stripped).
+
+``recipe`` (:meth:`VLAConfig.with_action_recipe` fields) turns a model into another action recipe, e.g. OpenVLA-7B
+into OpenVLA-OFT for fine-tuning: the action head and proprio projector of such a model come from the folder when
+it has them, else they are freshly initialised (PyTorch defaults, seeded with ``init_seed``).
 
 Weights are read with ``safetensors`` into a skeleton built on the meta device, so a 7B checkpoint is held in
 memory once, in the requested dtype.
@@ -44,6 +51,15 @@ from safetensors.torch import save_file  # noqa: E402
 
 from vlamix.model.settings import BUILTIN_MODELS  # noqa: E402
 from vlamix.core.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from vlamix.model.action_files import (  # noqa: E402
+    has_action_files,
+    init_action_modules_,
+    is_action_key,
+    is_official_oft_folder,
+    load_action_modules,
+    official_recipe,
+    save_action_modules,
+)
 from vlamix.model.configuration import VLAConfig  # noqa: E402
 from vlamix.model.lora import is_lora_model, load_lora_adapter, merge_lora, save_lora_adapter  # noqa: E402
 from vlamix.model.modeling import OpenVLAForActionPrediction, init_tiny_weights_  # noqa: E402
@@ -71,17 +87,20 @@ TINY_PRESETS = {"tiny": VLAConfig.tiny, "tiny-p28": VLAConfig.tiny_p28}
 
 
 def build_tiny(
-    seed: int = TINY_SEED, norm_stats: dict | None = None, preset: str = "tiny"
+    seed: int = TINY_SEED, norm_stats: dict | None = None, preset: str = "tiny", recipe: dict[str, Any] | None = None
 ) -> tuple[OpenVLAForActionPrediction, VLAProcessor]:
     """A tiny preset (``"tiny"`` or ``"tiny-p28"``) on the CPU in float32: fresh deterministic weights for
-    ``seed`` and its tokenizer.
+    ``seed`` and its tokenizer; ``recipe``: action-recipe fields (e.g. :data:`OFT_LIBERO_RECIPE`: the tiny
+    OpenVLA-OFT, whose backbone equals the token model's of the same seed).
 
     Raises:
-        ValueError: unknown preset (names the allowed ones).
+        ValueError: unknown preset (names the allowed ones), or an invalid recipe.
     """
     if preset not in TINY_PRESETS:
         raise ValueError(f"preset: got {preset!r}; allowed: {', '.join(TINY_PRESETS)}")
     config = TINY_PRESETS[preset](norm_stats=norm_stats)
+    if recipe:
+        config = config.with_action_recipe(**recipe)
     with torch.device("cpu"):
         model = OpenVLAForActionPrediction(config)
     init_tiny_weights_(model, seed)
@@ -95,6 +114,8 @@ def load_vla(
     dtype: torch.dtype | str = torch.float32,
     *,
     merge_adapter: bool = False,
+    recipe: dict[str, Any] | None = None,
+    init_seed: int = TINY_SEED,
 ) -> tuple[nn.Module, VLAProcessor]:
     """Load a model and its processor (model in eval mode, on ``device`` in ``dtype``).
 
@@ -103,6 +124,9 @@ def load_vla(
         device: torch device. dtype: torch dtype or "fp32"/"bf16"/"fp16" (weights are cast while reading).
         merge_adapter: for a folder with a LoRA adapter, fold it into the weights and return a plain model;
             otherwise a ``peft.PeftModel`` is returned (same outputs up to float rounding).
+        recipe: action-recipe fields applied over the folder's (None: the folder's own; for an official OFT folder
+            the recipe derived from its files, :func:`vlamix.model.action_files.official_recipe`).
+        init_seed: seed of freshly initialised action modules (a recipe with a head on a folder without one).
     Returns:
         (model, processor): ``OpenVLAForActionPrediction`` (or a PeftModel wrapping one) and :class:`VLAProcessor`.
     Raises:
@@ -112,7 +136,7 @@ def load_vla(
     """
     dtype = _resolve_dtype(dtype)
     if path_or_name in BUILTIN_MODELS:
-        model, processor = build_tiny(preset=path_or_name)
+        model, processor = build_tiny(preset=path_or_name, recipe=recipe)
         return model.to(device=device, dtype=dtype).eval(), processor
     folder = str(path_or_name)
     config_path = os.path.join(folder, CONFIG_NAME)
@@ -121,6 +145,10 @@ def load_vla(
             f"model '{path_or_name}' is neither a built-in model {BUILTIN_MODELS} nor a folder with {CONFIG_NAME}"
         )
     config = VLAConfig.from_json_file(config_path)
+    if is_official_oft_folder(folder) and not config.parallel_decoding:  # official OFT config.json: no recipe
+        config = config.with_action_recipe(**official_recipe(folder))
+    if recipe:
+        config = config.with_action_recipe(**recipe)
     stats_path = os.path.join(folder, STATS_NAME)
     if os.path.isfile(stats_path):
         with open(stats_path, encoding="utf-8") as f:
@@ -128,11 +156,14 @@ def load_vla(
 
     meta = _read_meta(folder)
     if _has_weights(folder):
-        model = _load_weights(config, folder, device, dtype)
+        model = _load_weights(config, folder, device, dtype, init_seed)
     elif meta.get("base_model"):
-        base, _ = load_vla(_resolve_base_model(meta, folder), device=device, dtype=dtype)
+        base, _ = load_vla(_resolve_base_model(meta, folder), device=device, dtype=dtype,
+                           recipe=config.action_recipe(), init_seed=init_seed)
         base.config.norm_stats = config.norm_stats
         model = base
+        if config.parallel_decoding:  # trained from scratch: always in the checkpoint, never in the base
+            load_action_modules(model, folder, required=True)
     else:
         raise FileNotFoundError(
             f"no weights in {folder}: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or a base_model reference in "
@@ -165,7 +196,9 @@ def save_vla(
     - plain model: ``model.safetensors`` (or shards + index above ``max_shard_bytes``), official key names;
     - LoRA model (``apply_lora``): ``lora_adapter/`` (peft format) and either the base weights unmerged
       (``base_model`` None) or only a reference ``{"base_model": base_model}`` in ``vlamix_checkpoint.json``
-      (``"tiny"`` or a folder path, stored absolute) to keep 7B checkpoints small.
+      (``"tiny"`` or a folder path, stored absolute) to keep 7B checkpoints small;
+    - OpenVLA-OFT model: also ``action_head.safetensors`` (and ``proprio_projector.safetensors``), always: they
+      are trained from scratch, never part of a base model (:mod:`vlamix.model.action_files`).
 
     Args:
         model: ``OpenVLAForActionPrediction`` or a PeftModel wrapping one (a DDP wrapper is unwrapped).
@@ -204,7 +237,8 @@ def save_vla(
         else:
             _save_weights(_base_state_dict(core), out_dir, max_shard_bytes)
     else:
-        _save_weights(core.state_dict(), out_dir, max_shard_bytes)
+        _save_weights({k: v for k, v in core.state_dict().items() if not is_action_key(k)}, out_dir, max_shard_bytes)
+    save_action_modules(core, out_dir)
     atomic_write_json(os.path.join(out_dir, CHECKPOINT_META_NAME), meta)
     return out_dir
 
@@ -223,6 +257,24 @@ def checkpoint_image_aug(path_or_name: str) -> bool:
     if not os.path.isfile(os.path.join(folder, CHECKPOINT_META_NAME)):
         return True
     return bool(_read_meta(folder).get("training", {}).get("image_aug", False))
+
+
+def checkpoint_action_chunk(path_or_name: str) -> int:
+    """Actions one policy query of the checkpoint predicts: ``action_chunk`` of an L1-regression config (ours),
+    8 for an official OpenVLA-OFT folder (:func:`vlamix.model.action_files.official_recipe`), else 1 (token head;
+    built-in presets; a path without a readable ``config.json``, which the loader then reports).
+    """
+    if path_or_name in BUILTIN_MODELS:
+        return 1
+    folder = str(path_or_name)
+    try:
+        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, ValueError):
+        return 1
+    if raw.get("action_head", "tokens") == "l1_regression":
+        return int(raw.get("action_chunk", 1))
+    return int(official_recipe(folder)["action_chunk"]) if is_official_oft_folder(folder) else 1
 
 
 # ============================================================================ helpers
@@ -275,12 +327,16 @@ def _weight_files(folder: str) -> list[str]:
     return [os.path.join(folder, WEIGHTS_NAME)]
 
 
-def _load_weights(config: VLAConfig, folder: str, device, dtype: torch.dtype) -> OpenVLAForActionPrediction:
+def _load_weights(
+    config: VLAConfig, folder: str, device, dtype: torch.dtype, init_seed: int
+) -> OpenVLAForActionPrediction:
     """Build the skeleton on the meta device and assign the checkpoint tensors, read straight onto ``device`` and
-    cast to ``dtype`` (one copy of the weights in memory)."""
+    cast to ``dtype`` (one copy of the weights in memory). Action modules (OFT) come from the folder's files, or
+    are freshly initialised with ``init_seed`` when it has none (a token-head base turned into OFT)."""
     with torch.device("meta"):
         model = OpenVLAForActionPrediction(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # the action head / proprio projector live in their own files (loaded below)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not is_action_key(k)}
     state: dict[str, torch.Tensor] = {}
     for path in _weight_files(folder):
         if not os.path.isfile(path):
@@ -298,8 +354,13 @@ def _load_weights(config: VLAConfig, folder: str, device, dtype: torch.dtype) ->
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes "
             f"(e.g. {[(k, tuple(state[k].shape), expected[k]) for k in wrong[:3]]})"
         )
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=False, assign=True)  # every backbone key checked above
     model.reset_rotary_buffers()
+    if config.parallel_decoding:
+        if has_action_files(folder):
+            load_action_modules(model, folder, required=True)
+        else:
+            init_action_modules_(model, device, init_seed)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if leftover:
         raise RuntimeError(f"tensors left on the meta device after loading: {leftover[:5]}")
@@ -310,7 +371,7 @@ def _base_state_dict(core: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of a LoRA-wrapped model without the adapters, under the plain model's key names."""
     out = {}
     for key, value in core.state_dict().items():
-        if "lora_" in key:
+        if "lora_" in key or is_action_key(key):
             continue
         out[key.replace(".base_layer.", ".")] = value
     return out

@@ -94,6 +94,13 @@ OPENVLA_KEYS = (
 _RESERVED_TIMM_KWARGS = ("pretrained", "num_classes", "img_size", "act_layer")
 #: Extra keys of the reference fixture's config (``tiny/config.json``) that are not configuration fields.
 _FIXTURE_ONLY_KEYS = ("fixture_notes",)
+#: How actions are predicted: "tokens" = OpenVLA's 256-bin action tokens decoded one at a time (causal LLM);
+#: "l1_regression" = OpenVLA-OFT's parallel decoding of a whole chunk into an MLP head (bidirectional LLM).
+ACTION_HEADS = ("tokens", "l1_regression")
+#: OpenVLA-OFT's LIBERO recipe (moojink/openvla-oft ``prismatic/vla/constants.py`` LIBERO_CONSTANTS and
+#: ``LIBERO.md``'s fine-tuning command): 8-step chunks of 7-D actions, two images (third-person + wrist), 8-D proprio.
+OFT_LIBERO_RECIPE = {"action_head": "l1_regression", "action_chunk": 8, "action_dim": 7, "num_images_in_input": 2,
+                     "use_proprio": True, "proprio_dim": 8}
 
 
 class VLAConfig(PretrainedConfig):
@@ -114,6 +121,14 @@ class VLAConfig(PretrainedConfig):
         n_action_bins: uniform bins in [-1, 1] per action dimension (256).
         vision_tower_overrides: ours, optional. One dict per tower of extra ``timm.create_model`` keyword
             arguments (e.g. ``{"embed_dim": 64, "depth": 3, "num_heads": 2}``); None = official sizes.
+    Action recipe (ours; absent from official configs, whose defaults are OpenVLA's; OpenVLA-OFT keeps these as
+    module constants and script arguments, moojink/openvla-oft ``prismatic/vla/constants.py``, ``finetune.py``):
+        action_head: "tokens" (OpenVLA) or "l1_regression" (OpenVLA-OFT: ``action_head`` and, with proprio,
+            ``proprio_projector`` submodules; bidirectional attention over the whole sequence).
+        action_chunk: actions predicted per observation (``NUM_ACTIONS_CHUNK``; 1 for "tokens").
+        action_dim: dimensions of one action (7). num_images_in_input: images per observation (1; OFT LIBERO: 2,
+            third-person then wrist, their patches concatenated). use_proprio: one proprio token after the patches.
+        proprio_dim: proprio dimensions (8 = EEF position, axis-angle, two gripper joint positions).
     Derived (set from ``vision_backbone_id`` / ``llm_backbone_id``, stored in ``to_dict()`` as official):
         timm_model_ids, timm_override_act_layers, image_sizes, hf_llm_id.
 
@@ -137,8 +152,15 @@ class VLAConfig(PretrainedConfig):
     norm_stats: dict | None = None
     n_action_bins: int = 256
     vision_tower_overrides: list | None = None
+    action_head: str = "tokens"
+    action_chunk: int = 1
+    action_dim: int = 7
+    num_images_in_input: int = 1
+    use_proprio: bool = False
+    proprio_dim: int = 8
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self._check_action_recipe()
         if self.vision_backbone_id not in VISION_BACKBONE_TO_RESOLUTION:
             raise ValueError(
                 f"config field 'vision_backbone_id': got {self.vision_backbone_id!r}; "
@@ -195,6 +217,48 @@ class VLAConfig(PretrainedConfig):
                 f"config field 'text_config': must be a dict or a {metaclass} config, got {type(self.text_config).__name__}"
             )
         super().__post_init__(**kwargs)
+
+    def _check_action_recipe(self) -> None:
+        """Raise ``ValueError`` naming the first invalid action-recipe field and its allowed values."""
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(
+                f"config field 'action_head': got {self.action_head!r}; allowed: {', '.join(ACTION_HEADS)}")
+        for name, minimum in (("action_chunk", 1), ("action_dim", 1), ("num_images_in_input", 1), ("proprio_dim", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"config field {name!r}: must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(self.use_proprio, bool):
+            raise ValueError(f"config field 'use_proprio': must be true or false, got {self.use_proprio!r}")
+        if self.action_head == "tokens":
+            offs = (("action_chunk", 1), ("num_images_in_input", 1), ("use_proprio", False))
+            extras = {k: getattr(self, k) for k, off in offs if getattr(self, k) != off}
+            if extras:
+                raise ValueError(f"config field 'action_head': 'tokens' predicts one action from one image without "
+                                 f"proprio; {extras} need action_head 'l1_regression'")
+
+    def action_recipe(self) -> dict[str, Any]:
+        """The action-recipe fields (see the class docstring) as a dict."""
+        return {k: getattr(self, k) for k in OFT_LIBERO_RECIPE}
+
+    def with_action_recipe(self, **recipe: Any) -> "VLAConfig":
+        """A copy with action-recipe fields replaced (validated).
+
+        Raises:
+            ValueError: an unknown field name or an invalid value (named).
+        """
+        unknown = sorted(set(recipe) - set(OFT_LIBERO_RECIPE))
+        if unknown:
+            raise ValueError(f"unknown action-recipe fields {unknown}; allowed: {', '.join(OFT_LIBERO_RECIPE)}")
+        values = self.to_dict()
+        values.update(recipe)
+        new = type(self).from_config_dict(values)
+        new.norm_stats = copy.deepcopy(self.norm_stats)
+        return new
+
+    @property
+    def parallel_decoding(self) -> bool:
+        """True for OpenVLA-OFT's L1-regression head (bidirectional attention, one forward pass per chunk)."""
+        return self.action_head == "l1_regression"
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -270,6 +334,18 @@ class VLAConfig(PretrainedConfig):
             norm_stats=norm_stats,
             vision_tower_overrides=[dict(tower), dict(tower)],
         )
+
+    @classmethod
+    def openvla_7b_oft(cls, norm_stats: dict | None = None) -> "VLAConfig":
+        """OpenVLA-7B with OpenVLA-OFT's LIBERO recipe (:data:`OFT_LIBERO_RECIPE`: L1-regression head, 8-step
+        chunks, two images, 8-D proprio): the architecture of moojink/openvla-7b-oft-finetuned-libero-*."""
+        return cls.openvla_7b(norm_stats=norm_stats).with_action_recipe(**OFT_LIBERO_RECIPE)
+
+    @classmethod
+    def tiny_oft(cls, norm_stats: dict | None = None) -> "VLAConfig":
+        """The tiny preset with OpenVLA-OFT's LIBERO recipe (:data:`OFT_LIBERO_RECIPE`): same towers and LLM,
+        plus the L1 head and proprio projector at hidden size 64; runs the OFT pipeline on a CPU."""
+        return cls.tiny(norm_stats=norm_stats).with_action_recipe(**OFT_LIBERO_RECIPE)
 
     @classmethod
     def tiny_p28(cls, norm_stats: dict | None = None) -> "VLAConfig":

@@ -5,7 +5,10 @@ init_lora_weights="gaussian")`` on the whole ``OpenVLAForActionPrediction``. For
 "all-linear" selects every ``nn.Linear`` except the output layer (``lm_head``). Our model is a plain ``nn.Module``,
 for which peft's shorthand would include ``lm_head``; :func:`lora_target_modules` therefore lists the same layers
 explicitly: all linear layers of both vision towers (including their unused last block and SigLIP's attention-pool
-head, as official), the projector and the LLM, but not ``language_model.lm_head``.
+head, as official), the projector and the LLM, but not ``language_model.lm_head``. OpenVLA-OFT's action head and
+proprio projector are not adapted either: OFT builds them beside the LoRA-wrapped VLA and trains all their
+weights (``vla-scripts/finetune.py``: ``init_module(L1RegressionActionHead, ...)`` after ``get_peft_model``);
+:func:`apply_lora` leaves them trainable.
 
 Usage::
 
@@ -31,6 +34,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.tuners.lora import Linear as LoraLinear  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
+from vlamix.model.action_head import ACTION_MODULES  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 #: Module name of the LLM output layer, excluded from LoRA as peft's "all-linear" excludes the output embeddings.
@@ -38,9 +43,11 @@ OUTPUT_LAYER = "language_model.lm_head"
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
-    """Names of every ``nn.Linear`` of ``model`` except the LLM output layer (sorted): peft's "all-linear"."""
+    """Names of every ``nn.Linear`` of ``model`` except the LLM output layer (sorted): peft's "all-linear";
+    OFT's action head and proprio projector (fully trained, never adapted) are left out too."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return sorted(n for n in names if n != OUTPUT_LAYER and not n.endswith("." + OUTPUT_LAYER))
+    return sorted(n for n in names if n != OUTPUT_LAYER and not n.endswith("." + OUTPUT_LAYER)
+                  and n.split(".", 1)[0] not in ACTION_MODULES)
 
 
 def apply_lora(model: nn.Module, rank: int = 32, alpha: int = 16, dropout: float = 0.0) -> PeftModel:
@@ -50,7 +57,8 @@ def apply_lora(model: nn.Module, rank: int = 32, alpha: int = 16, dropout: float
         model: ``OpenVLAForActionPrediction``. rank: LoRA rank r (32). alpha: scaling numerator, the update is
             (alpha / r) B A (OpenVLA: min(rank, 16)). dropout: LoRA dropout (0.0).
     Returns:
-        ``peft.PeftModel``; calling it runs the model's ``forward``; ``predict_action`` etc. pass through.
+        ``peft.PeftModel``; calling it runs the model's ``forward``; ``predict_action`` etc. pass through. Trainable:
+        the adapters, and every weight of OFT's action head and proprio projector when the model has them.
     Raises:
         ValueError: rank < 1, alpha <= 0 or dropout outside [0, 1).
     """
@@ -68,6 +76,10 @@ def apply_lora(model: nn.Module, rank: int = 32, alpha: int = 16, dropout: float
         init_lora_weights="gaussian",
     )
     peft_model = get_peft_model(model, config)
+    for name in ACTION_MODULES:  # OFT: trained in full beside the adapters
+        module = getattr(model, name, None)
+        if module is not None:
+            module.requires_grad_(True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA rank %d alpha %s: %d trainable of %d parameters (%.2f%%)", rank, alpha, trainable, total,

@@ -12,6 +12,9 @@ Estimate (bytes; every term is documented with its source, the constants are cal
   Recomputation in Large Transformer Models", Sec. 4.1, Eq. 1; x 2 in float32), ``s`` the sequence length,
   ``h`` the hidden size, ``a`` the heads; with gradient checkpointing each layer keeps only its input
   (``2 s h`` bytes) and one layer's activations are recomputed at a time;
+- OpenVLA-OFT (L1-regression head): the sequence holds every image's patches, the proprio token and the
+  ``chunk x 7`` action slots; the head and proprio projector train in full (no LoRA): gradient + two AdamW moments,
+  3 x their weights in the parameter dtype (OFT keeps the head in bf16, ``vla-scripts/finetune.py``);
 - policy (rollouts): weights in the evaluation dtype + the KV cache of one batch
   (``2 x layers x s x h x bytes`` per frame) + one layer's activations;
 - a fixed runtime overhead (CUDA context and allocator, or the Python / TensorFlow process on the CPU), and on
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from vlamix.model.action_files import is_official_oft_folder, official_recipe
 from vlamix.model.checkpoint import TINY_PRESETS
 from vlamix.model.configuration import VLAConfig
 from vlamix.model.lora import lora_target_modules
@@ -62,7 +66,10 @@ class ModelShape:
     Attributes:
         n_params: all parameters. n_lora_per_rank: LoRA parameters per unit of rank (sum of in + out over the
             adapted linear layers). llm: (layers, hidden, heads). towers: one (layers, hidden, heads, tokens) per ViT.
-        vision_tokens: patches inserted into the LLM sequence.
+        vision_tokens: embeddings inserted into the LLM sequence (every image's patches, the proprio token).
+        n_action_params: parameters of OFT's action head and proprio projector (0 for the token head; included
+            in ``n_params``). extra_tokens: action slots beyond the 7 action tokens of :data:`PROMPT_TOKENS`.
+        images: images per observation (the towers run once per image).
     """
 
     n_params: int
@@ -70,6 +77,9 @@ class ModelShape:
     llm: tuple[int, int, int]
     towers: tuple[tuple[int, int, int, int], ...]
     vision_tokens: int
+    n_action_params: int = 0
+    extra_tokens: int = 0
+    images: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,31 +119,42 @@ def _shape_of_config_json(config_json: str) -> ModelShape:
         prefix = int(getattr(tower, "num_prefix_tokens", 0))
         towers.append((len(tower.blocks), int(tower.embed_dim), int(tower.blocks[0].attn.num_heads),
                        int(tower.patch_embed.num_patches) + prefix))
+    n_action = sum(p.numel() for m in (model.action_head, model.proprio_projector) if m is not None
+                   for p in m.parameters())
+    extra = model.action_head.num_slots - config.action_dim if model.action_head is not None else 0
     return ModelShape(n_params, per_rank, (text.num_hidden_layers, text.hidden_size, text.num_attention_heads),
-                      tuple(towers), model.num_patches)
+                      tuple(towers), model.num_vision_tokens, n_action, extra, config.num_images_in_input)
 
 
-def model_shape(model: str) -> ModelShape:
+def model_shape(model: str, recipe: dict | None = None) -> ModelShape:
     """:class:`ModelShape` of a built-in preset name or a checkpoint folder (its ``config.json``; a LoRA
-    checkpoint without weights has its base model's config). Built on the meta device: no weights are read.
+    checkpoint without weights has its base model's config; an official OpenVLA-OFT folder its derived recipe),
+    with ``recipe`` (action-recipe fields, :meth:`VLAConfig.with_action_recipe`) applied. Built on the meta device:
+    no weights are read.
 
     Raises:
         FileNotFoundError: no ``config.json`` in the folder.
     """
     if model in TINY_PRESETS:
         config = TINY_PRESETS[model]()
-        return _shape_of_config_json(config.to_json_string(use_diff=False))
-    path = os.path.join(model, "config.json")
-    with open(path, encoding="utf-8") as fh:
-        values = json.load(fh)
-    values.pop("norm_stats", None)  # irrelevant to the shape, and large
+    else:
+        with open(os.path.join(model, "config.json"), encoding="utf-8") as fh:
+            values = json.load(fh)
+        values.pop("norm_stats", None)  # irrelevant to the shape, and large
+        config = VLAConfig.from_config_dict(values, source=model)
+        if is_official_oft_folder(model) and not config.parallel_decoding:
+            config = config.with_action_recipe(**official_recipe(model))
+    if recipe:
+        config = config.with_action_recipe(**recipe)
+    values = json.loads(config.to_json_string(use_diff=False))
+    values.pop("norm_stats", None)
     return _shape_of_config_json(json.dumps(values, sort_keys=True))
 
 
 def _activations(shape: ModelShape, batch: int, nbytes: int, checkpointing: bool) -> float:
     layers, hidden, heads = shape.llm
-    seq = shape.vision_tokens + PROMPT_TOKENS
-    stacks = [(layers, hidden, heads, seq)] + list(shape.towers)
+    seq = shape.vision_tokens + PROMPT_TOKENS + shape.extra_tokens
+    stacks = [(layers, hidden, heads, seq)] + list(shape.towers) * shape.images
     if checkpointing:  # layer inputs kept, one layer recomputed at a time
         kept = sum(n * t * h * nbytes for n, h, _, t in stacks)
         one = max(_layer_activation_bytes(t, h, a, nbytes) for _, h, a, t in stacks)
@@ -157,6 +178,8 @@ def estimate_training(shape: ModelShape, *, precision: str, finetune_mode: str, 
         parts["gradients + AdamW"] = 3.0 * shape.n_params * nbytes
     else:
         parts["LoRA + gradients + AdamW"] = 16.0 * lora_rank * shape.n_lora_per_rank
+        if shape.n_action_params:
+            parts["action head + gradients + AdamW"] = 3.0 * shape.n_action_params * nbytes
     parts["activations"] = _activations(shape, batch_size, nbytes, gradient_checkpointing)
     parts["runtime"] = RUNTIME_OVERHEAD["cuda" if device.startswith("cuda") else "cpu"]
     return MemoryEstimate("training", device, parts)
@@ -167,7 +190,7 @@ def estimate_policy(shape: ModelShape, *, dtype: str, batch: int, device: str, e
     where the env workers share the RAM) ``env_workers`` LIBERO processes."""
     nbytes = BYTES[dtype]
     layers, hidden, heads = shape.llm
-    seq = shape.vision_tokens + PROMPT_TOKENS
+    seq = shape.vision_tokens + PROMPT_TOKENS + shape.extra_tokens
     parts = {"weights": float(shape.n_params * nbytes),
              "KV cache": float(2 * layers * seq * hidden * nbytes * batch),
              "activations": _layer_activation_bytes(seq, hidden, heads, nbytes) * batch,

@@ -19,6 +19,17 @@ Additions over the official HF class: batched greedy decoding with a KV cache an
 ``predict_action`` runs one sample at a time), loss/logits computed only where they are needed, and a clear
 ``KeyError`` for a missing or ambiguous un-normalisation key.
 
+OpenVLA-OFT (``config.action_head == "l1_regression"``; moojink/openvla-oft ``prismatic/extern/hf/
+modeling_prismatic.py``, ``vla-scripts/finetune.py``): the same backbone plus ``action_head`` and
+``proprio_projector`` (:mod:`vlamix.model.action_head`). Sequence (LIBERO: 2 images, proprio, chunk 8 x 7)::
+
+    BOS | image-1 patches | image-2 patches | proprio | prompt (after BOS) + action prefix | 56 slots | EOS (| pads)
+
+The action slots' input embeddings are zero (only their rotary positions differ), the whole sequence attends
+bidirectionally to every non-pad key (OFT's patched transformers, moojink/transformers-openvla-oft
+``LlamaSdpaAttention``: the causal mask replaced by its last row), and the head reads the final-norm hidden state
+one position BEFORE each slot (the action prefix's state for the first slot): :meth:`forward_actions`.
+
 Size: one file, as transformers' ``modeling_*.py``: the architecture, its attention masks and the decoding that
 must use them stay together (the module tree is the official checkpoint's).
 """
@@ -38,7 +49,8 @@ import torch.nn.functional as F
 
 from vlamix.core.compat import import_timm
 from vlamix.core.constants import IGNORE_INDEX
-from vlamix.data.normalization import unnormalize_actions  # noqa: F401  (re-exported; imports no TensorFlow)
+from vlamix.data.normalization import NORM_EPS, unnormalize_actions  # imports no TensorFlow
+from vlamix.model.action_head import ACTION_MODULES, L1RegressionActionHead, ProprioProjector
 from vlamix.model.action_tokenizer import ActionTokenizer
 from vlamix.model.configuration import VLAConfig
 
@@ -195,6 +207,7 @@ class PrismaticVisionBackbone(nn.Module):
         self.embed_dim = self.featurizer.embed_dim + (
             self.fused_featurizer.embed_dim if self.fused_featurizer is not None else 0
         )
+        self.num_images_in_input = int(getattr(config, "num_images_in_input", 1))
 
     @property
     def num_patches(self) -> int:
@@ -216,14 +229,29 @@ class PrismaticVisionBackbone(nn.Module):
         return features
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values float [B, 3 * n_towers, H, W] -> patch features float [B, P, embed_dim]."""
+        """pixel_values float [B, N * 3 * n_towers, H, W] (N = ``num_images_in_input`` images, each its towers'
+        channels) -> patch features float [B, N * P, embed_dim]: each image's towers concatenated on channels, the
+        images concatenated on patches in input order (OFT's multi-image ``PrismaticVisionBackbone.forward``).
+
+        Raises:
+            ValueError: the channel count is not ``N * 3 * n_towers``.
+        """
+        per_image = 3 * (2 if self.fused_featurizer is not None else 1)
+        N = self.num_images_in_input
+        B, C = pixel_values.shape[:2]
+        if C != N * per_image:
+            raise ValueError(f"pixel_values has {C} channels; this model reads {N} image(s) of {per_image} channels")
+        if N > 1:  # one tower call for all images: [B, N * c, H, W] -> [B * N, c, H, W]
+            pixel_values = pixel_values.reshape(B * N, per_image, *pixel_values.shape[2:])
         if self.fused_featurizer is None:
-            return self._tower_features(self.featurizer, pixel_values)
-        img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
-        return torch.cat(
-            [self._tower_features(self.featurizer, img), self._tower_features(self.fused_featurizer, img_fused)],
-            dim=2,
-        )
+            features = self._tower_features(self.featurizer, pixel_values)
+        else:
+            img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
+            features = torch.cat(
+                [self._tower_features(self.featurizer, img), self._tower_features(self.fused_featurizer, img_fused)],
+                dim=2,
+            )
+        return features.reshape(B, N * features.shape[1], features.shape[2]) if N > 1 else features
 
 
 class PrismaticProjector(nn.Module):
@@ -274,14 +302,39 @@ class VLAOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+@dataclass
+class ActionChunkOutput:
+    """Result of :meth:`OpenVLAForActionPrediction.forward_actions` (parallel decoding).
+
+    Attributes:
+        actions: float [B, chunk, action_dim] normalised actions (head dtype), step-major.
+        action_hidden_states: float [B, chunk * action_dim, H]: the head's input (final-norm hidden states one
+            position before each action slot).
+        loss: float32 scalar mean absolute error against ``target_actions`` over every entry of the chunk (OFT's
+            ``torch.nn.L1Loss()``), or None without targets.
+    """
+
+    actions: torch.Tensor
+    action_hidden_states: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+#: Attention modes of :meth:`OpenVLAForActionPrediction.forward_actions`.
+ATTENTION_MODES = ("bidirectional", "causal")
+
+
 class OpenVLAForActionPrediction(nn.Module):
-    """OpenVLA: vision towers + projector + causal LLM; predicts 7-D actions as 7 discrete tokens.
+    """OpenVLA: vision towers + projector + causal LLM; predicts 7-D actions as 7 discrete tokens. With
+    ``config.action_head == "l1_regression"``, OpenVLA-OFT: one bidirectional pass predicts a chunk of actions
+    through an MLP head (:meth:`forward_actions`, :meth:`predict_action_chunk`).
 
     Args:
         config: :class:`VLAConfig`. The modules are built in the current default dtype and device (use
             ``with torch.device("meta"):`` for a weight-less skeleton).
     Attributes:
         vision_backbone, projector, language_model: the three parts (official names).
+        action_head (:class:`~vlamix.model.action_head.L1RegressionActionHead`) and proprio_projector
+            (:class:`~vlamix.model.action_head.ProprioProjector`): OFT's modules, None when not configured.
         action_tokenizer: :class:`ActionTokenizer` on the last ``n_action_bins`` ids of the base vocabulary.
         norm_stats: the config's ``dataset_statistics.json`` content (property; assigning updates the config).
     """
@@ -304,6 +357,16 @@ class OpenVLAForActionPrediction(nn.Module):
         self.action_tokenizer = ActionTokenizer(n_bins=config.n_action_bins, vocab_size=config.action_vocab_size)
         self.pad_token_id = config.pad_token_id
         self._gradient_checkpointing = False
+        hidden = config.text_config.hidden_size
+        self.action_head = self.proprio_projector = None
+        if config.parallel_decoding:
+            self.action_head = L1RegressionActionHead(hidden, config.action_dim, config.action_chunk)
+            if config.use_proprio:
+                self.proprio_projector = ProprioProjector(hidden, config.proprio_dim)
+            # Guard for a call without a 4-D mask (we always pass one): SDPA must then not fall back to causal.
+            for module in self.language_model.modules():
+                if hasattr(module, "is_causal"):
+                    module.is_causal = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -316,8 +379,19 @@ class OpenVLAForActionPrediction(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        """Patch embeddings inserted after BOS (256)."""
+        """Patches per image (256)."""
         return self.vision_backbone.num_patches
+
+    @property
+    def num_vision_tokens(self) -> int:
+        """Embeddings inserted after BOS: the patches of every input image, plus the proprio token if any (OFT's
+        ``NUM_PATCHES``: 2 x 256 + 1 = 513 on LIBERO)."""
+        return self.num_patches * self.vision_backbone.num_images_in_input + int(self.proprio_projector is not None)
+
+    @property
+    def causal(self) -> bool:
+        """Causal attention (token head); False for the L1 head (bidirectional over every non-pad key)."""
+        return not self.config.parallel_decoding
 
     @property
     def device(self) -> torch.device:
@@ -383,7 +457,8 @@ class OpenVLAForActionPrediction(nn.Module):
     def llm_attention_mask(self, token_mask: torch.Tensor, query_length: int) -> torch.Tensor:
         """4-D mask of the language model for the last ``query_length`` of the ``token_mask`` [B, K] positions:
         :func:`attention_mask_4d` (no fully masked query row) for this model's attention implementation."""
-        return attention_mask_4d(token_mask, query_length, self.dtype, causal=True, implementation=self.attn_implementation)
+        return attention_mask_4d(token_mask, query_length, self.dtype, causal=self.causal,
+                                 implementation=self.attn_implementation)
 
     def _apply(self, fn, recurse: bool = True):
         # ``.to(dtype)`` would also cast the rotary inverse frequencies; keep them float32 as transformers builds them.
@@ -414,16 +489,24 @@ class OpenVLAForActionPrediction(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
+        *,
+        proprio: torch.Tensor | None = None,
+        zero_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Insert the projected patches after each sample's BOS (its first attended token).
+        """Insert the projected patches (then the proprio token, if ``proprio``) after each sample's BOS (its first
+        attended token); text embeddings where ``zero_mask`` [B, L] is true are zeroed (OFT's action slots).
 
         Returns:
             embeds [B, T, H], attention mask int64 [B, T], position ids int64 [B, T] (from the mask, so left
             padding is transparent), labels int64 [B, T] or None (patches ignored), projected patches [B, P, H];
             T = L + P.
         Raises:
-            ValueError: batch sizes differ, or a sample has no attended token.
+            ValueError: batch sizes differ, a sample has no attended token, or proprio is given to a model without
+                a proprio projector (or missing for one with it).
         """
+        if (proprio is None) != (self.proprio_projector is None):
+            raise ValueError("proprio must be given exactly when the model has a proprio projector "
+                             "(config.use_proprio)")
         if input_ids.dim() != 2 or pixel_values.dim() != 4:
             raise ValueError(
                 f"expected input_ids [B, L] and pixel_values [B, C, H, W], got {tuple(input_ids.shape)} and "
@@ -442,8 +525,13 @@ class OpenVLAForActionPrediction(nn.Module):
 
         patch_features = self.vision_backbone(pixel_values.to(self.dtype))
         patches = self.projector(patch_features)  # [B, P, H]
+        if proprio is not None:  # one token after the patches (OFT ``_process_proprio_features``)
+            proprio_token = self.proprio_projector(proprio.reshape(B, -1)).to(patches.dtype)
+            patches = torch.cat([patches, proprio_token[:, None]], dim=1)
         P, H = patches.shape[1], patches.shape[2]
         text = self.get_input_embeddings()(input_ids)  # [B, L, H]
+        if zero_mask is not None:
+            text = text.masked_fill(zero_mask.to(torch.bool)[..., None], 0.0)
 
         # Insertion point k = index of the first attended token (BOS) + 1; 1 unless the batch is left-padded.
         k = attention_mask.argmax(dim=1) + 1  # [B]
@@ -475,8 +563,13 @@ class OpenVLAForActionPrediction(nn.Module):
         *,
         logits: str = "all",
         output_hidden_states: bool = False,
-    ) -> VLAOutput:
+        **action_inputs: Any,
+    ) -> VLAOutput | ActionChunkOutput:
         """Teacher-forced forward pass.
+
+        For an L1-regression model (OpenVLA-OFT) this is :meth:`forward_actions` (``action_mask``, ``proprio``,
+        ``target_actions``, ``attention`` as keywords; ``labels``/``logits``/``output_hidden_states`` unused), so
+        that DDP and peft wrappers, which call ``forward``, train it.
 
         Args:
             pixel_values: float [B, 6, 224, 224] (two towers' normalised images stacked on channels).
@@ -491,8 +584,15 @@ class OpenVLAForActionPrediction(nn.Module):
         Returns:
             :class:`VLAOutput` (sequence length T = 1 + P + (L - 1)).
         Raises:
-            ValueError: unknown ``logits`` mode or inconsistent shapes.
+            ValueError: unknown ``logits`` mode or inconsistent shapes; labels given to an L1-regression model.
+            TypeError: action keywords given to a token-head model.
         """
+        if self.config.parallel_decoding:
+            if labels is not None:
+                raise ValueError("an L1-regression model trains on target_actions, not token labels")
+            return self.forward_actions(pixel_values, input_ids, attention_mask, **action_inputs)
+        if action_inputs:
+            raise TypeError(f"forward() got unexpected keywords {sorted(action_inputs)} (action_head 'tokens')")
         if logits not in LOGITS_MODES:
             raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
         embeds, mask, position_ids, mm_labels, patches = self._multimodal_inputs(
@@ -567,6 +667,7 @@ class OpenVLAForActionPrediction(nn.Module):
             NonFiniteLogitsError: a NaN/Inf logit (argmax over it would pick an arbitrary id, and the action
                 de-tokenised from it would look valid); its ``rows`` name the batch rows.
         """
+        self._require_head("tokens", "predict_action_ids")
         if attention_mask is not None and not bool((attention_mask[:, -1] != 0).all()):
             raise ValueError("predict_action_ids needs LEFT-padded prompts (the last position of every row attended)")
         embeds, mask, position_ids, _, _ = self._multimodal_inputs(pixel_values, input_ids, attention_mask, None)
@@ -629,6 +730,113 @@ class OpenVLAForActionPrediction(nn.Module):
         normalized = self.action_tokenizer.decode(ids.cpu().numpy())
         return unnormalize_actions(normalized, stats)
 
+    def _require_head(self, head: str, method: str) -> None:
+        if self.config.action_head != head:
+            other = "forward_actions / predict_action_chunk" if head == "tokens" else "forward / predict_action_ids"
+            raise ValueError(f"{method} is for action_head {head!r}; this model's is {self.config.action_head!r} "
+                             f"(use {other})")
+
+    # ------------------------------------------------------------------ parallel decoding (OpenVLA-OFT)
+    def forward_actions(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        action_mask: torch.Tensor,
+        proprio: torch.Tensor | None = None,
+        target_actions: torch.Tensor | None = None,
+        *,
+        attention: str = "bidirectional",
+    ) -> ActionChunkOutput:
+        """One forward pass predicting a chunk of actions per sample (OFT's L1-regression training forward and its
+        ``predict_action`` parallel path: ``vla-scripts/finetune.py`` ``run_forward_pass``,
+        ``modeling_prismatic.py`` ``_regression_or_discrete_prediction``).
+
+        Args:
+            pixel_values: float [B, N * 6, 224, 224] (N images, each its two towers' channels; primary first).
+            input_ids: int64 [B, L]: BOS, prompt, action prefix, ``chunk * action_dim`` slot ids, EOS; right or left
+                padded (``VLAProcessor.action_chunk_inputs``).
+            attention_mask: [B, L] (1 = token) or None (all ones).
+            action_mask: bool [B, L], true on the ``chunk * action_dim`` slots of every row (their embeddings are
+                zeroed; their ids are never read).
+            proprio: float [B, proprio_dim] normalised proprio (required iff the model has a proprio projector).
+            target_actions: float [B, chunk, action_dim] normalised ground truth; gives ``loss``.
+            attention: "bidirectional" (the recipe); "causal" only to show what stock transformers did to OFT
+                checkpoints (issues #5, #135 of moojink/openvla-oft: 98% -> 30-60% success, no error).
+        Returns:
+            :class:`ActionChunkOutput`.
+        Raises:
+            ValueError: a token-head model; a row without exactly ``chunk * action_dim`` slots, or a slot at the
+                first attended position; inconsistent shapes; an unknown ``attention``.
+        """
+        self._require_head("l1_regression", "forward_actions")
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention: got {attention!r}; allowed: {', '.join(ATTENTION_MODES)}")
+        B, L = input_ids.shape
+        n = self.action_head.num_slots
+        action_mask = action_mask.to(device=input_ids.device, dtype=torch.bool)
+        if action_mask.shape != (B, L) or not bool((action_mask.sum(dim=1) == n).all()):
+            raise ValueError(f"action_mask must be bool [B, L] = {[B, L]} with exactly {n} slots per row, got "
+                             f"{list(action_mask.shape)} with {action_mask.sum(dim=1).tolist()} slots")
+        embeds, mask, position_ids, _, patches = self._multimodal_inputs(
+            pixel_values, input_ids, attention_mask, None, proprio=proprio, zero_mask=action_mask
+        )
+        P = patches.shape[1]
+        first = (attention_mask.to(torch.long).argmax(dim=1) if attention_mask is not None
+                 else torch.zeros(B, dtype=torch.long, device=input_ids.device))
+        slots = torch.arange(L, device=input_ids.device).expand(B, L)[action_mask].view(B, n)  # text positions
+        if not bool((slots > first[:, None]).all()):
+            raise ValueError("an action slot sits at or before a row's BOS; slots must follow the prompt")
+        causal = attention == "causal"
+        out = self.language_model.model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask_4d(mask, embeds.shape[1], self.dtype, causal=causal,
+                                             implementation=self.attn_implementation),
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state  # [B, T, H], after the final norm
+        # text position j (after BOS) sits at multimodal position j + P; the head reads position j + P - 1
+        read = (slots + P - 1)[..., None].expand(-1, -1, hidden.shape[2])
+        action_hidden = hidden.gather(1, read)  # [B, n, H]
+        actions = self.action_head(action_hidden)
+        loss = None
+        if target_actions is not None:
+            target = target_actions.to(device=actions.device)
+            if target.shape != actions.shape:
+                raise ValueError(f"target_actions {tuple(target.shape)} must have the shape of the prediction "
+                                 f"{tuple(actions.shape)}")
+            loss = F.l1_loss(actions.float(), target.float())
+        return ActionChunkOutput(actions=actions, action_hidden_states=action_hidden, loss=loss)
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        action_mask: torch.Tensor,
+        proprio: torch.Tensor | None = None,
+        unnorm_key: str | None = None,
+    ) -> np.ndarray:
+        """Un-normalised action chunks (OFT ``predict_action``, batched).
+
+        Where the stats' mask is true: ``a = 0.5 (n + 1) (q99 - q01 + 1e-8) + q01`` (OFT ``_unnormalize_actions``);
+        where false (the gripper) ``n`` is kept. No clipping of ``n``.
+
+        Args:
+            pixel_values, input_ids, attention_mask, action_mask, proprio: as :meth:`forward_actions`.
+            unnorm_key: dataset name in ``norm_stats``; None only when there is exactly one.
+        Returns:
+            float64 numpy [B, chunk, action_dim] in model space (gripper 1 = open, 0 = close).
+        Raises:
+            KeyError: ``unnorm_key`` missing or ambiguous. ValueError: see :meth:`forward_actions`.
+        """
+        stats = self.get_action_stats(unnorm_key)
+        out = self.forward_actions(pixel_values, input_ids, attention_mask, action_mask, proprio)
+        normalized = out.actions.float().cpu().numpy().astype(np.float64)
+        return unnormalize_actions(normalized, stats, eps=NORM_EPS)
+
     # ------------------------------------------------------------------ norm stats
     def resolve_unnorm_key(self, unnorm_key: str | None) -> str:
         """The key of ``norm_stats`` to use (``unnorm_key``, or the only key when None).
@@ -670,7 +878,9 @@ def init_tiny_weights_(model: OpenVLAForActionPrediction, seed: int, action_logi
     - norm weights (LayerNorm, RMSNorm) and LayerScale factors: 1; norm and linear biases: 0;
     - ``pos_embed``, ``cls_token``, ``reg_token``, ``attn_pool.latent``: 0.02 z;
     - every other tensor with 2+ dims: z / sqrt(fan_in), fan_in = numel / shape[0];
-    - then the ``lm_head`` rows of the action tokens are multiplied by ``action_logit_scale``.
+    - then the ``lm_head`` rows of the action tokens are multiplied by ``action_logit_scale``;
+    - OFT's ``action_head.*`` / ``proprio_projector.*`` keys are drawn last (same rules), so the backbone of a tiny
+      model with the L1 head equals the tiny token model of the same seed.
 
     Why not timm's / transformers' defaults (std 0.02, LayerScale 1e-5): at these sizes they make the logits
     ~1e-3 and nearly independent of the image (the reference fixture's README reports the same). Unit-variance
@@ -687,8 +897,9 @@ def init_tiny_weights_(model: OpenVLAForActionPrediction, seed: int, action_logi
                 norm_param_names.add(f"{name}.{pname}" if name else pname)
     small_suffixes = ("pos_embed", "cls_token", "reg_token", "attn_pool.latent")
     lm_head_key = "language_model.lm_head.weight"
+    action_keys = sorted(k for k in state if k.split(".", 1)[0] in ACTION_MODULES)
     with torch.no_grad():
-        for key in sorted(state):
+        for key in sorted(set(state) - set(action_keys)) + action_keys:
             tensor = state[key]
             if not tensor.is_floating_point():
                 continue

@@ -17,6 +17,17 @@ the space becomes the empty token 29871 in front of the action tokens, and ``pre
 inference. Here the ids are assembled directly: prompt ids + the *action prefix* (``[29871]`` when the tokenizer
 has the SentencePiece word-boundary token "▁", else nothing, e.g. for the tiny byte-level tokenizer) + action ids.
 Labels are set on the 7 action tokens only (``predict_stop_token=False``; the official default also trains EOS).
+
+OpenVLA-OFT (parallel decoding; moojink/openvla-oft ``prismatic/vla/datasets/datasets.py``,
+``prismatic/util/data_utils.py`` ``PaddedCollatorForActionPrediction``, ``modeling_prismatic.py`` ``predict_action``)::
+
+    <s> In: What action should the robot take to {instruction}?\nOut: [29871] s1 ... s56 </s>  (+ padding)
+
+The 56 = chunk x action_dim slots have their embeddings zeroed by the model, so their ids never matter (OFT
+trains with the discretised action ids there and infers with id 1); we put OFT's arbitrary action id 31744
+(``ACTION_TOKEN_BEGIN_IDX + 1``) in both cases. Training batches are right-padded (OFT's collator), inference
+batches left-padded; with positions from the attention mask and a key-padding mask the padding side does not
+change a row's result. Two images (primary, wrist) are stacked on channels: ``pixel_values`` [B, 12, 224, 224].
 """
 
 from __future__ import annotations
@@ -354,6 +365,107 @@ class VLAProcessor:
             "attention_mask": attention_mask,
             "labels": labels,
         }
+
+    def multi_image_transform(self, images: Any, wrist_images: Any | None = None) -> torch.Tensor:
+        """``pixel_values`` of one or two views: [B, 3 * n_towers, H, W], or with ``wrist_images`` the primary's
+        channels then the wrist's: [B, 6 * n_towers, H, W] (OFT ``get_vla_action``: each image processed alone,
+        concatenated on dim 1).
+
+        Raises:
+            ValueError: not uint8 RGB images, or a different number of wrist images.
+        """
+        pixel_values = self.image_transform(images)
+        if wrist_images is None:
+            return pixel_values
+        wrist = self.image_transform(wrist_images)
+        if wrist.shape != pixel_values.shape:
+            raise ValueError(f"wrist images give {tuple(wrist.shape)} pixel values, primary images "
+                             f"{tuple(pixel_values.shape)}")
+        return torch.cat([pixel_values, wrist], dim=1)
+
+    def action_chunk_inputs(
+        self,
+        images: Any,
+        instructions: Sequence[str],
+        *,
+        num_slots: int,
+        wrist_images: Any | None = None,
+        side: str = "left",
+        variants: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Inputs of ``forward_actions`` / ``predict_action_chunk`` (OpenVLA-OFT, see the module docstring).
+
+        Args:
+            images: uint8 [B, H, W, 3] primary RGB. instructions: B strings.
+            num_slots: action slots = chunk x action_dim (``model.action_head.num_slots``; 56 on LIBERO).
+            wrist_images: uint8 [B, H, W, 3] wrist RGB, or None (one image).
+            side: padding side, "left" (inference) or "right" (training, OFT's collator).
+            variants: B instruction variants (:meth:`prompt`), None = all "original".
+        Returns:
+            dict(pixel_values float32 [B, 6 or 12, 224, 224], input_ids int64 [B, L], attention_mask int64 [B, L],
+            action_mask bool [B, L] true on the ``num_slots`` slots of each row).
+        Raises:
+            ValueError: batch sizes differ, ``num_slots < 1``, an unknown side or variant. RuntimeError: no tokenizer.
+        """
+        tok = self._require_tokenizer()
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+            raise ValueError(f"num_slots must be an integer >= 1, got {num_slots!r}")
+        if side not in ("left", "right"):
+            raise ValueError(f"side: got {side!r}; allowed: left, right")
+        pixel_values = self.multi_image_transform(images, wrist_images)
+        if isinstance(instructions, str) or len(instructions) != pixel_values.shape[0]:
+            raise ValueError(f"batch sizes differ: {pixel_values.shape[0]} images, instructions {instructions!r}")
+        if variants is None:
+            variants = ["original"] * len(instructions)
+        elif isinstance(variants, str) or len(variants) != len(instructions):
+            raise ValueError(f"variants: need one per instruction ({len(instructions)}), got {variants!r}")
+        slot_id = self.action_tokenizer.action_token_begin_idx + 1
+        seqs, slot_rows = [], []
+        for instruction, variant in zip(instructions, variants):
+            prompt = self.prompt_ids(instruction, variant)
+            seqs.append(prompt + [slot_id] * num_slots + [tok.eos_token_id])
+            slot_rows.append([0] * len(prompt) + [1] * num_slots + [0])
+        input_ids, attention_mask = _pad(seqs, self.pad_token_id, side=side)
+        slots, _ = _pad(slot_rows, 0, side=side)
+        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                "action_mask": slots.to(torch.bool)}
+
+    def chunk_training_batch(
+        self,
+        images: Any,
+        instructions: Sequence[str],
+        actions: np.ndarray,
+        *,
+        wrist_images: Any | None = None,
+        proprio: np.ndarray | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """An OpenVLA-OFT training batch: :meth:`action_chunk_inputs` right-padded, plus the targets.
+
+        Args:
+            images, instructions, wrist_images: as :meth:`action_chunk_inputs`.
+            actions: float [B, chunk, action_dim] normalised model-space action chunks (the loss targets).
+            proprio: float [B, P] normalised proprio, or None.
+        Returns:
+            the inputs plus ``target_actions`` float32 [B, chunk, action_dim] and, with ``proprio``, ``proprio``
+            float32 [B, P].
+        Raises:
+            ValueError: ``actions`` not 3-D, or batch sizes differ.
+        """
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 3:
+            raise ValueError(f"actions must be [B, chunk, action_dim], got shape {actions.shape}")
+        out = self.action_chunk_inputs(images, instructions, num_slots=actions.shape[1] * actions.shape[2],
+                                       wrist_images=wrist_images, side="right")
+        if actions.shape[0] != out["input_ids"].shape[0]:
+            raise ValueError(
+                f"batch sizes differ: {out['input_ids'].shape[0]} images, {actions.shape[0]} action chunks")
+        out["target_actions"] = torch.from_numpy(np.ascontiguousarray(actions))
+        if proprio is not None:
+            proprio = np.asarray(proprio, dtype=np.float32)
+            if proprio.ndim != 2 or proprio.shape[0] != actions.shape[0]:
+                raise ValueError(f"proprio must be [B={actions.shape[0]}, P], got shape {proprio.shape}")
+            out["proprio"] = torch.from_numpy(np.ascontiguousarray(proprio))
+        return out
 
     def inference_inputs(
         self, images: Any, instructions: Sequence[str], variants: Sequence[str] | None = None

@@ -25,6 +25,7 @@ from vlamix.core.io import find_train_log
 from vlamix.core.suites import check_suites, suite_info
 from vlamix.eval.policy import dtype_name
 from vlamix.mixing.strategies.doremi import DRO_REFERENCE_AUTO, DRO_REFERENCE_INITIAL
+from vlamix.model.action_files import is_official_oft_folder
 from vlamix.model.memory import GIB, MemoryEstimate, available_bytes, estimate_policy, estimate_training, model_shape
 from vlamix.model.settings import BUILTIN_MODELS
 from vlamix.pipeline.config import BenchConfig
@@ -71,6 +72,7 @@ def check_environment(cfg: BenchConfig, *, cached: bool = True) -> BenchConfig:
         raise ConfigError("eval_suites", str(err)) from err
     if not cfg.model.builtin:
         check_model_folder(cfg.model.path)
+        check_action_head(cfg)
         check_memory(cfg)  # the tiny presets fit anywhere; a checkpoint folder may be OpenVLA-7B
     if importlib.util.find_spec("libero") is not None:
         check_suite_sizes(cfg, suites)
@@ -113,6 +115,27 @@ def check_model_folder(path: str) -> None:
         raise ConfigError(
             "model", f"folder '{path}' has no tokenizer files ({', '.join(TOKENIZER_FILES)}); download the whole checkpoint "
             f"(openvla/openvla-7b ships tokenizer.model and tokenizer_config.json)")
+
+
+def check_action_head(cfg: BenchConfig) -> None:
+    """An OpenVLA-OFT folder (official files, or our checkpoint of an L1 head) fine-tunes only with
+    ``action_head: l1_regression``: with ``tokens`` its trained head would be dropped silently.
+
+    Raises:
+        ConfigError: field ``action_head``.
+    """
+    path = cfg.model.path
+    if cfg.model.parallel_decoding:
+        return
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+            head = json.load(fh).get("action_head", "tokens")
+    except (OSError, ValueError):
+        return  # check_model_folder reports a missing or broken config.json
+    if head == "l1_regression" or is_official_oft_folder(path):
+        raise ConfigError("action_head", f"model '{path}' is an OpenVLA-OFT checkpoint (L1-regression head); set "
+                          "action_head: l1_regression (with its action_chunk, use_wrist_image, use_proprio), or use "
+                          "an OpenVLA folder")
 
 
 def check_eval_device(value: str) -> None:
@@ -163,7 +186,7 @@ def check_memory(cfg: BenchConfig, available: dict[str, float] | None = None) ->
             when it is off, else ``batch_size``; ``eval_dtype`` for rollouts), with the estimate, what is available,
             and the fields that lower it.
     """
-    shape = model_shape(cfg.model.path)
+    shape = model_shape(cfg.model.path, cfg.model.action_recipe() if cfg.model.parallel_decoding else None)
     cuda = torch.cuda.is_available()
     train_device = "cuda" if cuda else "cpu"
     ro = cfg.rollout

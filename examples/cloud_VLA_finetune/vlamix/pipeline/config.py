@@ -229,6 +229,11 @@ class BenchConfig:
         self.racing.check(self.eval.trials_per_task)
         self.rollout.check()
         self._check_unnorm_sources(suites)
+        steps = self.eval.open_loop_steps
+        if steps is not None and steps > self.model.action_chunk:
+            chunk = self.model.action_chunk
+            raise ConfigError("open_loop_steps", f"{steps} actions per observation but the model predicts chunks of "
+                              f"{chunk} (action_chunk); allowed: null or 1..{chunk}")
 
     def _check_unnorm_sources(self, suites: tuple[str, ...]) -> None:
         """Every evaluated suite must have action statistics to un-normalise with.
@@ -284,6 +289,10 @@ class BenchConfig:
     def policy_batch_size(self) -> int:
         return self.rollout.policy_batch_size()
 
+    def resolved_open_loop_steps(self) -> int:
+        """Actions executed per policy query: ``open_loop_steps``, or the whole chunk (``action_chunk``) when null."""
+        return self.model.action_chunk if self.eval.open_loop_steps is None else int(self.eval.open_loop_steps)
+
     def strategy_label(self) -> str:
         """Label of the strategy and the parameters it uses (``temperature T=2 by task``, ``doremi eta=1 c=0.05 K=10
         ref=initial``), with `` | filter ...`` when steps are filtered: the rank column ``mixing_strategy``."""
@@ -336,10 +345,14 @@ def train_key(cfg: BenchConfig) -> str:
 
 def eval_key(cfg: BenchConfig) -> str:
     """Stable 12-hex-digit key of the fields that determine the rollout episodes (:data:`EPISODE_FIELDS`; the
-    suites resolved, ``center_crop`` resolved for this config's checkpoint)."""
+    suites resolved, ``center_crop`` resolved for this config's checkpoint, ``open_loop_steps`` resolved and left
+    out when it is 1, the one action per observation of every run stored before it existed)."""
     values = {name: _plain(cfg.get(name)) for name in EPISODE_FIELDS}
     values["eval_suites"] = list(cfg.resolved_eval_suites())
     values["center_crop"] = cfg.resolved_center_crop()
+    values["open_loop_steps"] = cfg.resolved_open_loop_steps()
+    if values["open_loop_steps"] == 1:
+        values.pop("open_loop_steps")
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -332,6 +332,7 @@ class VLADataSelect:
                 # null: the checkpoint this point trained follows image_aug; one loaded from elsewhere follows its record
                 center_crop=cfg.resolved_center_crop() if self.run_dir is not None or ev.center_crop is not None else None,
                 policy_cache=policy_cache,
+                open_loop_steps=cfg.resolved_open_loop_steps() if self.run_dir is not None else ev.open_loop_steps,
             )
 
         own_train_key = train_key(cfg) if self.run_dir is not None else None

@@ -62,14 +62,18 @@ SOURCES = ("Lan & DeMets, Biometrika 70 (1983); Kim & DeMets, Biometrika 74 (198
 def plan_key(config: Mapping[str, Any]) -> str:
     """12 hex digits identifying a point's episode plan, from its :meth:`BenchConfig.to_dict` (the
     ``config`` of a prediction): the eval-key fields (:data:`vlamix.pipeline.config.EPISODE_FIELDS`: suites,
-    tasks, trials per task, step limit, wait steps, seed, centre crop) plus ``eval_instruction`` and
-    ``eval_instruction_suites``. Racing fields (:data:`RACING_FIELDS`), workers and the rollout runtime
-    are not in it. Two points with equal keys run the same episodes (same init states and seeds).
+    tasks, trials per task, step limit, wait steps, seed, centre crop, actions per observation) plus
+    ``eval_instruction`` and ``eval_instruction_suites``. Racing fields (:data:`RACING_FIELDS`), workers and the
+    rollout runtime are not in it. Two points with equal keys run the same episodes (same init states and seeds).
 
     Raises:
         KeyError: ``config`` lacks one of those fields.
     """
-    values = {k: config[k] for k in EPISODE_FIELDS}
+    values = {k: config[k] for k in EPISODE_FIELDS if k != "open_loop_steps"}
+    # actions per observation, resolved (null = the whole chunk); left out at 1, as before the field existed
+    steps = config.get("open_loop_steps") or config.get("action_chunk", 1)
+    if steps != 1:
+        values["open_loop_steps"] = steps
     values["eval_suites"] = list(values["eval_suites"])
     if values["center_crop"] is None:  # null follows the checkpoint this config trains: image_aug
         values["center_crop"] = bool(config.get("image_aug", False))

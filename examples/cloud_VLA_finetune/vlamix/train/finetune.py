@@ -6,6 +6,13 @@ rate) on the LoRA parameters only, loss = mean cross-entropy on the 7 action tok
 ``grad_accumulation_steps`` before ``backward``, bf16 autocast, DDP with ``find_unused_parameters``.
 Logged like the reference: loss, action-token accuracy, L1 of the decoded (normalised) actions.
 
+OpenVLA-OFT (``action_head: l1_regression``; moojink/openvla-oft ``vla-scripts/finetune.py``): the same LoRA on the
+VLA, plus the action head (and proprio projector) trained in full by the same AdamW; the model predicts a chunk of
+normalised actions in one bidirectional pass (``forward_actions``) and the loss is the mean absolute error over every
+entry of the chunk (``torch.nn.L1Loss``); logged: ``loss`` = ``l1_loss`` and OFT's ``curr_action_l1_loss`` (step 0)
+and ``next_actions_l1_loss`` (steps 1..). As OFT, the head keeps the training dtype and the proprio projector float32
+weights (under bf16 autocast). OFT decays the learning rate 10x after 100k steps; here it stays constant.
+
 Differences from the reference: the data come from :class:`vlamix.data.mixture.MixtureLoader`
 (mixture weights are the sampling proportions); one optimiser step = ``grad_accumulation_steps``
 micro-batches of ``batch_size`` frames per rank; training is deterministic for a fixed ``seed``
@@ -61,8 +68,9 @@ from vlamix.mixing.settings import MixingConfig
 from vlamix.mixing.strategies.doremi import DRO_REFERENCE_INITIAL, reference_losses_from_run
 from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, plot_trajectory, write_trajectory
 from vlamix.mixing.weights import group_frames
+from vlamix.model.action_files import is_action_key, load_action_modules
 from vlamix.model.checkpoint import ADAPTER_DIR, load_vla, save_vla
-from vlamix.model.lora import apply_lora, merge_lora, set_adapter_state
+from vlamix.model.lora import apply_lora, base_model_of, merge_lora, set_adapter_state
 from vlamix.model.memory import device_label
 from vlamix.model.settings import ModelConfig
 from vlamix.train.distributed import (
@@ -73,7 +81,7 @@ from vlamix.train.distributed import (
     init_distributed,
     mean_over_ranks,
 )
-from vlamix.train.loss_weighting import weighted_action_loss
+from vlamix.train.loss_weighting import weighted_action_loss, weighted_frame_loss
 from vlamix.train.metrics import action_token_metrics
 from vlamix.train.settings import TrainConfig, resolve_precision
 from vlamix.train.state import (
@@ -91,6 +99,8 @@ if TYPE_CHECKING:  # annotations only: the point's configuration sits in the pip
 logger = logging.getLogger(__name__)
 
 BENCH_CONFIG_NAME = "bench_config.json"
+#: Metrics of a step that are averaged over ranks and logged (those the head produces).
+_LOGGED_METRICS = ("loss", "action_accuracy", "l1_loss", "weighted_loss", "curr_action_l1_loss", "next_actions_l1_loss")
 MERGED_DIR = "merged"
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: Config fields that must match between a checkpoint and a resumed run for the continuation to be the same run:
@@ -185,6 +195,8 @@ class FineTuner:
         self._owns_ctx = ctx is None
         self.precision = cfg.resolved_precision()  # "auto": fp32 for the tiny presets without CUDA, else bf16
         self.dtype = _PRECISION_DTYPES[self.precision]
+        #: OpenVLA-OFT's parallel decoding (L1 head) instead of action tokens
+        self.parallel = cfg.model.parallel_decoding
         self.step = 0
         try:
             self._setup(resume_from, loader)
@@ -233,7 +245,11 @@ class FineTuner:
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> tuple[nn.Module, Any]:
         cfg = self.cfg
-        base, processor = load_vla(cfg.model.path, device=self.ctx.device, dtype=self.dtype)
+        recipe = cfg.model.action_recipe() if self.parallel else None
+        base, processor = load_vla(cfg.model.path, device=self.ctx.device, dtype=self.dtype, recipe=recipe,
+                                   init_seed=cfg.train.seed)
+        if self.parallel and base.proprio_projector is not None:
+            base.proprio_projector.float()  # OFT trains it in float32 weights (init_module to_bf16=False)
         if cfg.train.gradient_checkpointing:
             if not hasattr(base, "gradient_checkpointing_enable"):
                 raise ConfigError("gradient_checkpointing", f"{type(base).__name__} has no gradient checkpointing switch")
@@ -252,7 +268,13 @@ class FineTuner:
     def _build_loader(self) -> BatchSource:
         cfg = self.cfg
         return MixtureLoader(cfg.data, cfg.mixing, "train", batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-                             rank=self.ctx.rank)
+                             rank=self.ctx.rank, **self.loader_options())
+
+    def loader_options(self) -> dict[str, Any]:
+        """What the model reads from the data (:class:`MixtureLoader` keywords): chunks, wrist image, proprio."""
+        m = self.cfg.model
+        return {"action_chunk": m.action_chunk if self.parallel else None, "wrist_image": m.use_wrist_image,
+                "proprio": m.use_proprio}
 
     def _build_mixing(self):
         """The run's strategy controller (:mod:`vlamix.mixing.strategies`; None for a loader without groups)."""
@@ -313,16 +335,18 @@ class FineTuner:
                 raise ConfigError("dro_reference", str(err)) from err
         else:
             loader = MixtureLoader(cfg.data, cfg.mixing, "train", batch_size=cfg.train.batch_size,
-                                   seed=_derive_seed(cfg.train.seed, 1, 0x5EF), rank=self.ctx.rank)
+                                   seed=_derive_seed(cfg.train.seed, 1, 0x5EF), rank=self.ctx.rank,
+                                   **self.loader_options())
             loader.set_weights({g: 1.0 for g in groups})
             sums, counts = np.zeros(len(groups)), np.zeros(len(groups))
             self.model.eval()
             with torch.no_grad():
                 for _ in range(cfg.mixing.dro_reference_batches):
                     batch = loader.next_batch()
+                    inputs = self._micro_batch(batch)
                     with self._autocast():
-                        out = self.model(**self._micro_batch(batch), logits="labeled")
-                    _add_group_losses(sums, counts, out, batch["group_index"])
+                        out = self._model_forward(self.model, inputs)
+                    _add_frame_losses(sums, counts, self._per_frame_loss(out, inputs), batch["group_index"])
             self.model.train()
             sums, counts = _sum_over_ranks(self.ctx, sums, counts)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -351,6 +375,8 @@ class FineTuner:
             )
         if self.cfg.model.finetune_mode == "full":
             self._resume_base_weights(ckpt_dir)
+        if self.parallel:  # trained in full: restore the head (and projector) of the checkpoint in place
+            load_action_modules(base_model_of(self.model), ckpt_dir, required=True)
         self.optimizer.load_state_dict(state["optimizer"])
         data = state["data"][self.ctx.rank]
         if data is not None:
@@ -374,7 +400,7 @@ class FineTuner:
         core = self.model.get_base_model()
         with torch.no_grad():
             for key, param in core.state_dict(keep_vars=True).items():
-                if "lora_" in key:
+                if "lora_" in key or is_action_key(key):  # action modules: their own files (_resume)
                     continue
                 plain = key.replace(".base_layer.", ".")
                 if plain not in saved:
@@ -388,10 +414,35 @@ class FineTuner:
         return contextlib.nullcontext()
 
     def _micro_batch(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        inputs = self.processor.training_batch(batch["image"], batch["instruction"], batch["action"])
+        if self.parallel:
+            m = self.cfg.model
+            for key, field_name in (("wrist_image", "use_wrist_image"), ("proprio", "use_proprio")):
+                if getattr(m, field_name) and key not in batch:
+                    raise ValueError(f"the training batches carry no {key!r}, which the model reads "
+                                     f"({field_name}: true); the loader must provide it")
+            inputs = self.processor.chunk_training_batch(
+                batch["image"], batch["instruction"], batch["action"],
+                wrist_images=batch["wrist_image"] if m.use_wrist_image else None,
+                proprio=batch["proprio"] if m.use_proprio else None,
+            )
+        else:
+            inputs = self.processor.training_batch(batch["image"], batch["instruction"], batch["action"])
         out = {k: v.to(self.ctx.device, non_blocking=True) for k, v in inputs.items()}
         out["pixel_values"] = out["pixel_values"].to(self.dtype)
         return out
+
+    def _model_forward(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """The training forward: ``forward(..., logits="labeled")`` (tokens) or the chunk forward (L1 head)."""
+        return model(**inputs) if self.parallel else model(**inputs, logits="labeled")
+
+    def _per_frame_loss(self, out: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """float32 [B] (detached): each frame's mean action-token cross-entropy (nats), or its mean absolute
+        error over the chunk (normalised units) for the L1 head."""
+        with torch.no_grad():
+            if self.parallel:
+                return (out.actions.detach().float() - inputs["target_actions"].float()).abs().mean(dim=(1, 2))
+            per_token = F.cross_entropy(out.logits.detach().float(), out.targets, reduction="none")
+            return per_token.view(inputs["input_ids"].shape[0], -1).mean(dim=1)
 
     def forward_backward(self) -> dict[str, float]:
         """Accumulate the gradients of one optimiser step: ``grad_accumulation_steps`` micro-batches,
@@ -401,14 +452,16 @@ class FineTuner:
             this rank's metrics averaged over the micro-batches: ``loss`` (mean cross-entropy on the
             action tokens, nats), ``action_accuracy`` (fraction), ``l1_loss`` (normalised action units)
             and, with ``loss_weighting``, ``weighted_loss`` (the loss that was back-propagated:
-            :func:`vlamix.train.loss_weighting.weighted_action_loss`).
+            :func:`vlamix.train.loss_weighting.weighted_action_loss`). L1 head: ``loss`` = ``l1_loss`` (mean
+            absolute error over the chunk, normalised units), ``curr_action_l1_loss`` (step 0),
+            ``next_actions_l1_loss`` (steps 1..; NaN for chunks of 1), no ``action_accuracy``.
             The per-group sums of the frames' losses and the frame counts are left in
             ``group_loss_sums`` / ``group_counts`` (float64 [G]).
         Raises:
             FloatingPointError: a loss is not finite.
         """
         accum = self.cfg.train.grad_accumulation_steps
-        losses, accs, l1s, weighted = [], [], [], []
+        values: dict[str, list[float]] = {}
         groups = len(self.mixing.groups) if self.mixing is not None else 0
         self.group_loss_sums, self.group_counts = np.zeros(groups), np.zeros(groups)
         self.train_model.train()
@@ -419,7 +472,7 @@ class FineTuner:
             sync = contextlib.nullcontext() if (last or not self.ctx.distributed) else self.train_model.no_sync()
             with sync:
                 with self._autocast():
-                    out = self.train_model(**inputs, logits="labeled")
+                    out = self._model_forward(self.train_model, inputs)
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
@@ -427,19 +480,30 @@ class FineTuner:
                 if self.loss_weights is not None:  # per-group loss weighting (vlamix.train.loss_weighting)
                     if "group_index" not in batch:
                         raise ConfigError("loss_weighting", "the training batches carry no group_index")
-                    objective, _ = weighted_action_loss(out.logits, out.targets, batch["group_index"], self.loss_weights)
-                    weighted.append(float(objective.detach()))
+                    if self.parallel:
+                        per_frame = (out.actions.float() - inputs["target_actions"].float()).abs().mean(dim=(1, 2))
+                        objective = weighted_frame_loss(per_frame, batch["group_index"], self.loss_weights)
+                    else:
+                        objective, _ = weighted_action_loss(out.logits, out.targets, batch["group_index"],
+                                                            self.loss_weights)
+                    values.setdefault("weighted_loss", []).append(float(objective.detach()))
                 (objective / accum).backward()
             if groups and "group_index" in batch:
-                _add_group_losses(self.group_loss_sums, self.group_counts, out, batch["group_index"])
+                _add_frame_losses(self.group_loss_sums, self.group_counts, self._per_frame_loss(out, inputs),
+                                  batch["group_index"])
+            for key, value in self._step_metrics(out, inputs, loss).items():
+                values.setdefault(key, []).append(value)
+        return {key: float(np.mean(v)) for key, v in values.items()}
+
+    def _step_metrics(self, out: Any, inputs: Mapping[str, torch.Tensor], loss: torch.Tensor) -> dict[str, float]:
+        """One micro-batch's logged metrics (see :meth:`forward_backward`)."""
+        if not self.parallel:
             metrics = action_token_metrics(out.logits.detach(), out.targets, self.action_tokenizer)
-            losses.append(float(loss.detach()))
-            accs.append(metrics.accuracy)
-            l1s.append(metrics.l1)
-        metrics = {"loss": float(np.mean(losses)), "action_accuracy": float(np.mean(accs)), "l1_loss": float(np.mean(l1s))}
-        if weighted:
-            metrics["weighted_loss"] = float(np.mean(weighted))
-        return metrics
+            return {"loss": float(loss.detach()), "action_accuracy": metrics.accuracy, "l1_loss": metrics.l1}
+        error = (out.actions.detach().float() - inputs["target_actions"].float()).abs()  # [B, chunk, D]
+        next_l1 = float(error[:, 1:].mean()) if error.shape[1] > 1 else float("nan")
+        return {"loss": float(loss.detach()), "l1_loss": float(loss.detach()),
+                "curr_action_l1_loss": float(error[:, 0].mean()), "next_actions_l1_loss": next_l1}
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients (AdamW), clear them and count the step."""
@@ -481,18 +545,19 @@ class FineTuner:
             while self.step < steps:
                 start = time.perf_counter()
                 metrics = self.train_step()
-                loss, acc, l1 = mean_over_ranks(self.ctx, [metrics["loss"], metrics["action_accuracy"], metrics["l1_loss"]])
+                names = [k for k in _LOGGED_METRICS if k in metrics]
+                means = dict(zip(names, mean_over_ranks(self.ctx, [metrics[k] for k in names])))
+                loss, acc, l1 = means["loss"], means.get("action_accuracy"), means["l1_loss"]
                 record = {
                     "step": self.step,
                     "loss": loss,
-                    "action_accuracy": acc,
+                    "action_accuracy": acc,  # None for the L1 head (no tokens)
                     "l1_loss": l1,
                     "lr": float(self.optimizer.param_groups[0]["lr"]),
                     "step_time_s": time.perf_counter() - start,
                     "frames": self.step * frames_per_step,
                 }
-                if "weighted_loss" in metrics:
-                    record["weighted_loss"] = mean_over_ranks(self.ctx, [metrics["weighted_loss"]])[0]
+                record.update({k: (None if np.isnan(v) else v) for k, v in means.items() if k not in record})
                 if self.mixing is not None:
                     record.update(self._update_mixing())
                 bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1.0 / max(record['step_time_s'], 1e-9):.2f}",
@@ -502,8 +567,8 @@ class FineTuner:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
                     if self.step % self.log_every == 0 or self.step == steps:
-                        logger.info("step %d/%d loss %.4f acc %.3f l1 %.4f (%.2fs)", self.step, steps,
-                                    loss, acc, l1, record["step_time_s"])
+                        logger.info("step %d/%d loss %.4f acc %s l1 %.4f (%.2fs)", self.step, steps,
+                                    loss, "-" if acc is None else f"{acc:.3f}", l1, record["step_time_s"])
                 if self.save_every and self.step % self.save_every == 0 and self.step < steps:
                     self.save_checkpoint()
             return self.save_checkpoint(final=True)
@@ -594,7 +659,7 @@ class FineTuner:
                 base_model = None if keep_base else m.path
                 training = {"image_aug": bool(self.cfg.data.image_aug), "precision": self.precision,
                             "device": self.ctx.device.type, "device_name": device_label(str(self.ctx.device)),
-                            "finetune_mode": m.finetune_mode, "lora_rank": m.lora_rank}
+                            "finetune_mode": m.finetune_mode, "lora_rank": m.lora_rank, "action_head": m.action_head}
                 save_vla(self.model, self.processor, stage, norm_stats=self.norm_stats or None, base_model=base_model,
                          training=training)
                 with open(os.path.join(stage, BENCH_CONFIG_NAME), "w", encoding="utf-8") as f:
@@ -676,17 +741,11 @@ def _check_resume_config(cfg: "BenchConfig", ckpt_dir: str) -> None:
             )
 
 
-def _add_group_losses(sums: np.ndarray, counts: np.ndarray, out: Any, group_index: Any) -> None:
-    """Add each frame's mean action-token cross-entropy (nats) to its group: ``sums``/``counts`` float64 [G].
-
-    ``out`` is a ``forward(..., logits="labeled")`` output: logits [B * D, V] and targets [B * D],
-    row-major over frames (D action tokens per frame).
-    """
+def _add_frame_losses(sums: np.ndarray, counts: np.ndarray, per_frame: torch.Tensor, group_index: Any) -> None:
+    """Add each frame's loss (:meth:`FineTuner._per_frame_loss`, float [B]) to its group: ``sums``/``counts``
+    float64 [G]."""
     index = np.asarray(group_index, dtype=np.int64)
-    with torch.no_grad():
-        per_token = F.cross_entropy(out.logits.detach().float(), out.targets, reduction="none")
-        per_frame = per_token.view(index.size, -1).mean(dim=1).cpu().numpy().astype(np.float64)
-    np.add.at(sums, index, per_frame)
+    np.add.at(sums, index, per_frame.detach().cpu().numpy().astype(np.float64))
     np.add.at(counts, index, 1.0)
 
 

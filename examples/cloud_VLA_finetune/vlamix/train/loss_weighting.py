@@ -5,6 +5,8 @@ For a micro-batch of B frames, each with D action tokens::
     l_b  = (1/D) sum_d CE(logits_{b,d}, target_{b,d})      per-frame mean cross-entropy (nats)
     loss = (1/B) sum_b w[g_b] * l_b                         g_b = the frame's group (``group_index``)
 
+For OpenVLA-OFT's L1 head ``l_b`` is the frame's mean absolute error over its action chunk
+(:func:`weighted_frame_loss`).
 With all weights 1 this is the model's own loss (mean over the B*D label tokens). The trainer divides
 each micro-batch's loss by ``grad_accumulation_steps`` and DDP averages gradients over ranks; every
 micro-batch has the same B frames on every rank, so the optimiser step's gradient is that of the mean
@@ -54,8 +56,27 @@ def weighted_action_loss(
         ValueError: see :func:`per_frame_loss`; a group index outside ``[0, G)``.
     """
     index = torch.as_tensor(group_index, dtype=torch.int64, device=logits.device).reshape(-1)
-    w = torch.as_tensor(weights, dtype=torch.float32, device=logits.device)
+    per_frame = per_frame_loss(logits, targets, index.numel())
+    return weighted_frame_loss(per_frame, index, weights), per_frame
+
+
+def weighted_frame_loss(
+    per_frame: torch.Tensor, group_index: Any, weights: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
+    """``mean_b(w[g_b] * l_b)`` for given per-frame losses, differentiable in ``per_frame``.
+
+    Args:
+        per_frame: float [B] per-frame losses (cross-entropy, or the L1 head's mean absolute error over the chunk).
+        group_index: int [B] group of each frame. weights: float [G] per-group loss weights.
+    Returns:
+        float32 scalar.
+    Raises:
+        ValueError: a group index outside ``[0, G)``, or ``B`` indices for another number of frames.
+    """
+    index = torch.as_tensor(group_index, dtype=torch.int64, device=per_frame.device).reshape(-1)
+    w = torch.as_tensor(weights, dtype=torch.float32, device=per_frame.device)
+    if index.numel() != per_frame.numel():
+        raise ValueError(f"{index.numel()} group indices for {per_frame.numel()} frames")
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= w.numel()):
         raise ValueError(f"group_index values {index.tolist()} outside [0, {w.numel()})")
-    per_frame = per_frame_loss(logits, targets, index.numel())
-    return (w[index] * per_frame).mean(), per_frame
+    return (w[index] * per_frame.float()).mean()
