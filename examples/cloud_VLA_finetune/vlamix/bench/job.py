@@ -161,7 +161,7 @@ class GridPoint:
         """The console header of the point: ``point 2/4  vla_dataselect  static spatial:object:goal=1:1:1``."""
         hps = self.basemodel.hyperparameters
         mixture = hps.get("mixture")
-        what = mixture_label(mixture) if isinstance(mixture, Mapping) else ", ".join(f"{k}={v}" for k, v in hps.items())
+        what = mixture_label(mixture) if isinstance(mixture, Mapping) else "reference row"  # the scripted expert
         if "strategy" in hps:
             what = f"{hps['strategy']} {what}"
         if "seed" in hps:
