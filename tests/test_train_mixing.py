@@ -17,7 +17,7 @@ import torch
 from configs import checked
 from vlamix.core.errors import ConfigError
 from vlamix.mixing.trajectory import PLOT_FILE, SUMMARY_FILE, TRAJECTORY_FILE, read_trajectory
-from vlamix.train.finetune import TRAIN_LOG_NAME, FineTuner, _add_group_losses
+from vlamix.train.finetune import TRAIN_LOG_NAME, FineTuner, _add_frame_losses
 from test_train_finetune import STATS, _frames
 
 GROUPS = ("libero_spatial_no_noops", "libero_object_no_noops")
@@ -80,11 +80,26 @@ def test_group_losses_are_per_frame_means_added_to_their_group():
     logits[:tokens, :] = -30.0
     logits[torch.arange(tokens), targets[:tokens]] = 30.0  # frame 0: certain and right -> ~0
     sums, counts = np.zeros(3), np.zeros(3)
-    _add_group_losses(sums, counts, SimpleNamespace(logits=logits, targets=targets), [2, 0])
+    tokens_head = SimpleNamespace(parallel=False)  # FineTuner's per-frame loss of the token head
+    per_frame = FineTuner._per_frame_loss(tokens_head, SimpleNamespace(logits=logits, targets=targets),
+                                          {"input_ids": torch.zeros(2, 20, dtype=torch.long)})
+    _add_frame_losses(sums, counts, per_frame, [2, 0])
     assert counts.tolist() == [1.0, 0.0, 1.0]
     assert sums[0] == pytest.approx(math.log(vocab), rel=1e-6)  # frame 1 went to group 0
     assert sums[2] == pytest.approx(0.0, abs=1e-6)
     assert sums[1] == 0.0
+
+
+def test_group_losses_of_the_l1_head_are_each_frames_mean_absolute_chunk_error():
+    actions = torch.zeros(2, 4, 7)
+    target = torch.zeros(2, 4, 7)
+    target[1] = 0.5  # frame 1: every dim of every chunk step off by 0.5
+    target[0, 0, 0] = 2.8  # frame 0: one value off by 2.8 -> mean 2.8 / 28
+    per_frame = FineTuner._per_frame_loss(SimpleNamespace(parallel=True), SimpleNamespace(actions=actions),
+                                          {"target_actions": target})
+    sums, counts = np.zeros(2), np.zeros(2)
+    _add_frame_losses(sums, counts, per_frame, [1, 0])
+    assert sums.tolist() == pytest.approx([0.5, 0.1]) and counts.tolist() == [1.0, 1.0]
 
 
 def test_exp3_updates_the_loader_every_k_steps_and_saves_the_trajectory(tmp_path):
