@@ -24,13 +24,20 @@ that would start after ``--budget-s`` are recorded as skipped):
    batch of 16 different LIBERO instructions vs one at a time (action ids), every logit finite, the KV-cache
    decoding steps vs the teacher-forced forward (max |logit difference| over the 7 steps), ``act`` latency at
    batch 1 / 8 / 16 and the actions/s ratio of 16 vs 1; memory estimate vs measured peak.
-4. ``rollouts``: the batched server (:func:`vlamix.eval.rollout.evaluate`) with stand-in environments (LIBERO's
+4. ``oft``: random-weight OpenVLA-7B with OpenVLA-OFT's LIBERO recipe (L1 head + proprio projector, chunks of
+   8 x 7, third-person + wrist image, 8-D proprio; bf16; the tiny preset with ``--smoke``), beside the token model:
+   ``predict_action_chunk`` on a left-padded batch of 16 different instructions ([16, 8, 7], finite) vs one at a
+   time (max |difference| within 1e-4 in fp32, 5% of the action scale in bf16), bidirectional vs causal hidden
+   states and the token after the slots seen only bidirectionally (a silent fallback to causal on the GPU's SDPA
+   kernels fails), latency at batch 1 / 16 and the actions/s ratio, peak memory (about a minute and ~16 GiB on
+   an H100, estimated from the model size in :func:`stage_oft`).
+5. ``rollouts``: the batched server (:func:`vlamix.eval.rollout.evaluate`) with stand-in environments (LIBERO's
    assets do not travel) at 1 env (1 x 1), 16 envs (16 x 1, lock-step) and 32 envs (8 x 4, double-buffered):
    env-steps/s and the policy batch the rows record (16 in both large runs).
-5. ``lora``: LoRA rank 32 on the same model: step time and peak memory at batch 1 / 8 / 16 with and without
+6. ``lora``: LoRA rank 32 on the same model: step time and peak memory at batch 1 / 8 / 16 with and without
    gradient checkpointing (an out-of-memory result is recorded, not raised), beside the memory estimate
    (:mod:`vlamix.model.memory`).
-6. ``trainer_path``: the real :class:`vlamix.train.finetune.FineTuner` on this device in bf16 (tiny model, an
+7. ``trainer_path``: the real :class:`vlamix.train.finetune.FineTuner` on this device in bf16 (tiny model, an
    in-memory loader): 2 steps -> checkpoint -> resume for a third -> :class:`vlamix.eval.policy.VLAPolicy`
    with the LoRA merged (float32 merge) vs the unmerged adapter; parameter devices and dtypes as configured.
 
@@ -264,8 +271,8 @@ def stage_oft(c: Check) -> dict:
 
     Cost on an H100 (estimate, not yet measured): building ~7.7 B parameters in bf16 on the GPU takes about as
     long as ``policy``'s build (seconds); one sample is ~600 tokens (2 x 256 patches + proprio + prompt + 56 slots),
-    ~2 x 7.5e9 x 600 = 9 TFLOP, and the stage runs ~215 samples (6 passes of 16 + 16 singles + 7 x 1 + 7 x 16
-    timed), ~2 PFLOP: well under a minute; ~15 GiB of weights (14.3 GiB) plus < 2 GiB of activations.
+    ~2 x 7.5e9 x 600 = 9 TFLOP, and the stage runs ~215 samples (5 passes of 16 + 16 singles + 7 x 1 + 7 x 16
+    with warm-up), ~2 PFLOP: well under a minute; 7.71e9 x 2 bytes = 14.4 GiB of weights plus < 2 GiB of activations.
     """
     from bench_openvla7b_gpu import _build_model
 
@@ -277,7 +284,8 @@ def stage_oft(c: Check) -> dict:
     before = torch.cuda.memory_allocated(c.device) if c.device.type == "cuda" else 0
     c.reset_peak()
     t0 = time.perf_counter()
-    model, config = _build_model("tiny" if c.smoke else "openvla_7b", c.device, c.dtype, seed=0, recipe=OFT_LIBERO_RECIPE)
+    model, config = _build_model("tiny" if c.smoke else "openvla_7b", c.device, c.dtype, seed=0,
+                                 recipe=OFT_LIBERO_RECIPE)
     model.norm_stats = NORM_STATS
     model.eval()
     processor = VLAProcessor.from_config(config, build_tiny_tokenizer())
@@ -312,16 +320,18 @@ def stage_oft(c: Check) -> dict:
     out.update(padded_rows=int((batch["attention_mask"] == 0).any(dim=1).sum()), chunk_shape=list(chunks.shape),
                chunks_finite=bool(np.isfinite(chunks).all() and np.isfinite(singles).all()),
                batched_vs_single_max_abs=round(float(np.abs(chunks - singles).max()), 6), agreement_tol=round(tol, 6),
-               action_scale=round(scale, 4), rows_differ_max_abs=round(float(np.abs(singles[1:] - singles[0]).max()), 4),
+               action_scale=round(scale, 4),
+               rows_differ_max_abs=round(float(np.abs(singles[1:] - singles[0]).max()), 4),
                hidden_finite=all(bool(torch.isfinite(h).all()) for h in hidden.values()),
-               bidirectional_vs_causal_max_abs=round(max_abs(hidden["bidirectional", "eos"], hidden["causal", "eos"]), 4),
+               bidirectional_vs_causal_max_abs=round(max_abs(hidden["bidirectional", "eos"],
+                                                             hidden["causal", "eos"]), 4),
                eos_change_bidirectional_max_abs=round(max_abs(hidden["bidirectional", "eos"],
                                                               hidden["bidirectional", "42"]), 6),
                eos_change_causal_max_abs=round(max_abs(hidden["causal", "eos"], hidden["causal", "42"]), 6))
     latency = {}
     for b in (1, 16):
         x = inputs(0, b)
-        for _ in range(2):
+        for _ in range(1 if c.smoke else 2):
             model.predict_action_chunk(**x)
         times = []
         for _ in range(3 if c.smoke else 5):
