@@ -44,13 +44,16 @@ EOS_ID = 2
 ACTION_DIM = 7
 
 
-def _build_model(preset: str, device: torch.device, dtype: torch.dtype, seed: int):
+def _build_model(preset: str, device: torch.device, dtype: torch.dtype, seed: int, recipe: dict | None = None):
     """Random-weight model of ``preset`` on ``device`` in ``dtype``: skeleton on the meta device, storage
-    allocated on the target device, then a scaled-normal init there (no full-size CPU copy)."""
+    allocated on the target device, then a scaled-normal init there (no full-size CPU copy). ``recipe``:
+    action-recipe fields applied to the preset's config (e.g. ``OFT_LIBERO_RECIPE``: L1 head + proprio projector)."""
     from vlamix.model.configuration import VLAConfig
     from vlamix.model.modeling import OpenVLAForActionPrediction
 
     config = VLAConfig.openvla_7b() if preset == "openvla_7b" else VLAConfig.tiny()
+    if recipe:
+        config = config.with_action_recipe(**recipe)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -24,13 +24,20 @@ that would start after ``--budget-s`` are recorded as skipped):
    batch of 16 different LIBERO instructions vs one at a time (action ids), every logit finite, the KV-cache
    decoding steps vs the teacher-forced forward (max |logit difference| over the 7 steps), ``act`` latency at
    batch 1 / 8 / 16 and the actions/s ratio of 16 vs 1; memory estimate vs measured peak.
-4. ``rollouts``: the batched server (:func:`vlamix.eval.rollout.evaluate`) with stand-in environments (LIBERO's
+4. ``oft``: random-weight OpenVLA-7B with OpenVLA-OFT's LIBERO recipe (L1 head + proprio projector, chunks of
+   8 x 7, third-person + wrist image, 8-D proprio; bf16; the tiny preset with ``--smoke``), beside the token model:
+   ``predict_action_chunk`` on a left-padded batch of 16 different instructions ([16, 8, 7], finite) vs one at a
+   time (max |difference| within 1e-4 in fp32, 5% of the action scale in bf16), bidirectional vs causal hidden
+   states and the token after the slots seen only bidirectionally (a silent fallback to causal on the GPU's SDPA
+   kernels fails), latency at batch 1 / 16 and the actions/s ratio, peak memory (about a minute and ~16 GiB on
+   an H100, estimated from the model size in :func:`stage_oft`).
+5. ``rollouts``: the batched server (:func:`vlamix.eval.rollout.evaluate`) with stand-in environments (LIBERO's
    assets do not travel) at 1 env (1 x 1), 16 envs (16 x 1, lock-step) and 32 envs (8 x 4, double-buffered):
    env-steps/s and the policy batch the rows record (16 in both large runs).
-5. ``lora``: LoRA rank 32 on the same model: step time and peak memory at batch 1 / 8 / 16 with and without
+6. ``lora``: LoRA rank 32 on the same model: step time and peak memory at batch 1 / 8 / 16 with and without
    gradient checkpointing (an out-of-memory result is recorded, not raised), beside the memory estimate
    (:mod:`vlamix.model.memory`).
-6. ``trainer_path``: the real :class:`vlamix.train.finetune.FineTuner` on this device in bf16 (tiny model, an
+7. ``trainer_path``: the real :class:`vlamix.train.finetune.FineTuner` on this device in bf16 (tiny model, an
    in-memory loader): 2 steps -> checkpoint -> resume for a third -> :class:`vlamix.eval.policy.VLAPolicy`
    with the LoRA merged (float32 merge) vs the unmerged adapter; parameter devices and dtypes as configured.
 
@@ -102,8 +109,11 @@ class Check:
             self.torch.cuda.empty_cache()
 
     def inputs(self, images, instructions):
-        out = self.processor.inference_inputs(images, instructions)
-        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in out.items()}
+        return self.to_device(self.processor.inference_inputs(images, instructions))
+
+    def to_device(self, batch: dict) -> dict:
+        """Tensors of ``batch`` on the device; floating ones in the check's dtype."""
+        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -240,6 +250,111 @@ def _shape(config):
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             fh.write(config.to_json_string(use_diff=False))
         return model_shape(tmp)
+
+
+def stage_oft(c: Check) -> dict:
+    """OpenVLA-OFT's LIBERO recipe (``OFT_LIBERO_RECIPE``: L1-regression head, chunks of 8 x 7, third-person +
+    wrist image, 8-D proprio; moojink/openvla-oft ``vla-scripts/finetune.py`` / ``LIBERO.md``) on random-weight
+    OpenVLA-7B (official shapes + the 151 M head and 17 M proprio projector, bf16; the tiny preset with
+    ``--smoke``), built beside the token model of ``policy`` and freed at the end.
+
+    Checks on a left-padded batch of 16 different instructions (different images, wrist images and proprio per row):
+    ``predict_action_chunk`` gives [16, 8, 7], every value finite; batched vs one at a time (max |difference|,
+    within ``agreement_tol``: 1e-4 in fp32, 5% of the chunks' largest |action| in bf16, whose unit roundoff 2^-9
+    compounds over 32 layers whose GEMM tiling changes with the batch shape; a padding or mask bug moves actions
+    by their whole scale); the rows differ from each other by more than that tolerance (so agreement is not that
+    of a constant output); the bidirectional hidden states read by the head differ from a causal mask's, and
+    changing the token after the action slots (EOS) changes them under the bidirectional mask but not (< 1/10 of
+    that) under the causal one, on the GPU's own SDPA kernels: a silent fallback to causal attention fails here.
+    Measures ``predict_action_chunk`` latency on device tensors (preprocessing excluded) at batch 1 and 16, the
+    actions/s ratio of 16 vs 1 (each chunk = 8 actions), and the peak memory above what was allocated before.
+
+    Cost on an H100 (estimate, not yet measured): building ~7.7 B parameters in bf16 on the GPU takes about as
+    long as ``policy``'s build (seconds); one sample is ~600 tokens (2 x 256 patches + proprio + prompt + 56 slots),
+    ~2 x 7.5e9 x 600 = 9 TFLOP, and the stage runs ~215 samples (5 passes of 16 + 16 singles + 7 x 1 + 7 x 16
+    with warm-up), ~2 PFLOP: well under a minute; 7.71e9 x 2 bytes = 14.4 GiB of weights plus < 2 GiB of activations.
+    """
+    from bench_openvla7b_gpu import _build_model
+
+    from vlamix.model.configuration import OFT_LIBERO_RECIPE
+    from vlamix.model.processor import VLAProcessor
+    from vlamix.model.tokenizer import build_tiny_tokenizer
+
+    torch = c.torch
+    before = torch.cuda.memory_allocated(c.device) if c.device.type == "cuda" else 0
+    c.reset_peak()
+    t0 = time.perf_counter()
+    model, config = _build_model("tiny" if c.smoke else "openvla_7b", c.device, c.dtype, seed=0,
+                                 recipe=OFT_LIBERO_RECIPE)
+    model.norm_stats = NORM_STATS
+    model.eval()
+    processor = VLAProcessor.from_config(config, build_tiny_tokenizer())
+    chunk, slots = config.action_chunk, model.action_head.num_slots
+    out = {"build_s": round(time.perf_counter() - t0, 1), "parameters": sum(p.numel() for p in model.parameters()),
+           "head_parameters": sum(p.numel() for p in model.action_head.parameters()),
+           "proprio_parameters": sum(p.numel() for p in model.proprio_projector.parameters()),
+           "action_chunk": chunk, "vision_tokens": model.num_vision_tokens, "attention": model.attn_implementation}
+    rng = np.random.default_rng(2)
+    images, wrist = (rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8) for _ in range(2))
+    proprio = rng.uniform(-1, 1, (16, config.proprio_dim)).astype(np.float32)
+
+    def inputs(lo: int, hi: int) -> dict:
+        raw = processor.action_chunk_inputs(images[lo:hi], INSTRUCTIONS[lo:hi], num_slots=slots,
+                                            wrist_images=wrist[lo:hi])
+        return c.to_device(dict(raw, proprio=torch.from_numpy(proprio[lo:hi])))
+
+    batch = inputs(0, 16)
+
+    def max_abs(a, b) -> float:
+        return float((a.float() - b.float()).abs().max())
+
+    with torch.inference_mode():
+        chunks = model.predict_action_chunk(**batch)
+        singles = np.concatenate([model.predict_action_chunk(**inputs(i, i + 1)) for i in range(16)])
+        changed = dict(batch, input_ids=batch["input_ids"].clone())
+        changed["input_ids"][:, -1] = 42  # the token after every row's slots (EOS; left padding keeps it last)
+        hidden = {(attention, name): model.forward_actions(**inputs_, attention=attention).action_hidden_states
+                  for attention in ("bidirectional", "causal") for name, inputs_ in (("eos", batch), ("42", changed))}
+    scale = float(np.abs(singles).max())
+    tol = 1e-4 if c.dtype == torch.float32 else 0.05 * scale
+    out.update(padded_rows=int((batch["attention_mask"] == 0).any(dim=1).sum()), chunk_shape=list(chunks.shape),
+               chunks_finite=bool(np.isfinite(chunks).all() and np.isfinite(singles).all()),
+               batched_vs_single_max_abs=round(float(np.abs(chunks - singles).max()), 6), agreement_tol=round(tol, 6),
+               action_scale=round(scale, 4),
+               rows_differ_max_abs=round(float(np.abs(singles[1:] - singles[0]).max()), 4),
+               hidden_finite=all(bool(torch.isfinite(h).all()) for h in hidden.values()),
+               bidirectional_vs_causal_max_abs=round(max_abs(hidden["bidirectional", "eos"],
+                                                             hidden["causal", "eos"]), 4),
+               eos_change_bidirectional_max_abs=round(max_abs(hidden["bidirectional", "eos"],
+                                                              hidden["bidirectional", "42"]), 6),
+               eos_change_causal_max_abs=round(max_abs(hidden["causal", "eos"], hidden["causal", "42"]), 6))
+    latency = {}
+    for b in (1, 16):
+        x = inputs(0, b)
+        for _ in range(1 if c.smoke else 2):
+            model.predict_action_chunk(**x)
+        times = []
+        for _ in range(3 if c.smoke else 5):
+            c.sync()
+            t = time.perf_counter()
+            a = model.predict_action_chunk(**x)
+            c.sync()
+            times.append(time.perf_counter() - t)
+        med = float(np.median(times))
+        latency[str(b)] = {"chunk_ms": round(1000 * med, 1), "actions_per_s": round(b * chunk / med, 1),
+                           "finite": bool(np.isfinite(a).all()), "shape": list(a.shape)}
+    out["predict_action_chunk"] = latency
+    out["actions_per_s_16_vs_1"] = round(latency["16"]["actions_per_s"] / latency["1"]["actions_per_s"], 2)
+    if c.device.type == "cuda":
+        out["peak_gib"] = round((torch.cuda.max_memory_allocated(c.device) - before) / 2**30, 2)
+    del model, hidden, batch, changed
+    c.free()
+    out["ok"] = (out["chunk_shape"] == [16, chunk, 7] and out["chunks_finite"] and out["hidden_finite"]
+                 and out["batched_vs_single_max_abs"] <= tol < out["rows_differ_max_abs"]
+                 and out["bidirectional_vs_causal_max_abs"] > 1e-2 and out["eos_change_bidirectional_max_abs"] > 1e-3
+                 and out["eos_change_causal_max_abs"] < 0.1 * out["eos_change_bidirectional_max_abs"]
+                 and all(v["finite"] and v["shape"][1:] == [chunk, 7] for v in latency.values()))
+    return out
 
 
 def stage_rollouts(c: Check) -> dict:
@@ -390,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"check": "vlamix gpu_check", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
     with tempfile.TemporaryDirectory() as work:
         stages = [("environment", stage_environment), ("sdpa", stage_sdpa), ("policy", stage_policy),
-                  ("rollouts", stage_rollouts), ("lora", stage_lora),
+                  ("oft", stage_oft), ("rollouts", stage_rollouts), ("lora", stage_lora),
                   ("trainer_path", functools.partial(stage_trainer_path, work=work))]
         for name, fn in stages:
             if time.monotonic() > c.deadline:
