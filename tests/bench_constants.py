@@ -43,6 +43,8 @@ METRICS = [
     "device",
     "dataset_fingerprint",
     "sim_versions",
+    # action recipe (issue 29)
+    "recipe",
 ]
 
 #: The smallest end-to-end grid (two LoRA ranks, scripted demos of LIBERO-Spatial task 0, 2 training

@@ -102,6 +102,28 @@ def test_strategy_and_filter_columns_from_the_mixing_record(metric_funcs):
     assert math.isnan(metric_funcs["steps_kept"](None, bare))
 
 
+def test_recipe_column_from_the_points_config(metric_funcs):
+    """``recipe`` names the action recipe the point's config resolves to: the open-loop steps of a null
+    ``open_loop_steps`` are the whole chunk, the optional OFT inputs are listed, and the reference row has none."""
+    from vlamix.pipeline.config import BenchConfig
+
+    mixture = {"mixture": {"libero_spatial_no_noops": 1}}
+    oft = {"action_head": "l1_regression", "action_chunk": 8, "use_wrist_image": True, "use_proprio": True}
+    cases = [
+        ({}, "tokens"),
+        (oft, "l1_regression chunk 8 open-loop 8 +wrist +proprio"),
+        ({**oft, "use_wrist_image": False, "open_loop_steps": 3}, "l1_regression chunk 8 open-loop 3 +proprio"),
+        ({"action_head": "l1_regression", "action_chunk": 4}, "l1_regression chunk 4 open-loop 4"),
+    ]
+    for fields, expected in cases:
+        config = BenchConfig.from_dict({**mixture, **fields}).to_dict()
+        assert metric_funcs["recipe"](None, {"episodes": _rows(), "config": config}) == expected
+    # a prediction written before the recipe existed trained tokens; a reference row and a bare one have no recipe
+    assert metric_funcs["recipe"](None, {"episodes": _rows(), "config": {"mixture": {"libero_spatial_no_noops": 1}}}) == "tokens"
+    assert math.isnan(metric_funcs["recipe"](None, {"episodes": _rows(), "config": {"eval_seed": 7}, "reference": True}))
+    assert math.isnan(metric_funcs["recipe"](None, {"episodes": _rows()}))
+
+
 def test_float_metrics_survive_ianvs_csv_round_trip(metric_funcs):
     """Ianvs appends a rerun's rows to the all_rank.csv it reads back with pandas and deduplicates
     selected_rank.csv by value: a metric must read back exactly as it was computed."""

@@ -57,7 +57,7 @@ def test_two_point_grid_end_to_end(tmp_path, monkeypatch):
     assert {r["basemodel-lora_rank"] for r in rows} == {"4", "8"}
     for r in rows:
         assert r["algorithm"] == "vla_dataselect" and r["paradigm"] == "singletasklearning"
-        assert r["num_episodes"] == "1"
+        assert r["num_episodes"] == "1" and r["recipe"] == "tokens"
         # three policy steps cannot finish a pick-and-place: a success here would be a wrong done flag
         assert float(r["success_rate"]) == 0.0
         assert 0.0 < float(r["success_rate_ci_high"]) < 1.0
@@ -97,6 +97,7 @@ def test_an_oft_point_trains_saves_loads_and_rolls_out_chunks_through_the_job(tm
     with open(result.rank_files["all"], newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert float(row["action_l1"]) == pytest.approx(offline["action_l1"], rel=1e-5)
+    assert row["recipe"] == "l1_regression chunk 8 open-loop 8 +wrist +proprio"  # the rank row records the recipe
 
     again = bench_job.run_job(os.path.join(EXAMPLE_REL, "benchmarkingjob.yaml"), print_leaderboard=False)
     assert [p.status for p in again.points] == ["resumed"]

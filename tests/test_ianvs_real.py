@@ -178,7 +178,7 @@ def test_seed_group_and_cost_columns_under_ianvs_and_vlamix_run(runs):
             assert float(r["pooled_ci_low"]) == 0.0 and 0.5 < float(r["pooled_ci_high"]) < 1.0
             assert r["between_seed_sd"] == ""  # one seed: not measured
             assert float(r["train_wall_s"]) > 0 and float(r["rollout_wall_s"]) > 0 and float(r["episodes_per_hour"]) > 0
-            assert r["device"] and "mujoco=" in r["sim_versions"]
+            assert r["device"] and "mujoco=" in r["sim_versions"] and r["recipe"] == "tokens"
             assert re.fullmatch(r"rlds:[0-9a-f]{12}", r["dataset_fingerprint"])
         assert len({r["dataset_fingerprint"] for r in rows}) == 1  # both points train on the same recorded data
     assert sorted(float(r["prob_best"]) for r in ianvs) == [0.5, 1.0]

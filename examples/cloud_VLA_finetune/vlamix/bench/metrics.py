@@ -25,7 +25,9 @@ the best trade-off, ``tied_with_best``) read the other finished points of the jo
 recomputes them over all points before it writes the rank files. Cost and provenance columns (``train_wall_s``,
 ``rollout_wall_s``, ``episodes_per_hour``, ``device``, ``dataset_fingerprint``, ``sim_versions``) read the
 prediction's ``cost``, ``data_fingerprint`` (:mod:`vlamix.pipeline.provenance`) and the episodes' ``versions``;
-they are NaN for a prediction written before they existed. String columns are NaN (an empty cell) when unknown,
+they are NaN for a prediction written before they existed. ``recipe`` is the point's action recipe from its
+``config`` (:func:`vlamix.pipeline.config.recipe_label`: ``tokens``, or OpenVLA-OFT's ``l1_regression chunk 8
+open-loop 8 +wrist +proprio``). String columns are NaN (an empty cell) when unknown,
 never "", so that they read back from the CSV as they were written.
 
 Precision: every float metric is rounded to :data:`METRIC_DECIMALS` (6) decimal places, so that a
@@ -47,6 +49,7 @@ from typing import Any, Mapping
 from vlamix.eval.breakdown import breakdown
 from vlamix.eval.stats import summarize
 from vlamix.pipeline.arms import arm_of, arm_table, seed_text
+from vlamix.pipeline.config import recipe_label
 from vlamix.pipeline.ledger import entries as ledger_entries
 
 logger = logging.getLogger(__name__)
@@ -369,6 +372,18 @@ def sim_versions(y_true: Any, y_pred: Any) -> Any:
     disagree); NaN when the rows carry no versions."""
     versions = _summary(y_pred).get("versions")
     return ";".join(f"{k}={v}" for k, v in sorted(versions.items())) if versions else math.nan
+
+
+# ------------------------------------------------------------------ action recipe (issue 29)
+def recipe(y_true: Any, y_pred: Any) -> Any:
+    """The point's action recipe (:func:`vlamix.pipeline.config.recipe_label`): ``tokens`` (OpenVLA) or
+    ``l1_regression chunk <n> open-loop <k>`` with ``+wrist`` / ``+proprio`` (OpenVLA-OFT); NaN for a reference row
+    (the scripted expert has no action recipe) and for a prediction without a config."""
+    pred = _prediction(y_pred)
+    config = pred.get("config")
+    if pred.get("reference") or not isinstance(config, Mapping):
+        return math.nan
+    return recipe_label(config)
 
 
 # ------------------------------------------------------------------ racing (issue 12)

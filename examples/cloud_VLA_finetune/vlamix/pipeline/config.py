@@ -337,6 +337,33 @@ class BenchConfig:
         return out
 
 
+def recipe_label(config: Mapping[str, Any]) -> str:
+    """The action recipe of a point as its rank column ``recipe`` and the report show it.
+
+    ``tokens`` for OpenVLA's action tokens (one action per observation); for OpenVLA-OFT's parallel decoding
+    (moojink/openvla-oft) ``l1_regression chunk <action_chunk> open-loop <actions executed per query>``, then
+    ``+wrist`` and ``+proprio`` for the optional inputs, e.g. ``l1_regression chunk 8 open-loop 8 +wrist +proprio``.
+
+    Args:
+        config: a point's flat configuration (:meth:`BenchConfig.to_dict`, as a prediction's ``config``); fields
+            it lacks take their defaults (a prediction written before the recipe existed is ``tokens``), and a null
+            ``open_loop_steps`` is the whole chunk (:meth:`BenchConfig.resolved_open_loop_steps`).
+    Returns:
+        The label (str).
+    """
+    value = {name: config.get(name, _plain(default_of(FIELDS[name][1]))) for name in RECIPE_FIELDS}
+    if value["action_head"] == "tokens":
+        return "tokens"
+    chunk = int(value["action_chunk"])
+    steps = chunk if value["open_loop_steps"] is None else int(value["open_loop_steps"])
+    extras = [flag for name, flag in (("use_wrist_image", "+wrist"), ("use_proprio", "+proprio")) if value[name]]
+    return " ".join([f"{value['action_head']} chunk {chunk} open-loop {steps}", *extras])
+
+
+#: The flat fields :func:`recipe_label` reads.
+RECIPE_FIELDS = ("action_head", "action_chunk", "open_loop_steps", "use_wrist_image", "use_proprio")
+
+
 def train_key(cfg: BenchConfig) -> str:
     """Stable 16-hex-digit key of :meth:`BenchConfig.training_signature`: where a run is stored and reused."""
     blob = json.dumps(cfg.training_signature(), sort_keys=True, default=str)

@@ -4,6 +4,7 @@
 - :mod:`~vlamix.report.kit`: the evaluation kit's sections (success rate vs ratio, paired significance, racing,
   robustness and generalisation, offline metrics, videos, versions).
 - :mod:`~vlamix.report.sweep`: sweeps over a numeric hyperparameter.
+- :mod:`~vlamix.report.recipes`: a mixture under two action recipes (OpenVLA tokens, OpenVLA-OFT) side by side.
 - :mod:`~vlamix.report.videos`: rollout errors and episode videos.
 
 Everything here reads finished predictions (dicts); nothing trains or rolls out.

@@ -13,6 +13,8 @@ Sections, each written only when the job has the data for it:
   (:mod:`vlamix.eval.paired`); with seeds, every arm against the best arm on the evidence aggregated over seeds, and
   whether a difference is within the seed-to-seed spread (:mod:`vlamix.eval.arms`).
 - **Best trade-offs**: arms no other arm beats on every suite x instruction condition (two conditions or more).
+- **Recipes side by side** (a job with points of two action recipes, rank column ``recipe``): per mixture run
+  under both, each recipe's success rate [95% interval] N and the paired difference (:mod:`vlamix.report.recipes`).
 - **Robustness** (base suite versus each perturbation suite, same tasks) and **instruction ablation**
   tables (:mod:`vlamix.eval.breakdown`), seen / unseen success rates.
 - **Offline metrics per dataset** on the fixed held-out set (:mod:`vlamix.eval.offline`).
@@ -48,6 +50,7 @@ from vlamix.pipeline.arms import arm_of, arm_table
 from vlamix.report import arms as arm_report
 from vlamix.report.arms import fmt as _fmt
 from vlamix.report.arms import fmt_p as _p
+from vlamix.report.recipes import recipe_section
 from vlamix.report.sweep import field_text, varying_fields
 
 logger = logging.getLogger(__name__)
@@ -415,6 +418,7 @@ def kit_sections(results: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
         sig, cmp, _ = _significance(results, labels)
     lines += sig
     lines += arm_report.tradeoff_section(table, names) if table else []
+    lines += recipe_section(results)  # a mixture under two action recipes (issue 29)
     lines += _robustness(results, labels)
     lines += _offline(results, labels)
     curves = _loss_curves(results, labels)
