@@ -194,6 +194,22 @@ def test_openvla7b_grid_is_the_seven_seed_ratios_on_real_data(tmp_path, monkeypa
     assert {c.get("train_steps") for c in configs} == {10000} and {(c.get("batch_size"), c.get("grad_accumulation_steps")) for c in configs} == {(8, 2)}
 
 
+@pytest.mark.parametrize("job_file", [JOB_7B, JOB_7B_OFT, COMPARE_7B, "benchmarkingjob_temperature_sweep_openvla7b.yaml"])
+def test_every_openvla7b_job_trains_with_image_aug_and_evaluates_with_the_centre_crop(job_file):
+    # issue 26: OpenVLA's fine-tuning recipe (vla-scripts/finetune.py image_aug=True, the official LIBERO checkpoints)
+    # augments images, and its LIBERO eval then centre-crops; a job without the augmentation, or one that trains
+    # with it and evaluates uncropped, reports a lower success rate with no error
+    from vlamix.pipeline.config import BenchConfig
+
+    path = job_file if os.path.dirname(job_file) else os.path.join(EXAMPLE, job_file)
+    for point in expand_grid(load_job(path)):
+        hps = dict(point.basemodel.hyperparameters)
+        assert hps.get("image_aug") is True, (path, point.number)
+        assert hps.get("center_crop", None) in (None, True), (path, point.number)
+        config = BenchConfig.from_dict({"mixture": hps["mixture"], "image_aug": hps["image_aug"], "center_crop": hps.get("center_crop")})
+        assert config.resolved_center_crop() is True
+
+
 def _moved(points, data_dir, model_dir):
     """The grid points with ``data_dir`` and ``model`` pointed at folders of this test."""
     return [
