@@ -16,7 +16,10 @@ demonstrations of one task (an RLDS dataset under ``--data-dir``, e.g. recorded 
 
 Cells are given as ``MODE:LR:STEPS`` (``full:1e-3:1500``); MODE is ``finetune_mode`` (``lora`` or
 ``full``); ``--model`` picks the built-in preset (``tiny``, or ``tiny-p28`` with 64 instead of 256
-vision tokens per image). Cells that differ only in STEPS are one training run
+vision tokens per image); ``--set FIELD=VALUE`` (repeatable, VALUE read as YAML) sets any other configuration
+field for every cell, e.g. OpenVLA-OFT's recipe with ``--set action_head=l1_regression --set action_chunk=8``
+(issue 29); such cells get the overrides in their run name and the recipe
+(:func:`vlamix.pipeline.config.recipe_label`) in their row. Cells that differ only in STEPS are one training run
 (``<out>/<model>_<mode>_lr<lr>/``): the longer cell resumes from the shorter one's checkpoint, and its
 training wall time adds up both segments; the episodes of a cell go to
 ``<run>/episodes_s<STEPS>.jsonl``. Results are appended to ``<out>/cells.jsonl`` as each cell finishes (a cell already
@@ -57,22 +60,60 @@ def parse_cell(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"cell must be MODE:LR:STEPS, got {text!r}") from err
 
 
-def run_key(model: str, cell: dict) -> str:
-    """Name of the training run a cell belongs to: cells that differ only in steps share one run."""
+def parse_override(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> ``(FIELD, VALUE)`` with VALUE parsed as YAML (``8`` -> int, ``true`` -> bool).
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=`` or an empty field name.
+    """
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
+def run_key(model: str, cell: dict, overrides: dict | None = None) -> str:
+    """Name of the training run a cell belongs to: cells that differ only in steps share one run.
+
+    ``overrides`` (``--set``) join the name in field order, ``<field>-<value>``, so that e.g. an
+    ``action_head=l1_regression`` run never shares a folder or a row with the token-head run.
+    """
     prefix = "" if model == "tiny" else f"{model}_"  # "tiny" keys stay those of the first study
-    return f"{prefix}{cell['finetune_mode']}_lr{cell['learning_rate']:g}"
+    suffix = "".join(f"_{name}-{value}" for name, value in sorted((overrides or {}).items()))
+    return f"{prefix}{cell['finetune_mode']}_lr{cell['learning_rate']:g}{suffix}"
 
 
-def cell_key(cell: dict, model: str = "tiny") -> str:
-    return f"{run_key(model, cell)}_s{cell['train_steps']}"
+def cell_key(cell: dict, model: str = "tiny", overrides: dict | None = None) -> str:
+    return f"{run_key(model, cell, overrides)}_s{cell['train_steps']}"
 
 
-def _earlier_checkpoint(done: dict, model: str, cell: dict) -> dict | None:
+def cell_config(args: argparse.Namespace, cell: dict):
+    """The :class:`~vlamix.pipeline.config.BenchConfig` of one cell (validated: raises ``ValueError`` naming a bad field)."""
+    from vlamix.core.constants import DATASET_TO_SUITE
+    from vlamix.pipeline.config import BenchConfig
+
+    return BenchConfig.from_dict({
+        "mixture": {args.dataset: 1}, "data_dir": args.data_dir, "model": args.model, "demos": "none",
+        "batch_size": args.batch_size, "heldout_fraction": 0.1, "seed": args.seed,
+        "eval_suites": [DATASET_TO_SUITE[args.dataset]], **args.overrides, **cell,
+    })
+
+
+def _earlier_checkpoint(done: dict, model: str, cell: dict, overrides: dict | None = None) -> dict | None:
     """The row of the same run with the most steps below ``cell``'s whose checkpoint still exists."""
     rows = [r for r in done.values()
-            if r.get("model", "tiny") == model and run_key(model, r) == run_key(model, cell)
+            if r.get("model", "tiny") == model
+            and run_key(model, r, r.get("overrides")) == run_key(model, cell, overrides)
             and r["train_steps"] < cell["train_steps"] and os.path.isdir(r["checkpoint"])]
     return max(rows, key=lambda r: r["train_steps"]) if rows else None
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the rows that log it (``None`` where a head has no such figure); NaN if none do."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None, earlier: dict | None = None) -> dict:
@@ -83,19 +124,16 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     optimiser, data and RNG state) and the cell's training wall time is the earlier row's plus
     this segment's.
     """
-    from vlamix.pipeline.config import BenchConfig
     from vlamix.core.constants import DATASET_TO_SUITE
     from vlamix.eval.rollout import evaluate_checkpoint
     from vlamix.eval.settings import RolloutConfig
     from vlamix.eval.stats import summarize
+    from vlamix.pipeline.config import recipe_label
     from vlamix.train.finetune import finetune
 
     suite = DATASET_TO_SUITE[args.dataset]
-    cfg = BenchConfig.from_dict({
-        "mixture": {args.dataset: 1}, "data_dir": args.data_dir, "model": args.model, "demos": "none", "batch_size": args.batch_size,
-        "heldout_fraction": 0.1, "seed": args.seed, "eval_suites": [suite], **cell,
-    })
-    run_dir = os.path.join(args.out, run_key(args.model, cell))
+    cfg = cell_config(args, cell)
+    run_dir = os.path.join(args.out, run_key(args.model, cell, args.overrides))
     if previous is not None and os.path.isdir(previous["checkpoint"]):  # trained before: evaluate only
         ckpt, train_s = previous["checkpoint"], previous["train_seconds"]
     else:
@@ -111,12 +149,13 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     heldout = offline_metrics(ckpt, precision=cfg.resolved_precision(), data=cfg.data, mixing=cfg.mixing,
                               batch_size=cfg.train.batch_size, device="cpu")
     row = {
-        "cell": cell_key(cell, args.model), "model": args.model, **cell, "dataset": args.dataset,
+        "cell": cell_key(cell, args.model, args.overrides), "model": args.model, **cell, "dataset": args.dataset,
+        "overrides": args.overrides, "recipe": recipe_label(cfg.to_dict()),
         "data_dir": args.data_dir, "task_id": args.task_id,
         "train_seconds": round(train_s, 1),
-        "loss_last20": sum(r["loss"] for r in tail) / len(tail),
-        "action_accuracy_last20": sum(r["action_accuracy"] for r in tail) / len(tail),
-        "l1_last20": sum(r["l1_loss"] for r in tail) / len(tail),
+        "loss_last20": _mean(tail, "loss"),
+        "action_accuracy_last20": _mean(tail, "action_accuracy"),  # NaN for an L1 head: no action tokens
+        "l1_last20": _mean(tail, "l1_loss"),
         "heldout": heldout, "checkpoint": ckpt,
     }
     if args.trials > 0:
@@ -136,16 +175,16 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
 def table(rows: list[dict]) -> str:
     """Markdown table of the cells."""
     lines = [
-        "| model | mode | lr | steps | train wall (s) | train loss | train action acc. | held-out action acc. | held-out L1 "
+        "| model | recipe | mode | lr | steps | train wall (s) | train loss | train action acc. | held-out action acc. | held-out L1 "
         "| SR (succ./episodes) | 95% Wilson |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         h = r.get("heldout") or {}
         sr = (f"{r['success_rate']:.2f} ({r['successes']}/{r['episodes']}) | [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
               if "episodes" in r else "not evaluated | -")
         lines.append(
-            f"| {r.get('model', 'tiny')} | {r['finetune_mode']} | {r['learning_rate']:g} | {r['train_steps']} | {r['train_seconds']:.0f} | "
+            f"| {r.get('model', 'tiny')} | {r.get('recipe', 'tokens')} | {r['finetune_mode']} | {r['learning_rate']:g} | {r['train_steps']} | {r['train_seconds']:.0f} | "
             f"{r['loss_last20']:.2f} | {r['action_accuracy_last20']:.3f} | "
             f"{h.get('action_token_accuracy', float('nan')):.3f} | {h.get('action_l1', float('nan')):.3f} | {sr} |"
         )
@@ -165,8 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="rollout processes")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--set", dest="sets", type=parse_override, action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other configuration field for every cell (repeatable; VALUE is YAML)")
     parser.add_argument("--out", default="workspace/learn/study")
     args = parser.parse_args(argv)
+    args.overrides = dict(args.sets)
+    for cell in args.cells:  # a bad field or value fails here, before any training
+        try:
+            cell_config(args, cell)
+        except ValueError as err:
+            parser.error(str(err))
     args.cells.sort(key=lambda c: c["train_steps"])  # so that longer cells of a run resume from shorter ones
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
@@ -177,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             done = {r["cell"]: r for r in (json.loads(line) for line in f if line.strip())}
     rows = []
     for cell in args.cells:
-        key = cell_key(cell, args.model)
+        key = cell_key(cell, args.model, args.overrides)
         if key in done and done[key].get("episodes", 0) >= args.trials:
             rows.append(done[key])
             continue
-        row = run_cell(args, cell, done.get(key), _earlier_checkpoint(done, args.model, cell))
+        row = run_cell(args, cell, done.get(key), _earlier_checkpoint(done, args.model, cell, args.overrides))
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         done[key] = row
