@@ -154,3 +154,36 @@ def test_the_reason_check_flags_an_import_without_a_comment(tmp_path):
     path.write_text("def f():\n    import json\n\n    # torch only in the trainer process\n    import torch\n"
                     "    import os  # the worker must not load numpy\n")
     assert _function_level_imports(str(path)) == [(2, "import json")]
+
+
+#: Files longer than this say in their module docstring why they are one file (issue 21), in a line starting "Size:".
+MAX_LINES_WITHOUT_REASON = 600
+
+
+def _long_files_without_a_reason(root: str) -> list[str]:
+    """Paths (relative to ``root``) of the ``.py`` files over :data:`MAX_LINES_WITHOUT_REASON` lines whose module
+    docstring has no line starting with ``Size:``."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if text.count("\n") <= MAX_LINES_WITHOUT_REASON:
+                continue
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if not any(line.startswith("Size:") for line in doc.splitlines()):
+                found.append(os.path.relpath(path, root))
+    return sorted(found)
+
+
+def test_every_long_module_says_why_it_is_one_file():
+    assert _long_files_without_a_reason(PACKAGE) == []
+
+
+def test_the_size_check_flags_a_long_module_without_a_reason(tmp_path):
+    body = "\n".join(f"x{i} = {i}" for i in range(MAX_LINES_WITHOUT_REASON + 1))
+    (tmp_path / "long.py").write_text('"""A long module."""\n' + body + "\n")
+    (tmp_path / "long_ok.py").write_text('"""A long module.\n\nSize: one file because of a test.\n"""\n' + body + "\n")
+    (tmp_path / "short.py").write_text('"""Short."""\nx = 1\n')
+    assert _long_files_without_a_reason(str(tmp_path)) == ["long.py"]
