@@ -36,6 +36,7 @@ Not part of the test suite. Training and rollouts are CPU-heavy: run it under ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -89,6 +90,16 @@ def cell_key(cell: dict, model: str = "tiny", overrides: dict | None = None) -> 
     return f"{run_key(model, cell, overrides)}_s{cell['train_steps']}"
 
 
+#: Fields the script sets from its own arguments or the cell: ``--set`` may not name them (the run name would
+#: say one value and the training use another).
+OWNED_FIELDS = {
+    "finetune_mode": "--cells", "learning_rate": "--cells", "train_steps": "--cells", "mixture": "--dataset",
+    "data_dir": "--data-dir", "model": "--model", "demos": None, "batch_size": "--batch-size",
+    "heldout_fraction": None, "seed": "--seed", "eval_suites": "--dataset", "eval_tasks": "--task-id",
+    "trials_per_task": "--trials", "eval_workers": "--workers",
+}
+
+
 def cell_config(args: argparse.Namespace, cell: dict):
     """The :class:`~vlamix.pipeline.config.BenchConfig` of one cell (validated: raises ``ValueError`` naming a bad field)."""
     from vlamix.core.constants import DATASET_TO_SUITE
@@ -110,10 +121,16 @@ def _earlier_checkpoint(done: dict, model: str, cell: dict, overrides: dict | No
     return max(rows, key=lambda r: r["train_steps"]) if rows else None
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    """Mean of ``key`` over the rows that log it (``None`` where a head has no such figure); NaN if none do."""
+def _mean(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the rows that log it (``None`` where a head has no such figure, e.g. the token accuracy
+    of an L1-regression head); ``None`` if none do (written to ``cells.jsonl`` as JSON ``null``)."""
     values = [r[key] for r in rows if r.get(key) is not None]
-    return sum(values) / len(values) if values else float("nan")
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``-`` for ``None`` or NaN (a figure the cell's head does not have)."""
+    return "-" if value is None or value != value else format(value, spec)
 
 
 def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None, earlier: dict | None = None) -> dict:
@@ -126,7 +143,6 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     """
     from vlamix.core.constants import DATASET_TO_SUITE
     from vlamix.eval.rollout import evaluate_checkpoint
-    from vlamix.eval.settings import RolloutConfig
     from vlamix.eval.stats import summarize
     from vlamix.pipeline.config import recipe_label
     from vlamix.train.finetune import finetune
@@ -160,9 +176,12 @@ def run_cell(args: argparse.Namespace, cell: dict, previous: dict | None = None,
     }
     if args.trials > 0:
         t1 = time.perf_counter()
+        ev = cfg.eval  # the evaluation fields of the cell (defaults, or --set), as a job's point passes them
         rows = evaluate_checkpoint(ckpt, suite, [args.task_id], args.trials,
                                    out_jsonl=os.path.join(run_dir, f"episodes_s{cell['train_steps']}.jsonl"),
-                                   rollout=RolloutConfig(eval_workers=args.workers), seed=args.seed)
+                                   rollout=dataclasses.replace(cfg.rollout, eval_workers=args.workers),
+                                   seed=ev.eval_seed, num_steps_wait=ev.num_steps_wait, max_steps=ev.eval_max_steps,
+                                   center_crop=cfg.resolved_center_crop(), open_loop_steps=cfg.resolved_open_loop_steps())
         summary = summarize(rows)
         row.update({
             "eval_seconds": round(time.perf_counter() - t1, 1), "episodes": summary["n_episodes"],
@@ -185,8 +204,8 @@ def table(rows: list[dict]) -> str:
               if "episodes" in r else "not evaluated | -")
         lines.append(
             f"| {r.get('model', 'tiny')} | {r.get('recipe', 'tokens')} | {r['finetune_mode']} | {r['learning_rate']:g} | {r['train_steps']} | {r['train_seconds']:.0f} | "
-            f"{r['loss_last20']:.2f} | {r['action_accuracy_last20']:.3f} | "
-            f"{h.get('action_token_accuracy', float('nan')):.3f} | {h.get('action_l1', float('nan')):.3f} | {sr} |"
+            f"{_fmt(r['loss_last20'], '.2f')} | {_fmt(r['action_accuracy_last20'], '.3f')} | "
+            f"{_fmt(h.get('action_token_accuracy'), '.3f')} | {_fmt(h.get('action_l1'), '.3f')} | {sr} |"
         )
     return "\n".join(lines)
 
@@ -209,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="workspace/learn/study")
     args = parser.parse_args(argv)
     args.overrides = dict(args.sets)
+    for name in args.overrides:
+        if name in OWNED_FIELDS:
+            flag = OWNED_FIELDS[name]
+            parser.error(f"--set {name}: set by this script" + (f"; use {flag}" if flag else " (fixed for the study)"))
     for cell in args.cells:  # a bad field or value fails here, before any training
         try:
             cell_config(args, cell)
